@@ -1,0 +1,388 @@
+//! The simulated lab: SIMULATION ONLY. Nodes whose BMC, disk mapping and NIC plumbing live in
+//! this process, with configurable latencies and injectable failures. It exists for trying
+//! metalvirt and for fast tests; it proves nothing about real hardware.
+//!
+//! The simulated hardware state is written to `<state_dir>/sim-lab.json` after every change,
+//! so it survives daemon restarts like real servers do, and tests can see what is mapped,
+//! plugged and powered.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BResult, BackendError, BootDev, DiskSpec, Disks, NicSpec, Nics, Node, NodeSpec, Power,
+    PowerState,
+};
+use crate::config::SimConfig;
+
+/// Number of NIC functions per simulated node (`pf0vf0`…`pf0vf15`).
+pub const NIC_FUNCTIONS: usize = 16;
+
+/// Simulated state of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimNodeState {
+    /// Power.
+    pub power: PowerState,
+    /// Boot override.
+    pub boot: Option<BootDev>,
+    /// Times the server was powered on or restarted.
+    pub boots: u64,
+    /// Mapped disks by handle.
+    pub disks: BTreeMap<String, SimDisk>,
+    /// Plugged NICs by handle.
+    pub nics: BTreeMap<String, SimNic>,
+}
+
+/// A mapped simulated disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimDisk {
+    /// What was asked.
+    pub spec: DiskSpec,
+    /// Host-visible device.
+    pub device: String,
+}
+
+/// A plugged simulated NIC function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimNic {
+    /// What was asked.
+    pub spec: NicSpec,
+    /// Representor name.
+    pub representor: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LabState {
+    nodes: BTreeMap<String, SimNodeState>,
+}
+
+struct Shared {
+    cfg: SimConfig,
+    file: PathBuf,
+    state: Mutex<LabState>,
+}
+
+impl Shared {
+    fn with<T>(&self, node: &str, f: impl FnOnce(&mut SimNodeState) -> BResult<T>) -> BResult<T> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = st
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| BackendError(format!("simulated node {node} is gone")))?;
+        let r = f(n)?;
+        let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError(e.to_string()))?;
+        drop(st);
+        crate::persist::write_atomic(&self.file, &json, 0o644)
+            .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;
+        Ok(r)
+    }
+}
+
+async fn delay(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// One simulated node; implements all three backend traits.
+pub struct SimNode {
+    name: String,
+    shared: Arc<Shared>,
+}
+
+/// Builds the simulated lab, loading its saved hardware state from `state_dir`.
+pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, String> {
+    let file = state_dir.join("sim-lab.json");
+    let mut state: LabState = match std::fs::read(&file) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| format!("corrupt simulated lab state {}: {e}", file.display()))?,
+        Err(_) => LabState::default(),
+    };
+    let mut nodes = Vec::new();
+    let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
+    state.nodes.retain(|k, _| names.contains(k));
+    for n in &names {
+        state
+            .nodes
+            .entry(n.clone())
+            .or_insert_with(|| SimNodeState {
+                power: PowerState::Off,
+                boot: None,
+                boots: 0,
+                disks: BTreeMap::new(),
+                nics: BTreeMap::new(),
+            });
+    }
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        file,
+        state: Mutex::new(state),
+    });
+    for name in names {
+        let sim = Arc::new(SimNode {
+            name: name.clone(),
+            shared: shared.clone(),
+        });
+        nodes.push(Node {
+            spec: NodeSpec {
+                name,
+                sockets: cfg.sockets,
+                cores: cfg.cores,
+                threads: cfg.threads,
+                memory_kib: cfg.memory_mib * 1024,
+                mhz: 2400,
+                arch: "x86_64".into(),
+                cpu_model: "Simulated Xeon (metalvirt sim)".into(),
+            },
+            power: sim.clone(),
+            disks: sim.clone(),
+            nics: sim,
+        });
+    }
+    Ok(nodes)
+}
+
+#[async_trait]
+impl Power for SimNode {
+    async fn state(&self) -> BResult<PowerState> {
+        self.shared.with(&self.name, |n| Ok(n.power))
+    }
+
+    async fn on(&self) -> BResult<()> {
+        delay(self.shared.cfg.power_latency_ms).await;
+        if self.shared.cfg.fail_power_on_nodes.contains(&self.name) {
+            return Err(BackendError(format!(
+                "simulated BMC of {} refused power on (injected failure)",
+                self.name
+            )));
+        }
+        self.shared.with(&self.name, |n| {
+            if n.power == PowerState::Off {
+                n.power = PowerState::On;
+                n.boots += 1;
+            }
+            Ok(())
+        })
+    }
+
+    async fn off(&self, hard: bool) -> BResult<()> {
+        if hard {
+            delay(self.shared.cfg.power_latency_ms).await;
+            return self.shared.with(&self.name, |n| {
+                n.power = PowerState::Off;
+                Ok(())
+            });
+        }
+        // Graceful: the OS takes a while to go down; the call itself returns at once.
+        let shared = self.shared.clone();
+        let name = self.name.clone();
+        let ms = shared.cfg.graceful_shutdown_ms;
+        tokio::spawn(async move {
+            delay(ms).await;
+            let _ = shared.with(&name, |n| {
+                n.power = PowerState::Off;
+                Ok(())
+            });
+        });
+        Ok(())
+    }
+
+    async fn restart(&self, _hard: bool) -> BResult<()> {
+        delay(self.shared.cfg.power_latency_ms).await;
+        self.shared.with(&self.name, |n| {
+            n.power = PowerState::On;
+            n.boots += 1;
+            Ok(())
+        })
+    }
+
+    async fn set_boot(&self, dev: BootDev, _persistent: bool) -> BResult<()> {
+        self.shared.with(&self.name, |n| {
+            n.boot = Some(dev);
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl Disks for SimNode {
+    async fn attach(&self, spec: &DiskSpec) -> BResult<String> {
+        delay(self.shared.cfg.disk_latency_ms).await;
+        if let Some(f) = self
+            .shared
+            .cfg
+            .fail_disk_sources
+            .iter()
+            .find(|f| spec.source.contains(f.as_str()))
+        {
+            return Err(BackendError(format!(
+                "simulated DPU cannot connect volume '{}': injected failure '{f}'",
+                spec.source
+            )));
+        }
+        self.shared.with(&self.name, |n| {
+            if let Some(d) = n.disks.get(&spec.handle) {
+                return Ok(d.device.clone());
+            }
+            let used: Vec<&str> = n.disks.values().map(|d| d.device.as_str()).collect();
+            let device = (1..)
+                .map(|i| format!("nvme0n{i}"))
+                .find(|d| !used.contains(&d.as_str()))
+                .unwrap_or_default();
+            n.disks.insert(
+                spec.handle.clone(),
+                SimDisk {
+                    spec: spec.clone(),
+                    device: device.clone(),
+                },
+            );
+            Ok(device)
+        })
+    }
+
+    async fn detach(&self, handle: &str) -> BResult<()> {
+        delay(self.shared.cfg.disk_latency_ms).await;
+        self.shared.with(&self.name, |n| {
+            n.disks.remove(handle);
+            Ok(())
+        })
+    }
+
+    async fn list(&self) -> BResult<Vec<String>> {
+        self.shared
+            .with(&self.name, |n| Ok(n.disks.keys().cloned().collect()))
+    }
+}
+
+#[async_trait]
+impl Nics for SimNode {
+    async fn plug(&self, spec: &NicSpec) -> BResult<String> {
+        delay(self.shared.cfg.nic_latency_ms).await;
+        if self.shared.cfg.fail_nic_macs.contains(&spec.mac) {
+            return Err(BackendError(format!(
+                "simulated DPU cannot plug NIC {}: injected failure",
+                spec.mac
+            )));
+        }
+        let node = self.name.clone();
+        self.shared.with(&self.name, |n| {
+            if let Some(x) = n.nics.get(&spec.handle) {
+                return Ok(x.representor.clone());
+            }
+            let used: Vec<&str> = n.nics.values().map(|x| x.representor.as_str()).collect();
+            let rep = (0..NIC_FUNCTIONS)
+                .map(|i| format!("pf0vf{i}"))
+                .find(|r| !used.contains(&r.as_str()))
+                .ok_or_else(|| BackendError(format!("no free NIC function on node {node}")))?;
+            n.nics.insert(
+                spec.handle.clone(),
+                SimNic {
+                    spec: spec.clone(),
+                    representor: rep.clone(),
+                },
+            );
+            Ok(rep)
+        })
+    }
+
+    async fn unplug(&self, handle: &str) -> BResult<()> {
+        delay(self.shared.cfg.nic_latency_ms).await;
+        self.shared.with(&self.name, |n| {
+            n.nics.remove(handle);
+            Ok(())
+        })
+    }
+
+    async fn list(&self) -> BResult<Vec<String>> {
+        self.shared
+            .with(&self.name, |n| Ok(n.nics.keys().cloned().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SimConfig {
+        SimConfig {
+            nodes: 2,
+            power_latency_ms: 0,
+            disk_latency_ms: 0,
+            nic_latency_ms: 0,
+            graceful_shutdown_ms: 0,
+            fail_disk_sources: vec!["broken".into()],
+            ..SimConfig::default()
+        }
+    }
+
+    fn disk(h: &str, src: &str) -> DiskSpec {
+        DiskSpec {
+            handle: h.into(),
+            target: "vda".into(),
+            source: src.into(),
+            readonly: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_rebuild_and_failures_inject() {
+        let d = tempfile::tempdir().unwrap();
+        let nodes = build(&cfg(), d.path()).unwrap();
+        assert_eq!(nodes.len(), 2);
+        let n = &nodes[0];
+        n.power.on().await.unwrap();
+        assert_eq!(
+            n.disks.attach(&disk("h1", "rbd:p/v")).await.unwrap(),
+            "nvme0n1"
+        );
+        assert_eq!(
+            n.disks.attach(&disk("h2", "rbd:p/w")).await.unwrap(),
+            "nvme0n2"
+        );
+        let e = n
+            .disks
+            .attach(&disk("h3", "rbd:p/broken"))
+            .await
+            .unwrap_err();
+        assert!(e.0.contains("injected"), "{e}");
+        let again = build(&cfg(), d.path()).unwrap();
+        assert_eq!(again[0].power.state().await.unwrap(), PowerState::On);
+        assert_eq!(again[0].disks.list().await.unwrap(), vec!["h1", "h2"]);
+        again[0].disks.detach("h1").await.unwrap();
+        again[0].disks.detach("h1").await.unwrap();
+        assert_eq!(again[0].disks.list().await.unwrap(), vec!["h2"]);
+    }
+
+    #[tokio::test]
+    async fn nic_pool_exhausts() {
+        let d = tempfile::tempdir().unwrap();
+        let nodes = build(&cfg(), d.path()).unwrap();
+        for i in 0..NIC_FUNCTIONS {
+            let spec = NicSpec {
+                handle: format!("n{i}"),
+                mac: format!("52:54:00:00:00:{i:02x}"),
+                bridge: None,
+                interface_id: None,
+                domain_uuid: String::new(),
+            };
+            assert_eq!(
+                nodes[1].nics.plug(&spec).await.unwrap(),
+                format!("pf0vf{i}")
+            );
+        }
+        let spec = NicSpec {
+            handle: "x".into(),
+            mac: "52:54:00:00:01:00".into(),
+            bridge: None,
+            interface_id: None,
+            domain_uuid: String::new(),
+        };
+        let e = nodes[1].nics.plug(&spec).await.unwrap_err();
+        assert_eq!(e.0, "no free NIC function on node node-2");
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder replaced by the protocol benchmark client.
+fn main() {}

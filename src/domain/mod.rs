@@ -1,0 +1,15 @@
+//! The libvirt domain XML model of metalvirt.
+//!
+//! - [`tree`]: a generic, order-preserving XML element tree (parse/format).
+//! - [`def`]: [`DomainDef`], the validated and normalized domain definition
+//!   with typed accessors, metadata editing and libvirt-style formatting.
+//! - [`devices`]: read-only views of disks and interfaces and the device
+//!   aliases shown in live XML.
+//! - [`schema`]: validation against metalvirt's own RelaxNG schema.
+
+pub mod def;
+pub mod devices;
+pub mod schema;
+pub mod tree;
+
+pub use def::{DomainDef, DomainXmlError, FormatOpts, LiveInfo};

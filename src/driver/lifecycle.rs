@@ -1,0 +1,927 @@
+//! The lifecycle state machine and its hardware pipelines (DESIGN §3).
+//!
+//! start:   place on a node ▸ journal ▸ map disks ∥ plug NICs ▸ boot device ▸ power on
+//! destroy: power off (hard) ▸ unmap ∥ unplug ▸ release the node
+//!
+//! Every hardware step is written to the domain's journal (`<state_dir>/domains/<uuid>.json`)
+//! before it runs. A failure undoes the journal in reverse order; after a crash, start-up
+//! replays it: a half-done start is undone, a half-done stop is finished.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use uuid::Uuid;
+
+use super::state::{reason, st};
+use super::store::{Phase, Status, Step};
+use super::{parse_def, DomRef, DomState, DomainObj, Driver};
+use crate::backend::{BootDev, DiskSpec, NicSpec, Node, PowerState};
+use crate::domain::def::{DomainDef, FormatOpts};
+use crate::domain::devices::DiskDef;
+use crate::error::{VirError, VirResult};
+use crate::events::{lifecycle as ev, EventKind};
+
+/// How long to wait for a BMC to report the power state asked for.
+const POWER_WAIT: Duration = Duration::from_secs(120);
+
+/// `virDomainCreateFlags` accepted by the start APIs.
+const START_PAUSED: u32 = 1;
+const START_AUTODESTROY: u32 = 2;
+const START_BYPASS_CACHE: u32 = 4;
+const START_FORCE_BOOT: u32 = 8;
+const START_VALIDATE: u32 = 16;
+const START_RESET_NVRAM: u32 = 32;
+
+fn handle_prefix(uuid: &Uuid) -> String {
+    format!("mv-{}", uuid.simple())
+}
+
+/// Disks to map for a definition, in definition order (the boot disk is mapped first by the
+/// backends that care about order).
+fn disk_plan(uuid: &Uuid, def: &DomainDef) -> Vec<DiskSpec> {
+    def.disks()
+        .into_iter()
+        .filter_map(|d| {
+            let source = source_desc(&d)?;
+            let target = d.target_dev.clone()?;
+            Some(DiskSpec {
+                handle: format!("{}-{target}", handle_prefix(uuid)),
+                target,
+                source,
+                readonly: d.readonly,
+            })
+        })
+        .collect()
+}
+
+/// A human-readable name of what a disk connects to; `None` for a disk with no source
+/// (an empty CD-ROM), which maps nothing.
+fn source_desc(d: &DiskDef) -> Option<String> {
+    let s = &d.source;
+    if let Some(p) = &s.protocol {
+        return Some(format!("{p}:{}", s.name.as_deref().unwrap_or("")));
+    }
+    if let (Some(pool), Some(vol)) = (&s.pool, &s.volume) {
+        return Some(format!("volume:{pool}/{vol}"));
+    }
+    s.file
+        .clone()
+        .or_else(|| s.dev.clone())
+        .or_else(|| s.dir.clone())
+}
+
+/// NIC functions to plug for a definition.
+fn nic_plan(uuid: &Uuid, def: &DomainDef) -> Vec<NicSpec> {
+    def.interfaces()
+        .into_iter()
+        .filter_map(|i| {
+            let mac = i.mac.clone()?;
+            Some(NicSpec {
+                handle: format!("{}-{}", handle_prefix(uuid), mac.replace(':', "")),
+                mac,
+                bridge: i.source.bridge.clone(),
+                interface_id: i.interface_id.clone(),
+                domain_uuid: uuid.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The BMC boot override for a definition: `<os><boot dev>` first, then per-device boot
+/// order, else the disk when there is one, else the network.
+fn boot_dev(def: &DomainDef) -> BootDev {
+    let from = |d: &str| match d {
+        "network" => Some(BootDev::Network),
+        "cdrom" => Some(BootDev::Cdrom),
+        "hd" => Some(BootDev::Disk),
+        _ => None,
+    };
+    if let Some(b) = def.boot_devs().iter().find_map(|d| from(d)) {
+        return b;
+    }
+    let disk_order = def.disks().iter().filter_map(|d| d.boot_order).min();
+    let nic_order = def.interfaces().iter().filter_map(|i| i.boot_order).min();
+    match (disk_order, nic_order) {
+        (Some(d), Some(n)) if n < d => BootDev::Network,
+        (None, Some(_)) => BootDev::Network,
+        _ if def.disks().is_empty() => BootDev::Network,
+        _ => BootDev::Disk,
+    }
+}
+
+async fn wait_power(node: &Node, want: PowerState) -> Result<(), String> {
+    let deadline = Instant::now() + POWER_WAIT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match node.power.state().await {
+            Ok(s) if s == want => return Ok(()),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(node = %node.spec.name, "power state query failed: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "BMC of {} did not report power {want:?} within {}s",
+                node.spec.name,
+                POWER_WAIT.as_secs()
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+impl Driver {
+    // ------------------------------------------------------------------ placement
+
+    fn place(&self, uuid: Uuid, def: &DomainDef) -> VirResult<Node> {
+        let cpus = def.max_vcpus();
+        let mem = def.memory_kib();
+        let fits = |n: &Node| n.spec.cpus() >= cpus && n.spec.memory_kib >= mem;
+        let mut p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+        let chosen = if let Some(pin) = def.node_pin() {
+            let n = self.node(&pin).ok_or_else(|| {
+                VirError::config_unsupported(&format!("node '{pin}' is not part of this host"))
+            })?;
+            if let Some(other) = p.busy.get(&pin) {
+                if *other != uuid {
+                    return Err(VirError::operation_failed(&format!(
+                        "node '{pin}' is in use by domain {other}"
+                    )));
+                }
+            }
+            if !fits(n) {
+                return Err(VirError::operation_failed(&format!(
+                    "node '{pin}' has {} CPUs and {} MiB of memory, the domain needs {cpus} CPUs and {} MiB",
+                    n.spec.cpus(),
+                    n.spec.memory_kib / 1024,
+                    mem / 1024
+                )));
+            }
+            n.clone()
+        } else {
+            let free = |n: &&Node| !p.busy.contains_key(&n.spec.name) && fits(n);
+            let sticky = self
+                .nodes
+                .iter()
+                .filter(free)
+                .find(|n| p.history.get(&n.spec.name) == Some(&uuid));
+            let unused = || {
+                self.nodes
+                    .iter()
+                    .filter(free)
+                    .find(|n| !p.history.contains_key(&n.spec.name))
+            };
+            let any = || self.nodes.iter().find(free);
+            sticky
+                .or_else(unused)
+                .or_else(any)
+                .cloned()
+                .ok_or_else(|| {
+                    VirError::operation_failed(&format!(
+                        "no free node with at least {cpus} CPUs and {} MiB of memory",
+                        mem / 1024
+                    ))
+                })?
+        };
+        p.busy.insert(chosen.spec.name.clone(), uuid);
+        if p.history.get(&chosen.spec.name) != Some(&uuid) {
+            p.history.insert(chosen.spec.name.clone(), uuid);
+            if let Err(e) = self.store.save_node_history(&p.history) {
+                tracing::warn!("cannot save node history: {e}");
+            }
+        }
+        Ok(chosen)
+    }
+
+    fn release(&self, node: &str, uuid: Uuid) {
+        let mut p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+        if p.busy.get(node) == Some(&uuid) {
+            p.busy.remove(node);
+        }
+    }
+
+    // ------------------------------------------------------------------ undo
+
+    /// Undoes journal entries in reverse order; returns the failures (already logged).
+    async fn undo(&self, node: &Node, journal: &[Step], name: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if journal.contains(&Step::PowerOn) {
+            if let Err(e) = node.power.off(true).await {
+                errors.push(format!("power off of {}: {e}", node.spec.name));
+            } else if let Err(e) = wait_power(node, PowerState::Off).await {
+                errors.push(e);
+            }
+        }
+        let undo_disks = journal.iter().rev().filter_map(|s| match s {
+            Step::Disk { handle, target, .. } => Some((handle, target)),
+            _ => None,
+        });
+        let undo_nics = journal.iter().rev().filter_map(|s| match s {
+            Step::Nic { handle, mac, .. } => Some((handle, mac)),
+            _ => None,
+        });
+        let disks = join_all(undo_disks.map(|(h, t)| async move {
+            node.disks
+                .detach(h)
+                .await
+                .map_err(|e| format!("unmapping disk {t}: {e}"))
+        }));
+        let nics = join_all(undo_nics.map(|(h, m)| async move {
+            node.nics
+                .unplug(h)
+                .await
+                .map_err(|e| format!("unplugging NIC {m}: {e}"))
+        }));
+        let (d, n) = tokio::join!(disks, nics);
+        for r in d.into_iter().chain(n) {
+            if let Err(e) = r {
+                tracing::error!(domain = name, node = %node.spec.name, "cleanup failed: {e}");
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    // ------------------------------------------------------------------ start
+
+    /// Starts an inactive domain; the caller holds its job.
+    async fn start_locked(&self, obj: &Arc<DomainObj>, paused: bool) -> VirResult<DomRef> {
+        let (def, persistent, removed, active) =
+            obj.with(|s| (s.def.clone(), s.persistent, s.removed, s.active()));
+        if removed {
+            return Err(VirError::no_domain_uuid(&obj.uuid, Some(def.name())));
+        }
+        if active {
+            return Err(VirError::operation_invalid("domain is already running"));
+        }
+        let name = def.name().to_string();
+        let node = self.place(obj.uuid, &def)?;
+        let disks = disk_plan(&obj.uuid, &def);
+        let nics = nic_plan(&obj.uuid, &def);
+        let mut journal: Vec<Step> = disks
+            .iter()
+            .map(|d| Step::Disk {
+                handle: d.handle.clone(),
+                target: d.target.clone(),
+                device: None,
+            })
+            .chain(nics.iter().map(|n| Step::Nic {
+                handle: n.handle.clone(),
+                mac: n.mac.clone(),
+                representor: None,
+            }))
+            .collect();
+        let mut status = Status {
+            uuid: obj.uuid,
+            name: name.clone(),
+            id: -1,
+            state: st::SHUTOFF,
+            reason: reason::SHUTOFF_UNKNOWN,
+            node: node.spec.name.clone(),
+            phase: Phase::Starting,
+            persistent,
+            xml: def.to_xml(&FormatOpts::inactive()),
+            journal: journal.clone(),
+            stop_reason: None,
+        };
+        if let Err(e) = self.store.save_status(&status) {
+            self.release(&node.spec.name, obj.uuid);
+            return Err(VirError::operation_failed(&format!(
+                "cannot record start of domain '{name}': {e}"
+            )));
+        }
+        tracing::info!(domain = %name, node = %node.spec.name, disks = disks.len(), nics = nics.len(), "starting");
+
+        let result = self
+            .run_start(
+                &node,
+                &def,
+                &disks,
+                &nics,
+                &mut journal,
+                &mut status,
+                paused,
+            )
+            .await;
+        if let Err(reason_text) = result {
+            let cleanup = self.undo(&node, &journal, &name).await;
+            self.release(&node.spec.name, obj.uuid);
+            if let Err(e) = self.store.delete_status(&obj.uuid) {
+                tracing::error!(domain = %name, "cannot delete status: {e}");
+            }
+            obj.with(|s| {
+                s.state = st::SHUTOFF;
+                s.reason = reason::SHUTOFF_FAILED;
+                if !cleanup.is_empty() {
+                    s.messages.push(format!(
+                        "cleanup after failed start left: {}",
+                        cleanup.join("; ")
+                    ));
+                }
+            });
+            tracing::warn!(domain = %name, "start failed and was rolled back: {reason_text}");
+            return Err(VirError::operation_failed(&reason_text));
+        }
+
+        let id = self.fresh_id();
+        let (state, rsn) = if paused {
+            (st::PAUSED, reason::PAUSED_USER)
+        } else {
+            (st::RUNNING, reason::RUNNING_BOOTED)
+        };
+        obj.with(|s| {
+            s.state = state;
+            s.reason = rsn;
+            s.id = id;
+            s.node = Some(node.spec.name.clone());
+            s.journal = journal;
+            s.started = Some(Instant::now());
+            s.shutdown_requested = false;
+        });
+        self.set_id(obj, -1, id);
+        self.persist_active(obj);
+        let r = obj.dom_ref();
+        self.emit_lifecycle(&r, ev::STARTED, ev::STARTED_BOOTED);
+        if paused {
+            self.emit_lifecycle(&r, ev::SUSPENDED, ev::SUSPENDED_PAUSED);
+        }
+        tracing::info!(domain = %name, id, node = %node.spec.name, paused, "started");
+        Ok(r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_start(
+        &self,
+        node: &Node,
+        def: &DomainDef,
+        disks: &[DiskSpec],
+        nics: &[NicSpec],
+        journal: &mut Vec<Step>,
+        status: &mut Status,
+        paused: bool,
+    ) -> Result<(), String> {
+        let n = &node.spec.name;
+        let mapped = join_all(disks.iter().map(|d| node.disks.attach(d)));
+        let plugged = join_all(nics.iter().map(|x| node.nics.plug(x)));
+        let (mapped, plugged) = tokio::join!(mapped, plugged);
+        let mut first_err = None;
+        for (spec, r) in disks.iter().zip(mapped) {
+            match r {
+                Ok(dev) => set_device(journal, &spec.handle, dev),
+                Err(e) => {
+                    first_err.get_or_insert(format!(
+                        "cannot map disk {} ({}) on {n}: {e}",
+                        spec.target, spec.source
+                    ));
+                }
+            }
+        }
+        for (spec, r) in nics.iter().zip(plugged) {
+            match r {
+                Ok(rep) => set_device(journal, &spec.handle, rep),
+                Err(e) => {
+                    first_err.get_or_insert(format!("cannot plug NIC {} on {n}: {e}", spec.mac));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if paused {
+            return Ok(());
+        }
+        self.power_on(node, def, journal, status).await
+    }
+
+    async fn power_on(
+        &self,
+        node: &Node,
+        def: &DomainDef,
+        journal: &mut Vec<Step>,
+        status: &mut Status,
+    ) -> Result<(), String> {
+        let n = &node.spec.name;
+        node.power
+            .set_boot(boot_dev(def), false)
+            .await
+            .map_err(|e| format!("cannot set boot device on {n}: {e}"))?;
+        journal.push(Step::PowerOn);
+        status.journal = journal.clone();
+        self.store
+            .save_status(status)
+            .map_err(|e| format!("cannot record power on: {e}"))?;
+        node.power
+            .on()
+            .await
+            .map_err(|e| format!("cannot power on {n}: {e}"))?;
+        wait_power(node, PowerState::On).await
+    }
+
+    /// `virDomainCreate(WithFlags)`.
+    pub async fn create(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<DomRef> {
+        VirError::check_flags(
+            flags,
+            START_PAUSED | START_BYPASS_CACHE | START_FORCE_BOOT | START_RESET_NVRAM,
+            "virDomainCreateWithFlags",
+        )?;
+        let _job = obj.job.lock().await;
+        self.start_locked(obj, flags & START_PAUSED != 0).await
+    }
+
+    /// `virDomainCreateXML`: starts a transient domain (or runs a defined one with this XML).
+    pub async fn create_xml(&self, xml: &str, flags: u32) -> VirResult<DomRef> {
+        VirError::check_flags(
+            flags,
+            START_PAUSED
+                | START_BYPASS_CACHE
+                | START_FORCE_BOOT
+                | START_VALIDATE
+                | START_RESET_NVRAM,
+            "virDomainCreateXML",
+        )?;
+        if flags & START_AUTODESTROY != 0 {
+            return Err(VirError::argument_unsupported(
+                "auto-destroy of bare-metal domains is not supported",
+            ));
+        }
+        if flags & START_VALIDATE != 0 {
+            crate::domain::schema::validate(xml).map_err(|e| {
+                VirError::xml(&format!(
+                    "XML document failed to validate against schema: {e}"
+                ))
+            })?;
+        }
+        let def = Arc::new(parse_def(xml)?);
+        let paused = flags & START_PAUSED != 0;
+        match self.check_unique(&def, true)? {
+            Some(obj) => {
+                let _job = obj.job.lock().await;
+                let prev = obj.with(|s| {
+                    if s.active() {
+                        return Err(VirError::operation_invalid(&format!(
+                            "domain '{}' is already active",
+                            s.def.name()
+                        )));
+                    }
+                    let prev = s.def.clone();
+                    s.new_def = Some(prev.clone());
+                    s.def = def.clone();
+                    Ok(prev)
+                })?;
+                let r = self.start_locked(&obj, paused).await;
+                if r.is_err() {
+                    obj.with(|s| {
+                        s.def = prev;
+                        s.new_def = None;
+                    });
+                }
+                r
+            }
+            None => {
+                let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), false));
+                let _job = obj.job.lock().await;
+                {
+                    let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
+                    if reg.by_uuid.contains_key(&def.uuid()) || reg.by_name.contains_key(def.name())
+                    {
+                        return Err(VirError::operation_invalid(&format!(
+                            "domain '{}' is already being started",
+                            def.name()
+                        )));
+                    }
+                }
+                self.insert(obj.clone(), def.name());
+                let r = self.start_locked(&obj, paused).await;
+                if r.is_err() {
+                    self.remove(&obj);
+                }
+                r
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ stop
+
+    /// Stops an active domain; the caller holds its job.
+    async fn stop_locked(
+        &self,
+        obj: &Arc<DomainObj>,
+        shutoff_reason: i32,
+        stopped_detail: i32,
+        power_off: bool,
+    ) -> VirResult<()> {
+        let (node_name, journal, name) =
+            obj.with(|s| (s.node.clone(), s.journal.clone(), s.def.name().to_string()));
+        let node = node_name
+            .as_deref()
+            .and_then(|n| self.node(n))
+            .cloned()
+            .ok_or_else(|| VirError::internal(&format!("domain '{name}' has no node")))?;
+        self.persist_stopping(obj, shutoff_reason);
+        if power_off {
+            let r = match node.power.off(true).await {
+                Ok(()) => wait_power(&node, PowerState::Off).await,
+                Err(e) => Err(format!("cannot power off {}: {e}", node.spec.name)),
+            };
+            if let Err(e) = r {
+                self.persist_active(obj);
+                return Err(VirError::operation_failed(&e));
+            }
+        }
+        let rest: Vec<Step> = journal
+            .into_iter()
+            .filter(|s| *s != Step::PowerOn)
+            .collect();
+        let errors = self.undo(&node, &rest, &name).await;
+        self.release(&node.spec.name, obj.uuid);
+        if let Err(e) = self.store.delete_status(&obj.uuid) {
+            tracing::error!(domain = %name, "cannot delete status: {e}");
+        }
+        let (old_id, persistent) = obj.with(|s| {
+            let old = s.id;
+            s.state = st::SHUTOFF;
+            s.reason = shutoff_reason;
+            s.id = -1;
+            s.node = None;
+            s.journal.clear();
+            s.started = None;
+            s.shutdown_requested = false;
+            if let Some(d) = s.new_def.take() {
+                s.def = d;
+            }
+            if !errors.is_empty() {
+                s.messages
+                    .push(format!("cleanup after stop left: {}", errors.join("; ")));
+            }
+            (old, s.persistent)
+        });
+        self.set_id(obj, old_id, -1);
+        let r = obj.dom_ref();
+        if !persistent {
+            self.remove(obj);
+        }
+        self.emit_lifecycle(&r, ev::STOPPED, stopped_detail);
+        tracing::info!(domain = %name, node = %node.spec.name, "stopped");
+        Ok(())
+    }
+
+    fn persist_stopping(&self, obj: &DomainObj, stop_reason: i32) {
+        let status = obj.with(|s| {
+            s.node.clone().map(|node| Status {
+                uuid: obj.uuid,
+                name: s.def.name().to_string(),
+                id: s.id,
+                state: s.state,
+                reason: s.reason,
+                node,
+                phase: Phase::Stopping,
+                persistent: s.persistent,
+                xml: s.def.to_xml(&FormatOpts::inactive()),
+                journal: s.journal.clone(),
+                stop_reason: Some(stop_reason),
+            })
+        });
+        if let Some(st) = status {
+            if let Err(e) = self.store.save_status(&st) {
+                tracing::error!(domain = %st.name, "cannot save status: {e}");
+            }
+        }
+    }
+
+    fn check_active(obj: &DomainObj) -> VirResult<(i32, Option<String>)> {
+        obj.with(|s| {
+            if s.removed {
+                return Err(VirError::no_domain_uuid(&obj.uuid, Some(s.def.name())));
+            }
+            if !s.active() {
+                return Err(VirError::operation_invalid("domain is not running"));
+            }
+            Ok((s.state, s.node.clone()))
+        })
+    }
+
+    /// `virDomainDestroy(Flags)`: synchronous, ends SHUTOFF/DESTROYED.
+    pub async fn destroy(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
+        VirError::check_flags(flags, 1 | 2, "virDomainDestroyFlags")?;
+        let _job = obj.job.lock().await;
+        Self::check_active(obj)?;
+        self.stop_locked(obj, reason::SHUTOFF_DESTROYED, ev::STOPPED_DESTROYED, true)
+            .await
+    }
+
+    fn check_power_mode(flags: u32, api: &str) -> VirResult<()> {
+        VirError::check_flags(flags, 0x1f, api)?;
+        // ACPI power button (1) and paravirt (16) map to the BMC's graceful action; agent,
+        // initctl and signal modes need a guest OS channel bare metal does not have.
+        if flags != 0 && flags & (1 | 16) == 0 {
+            return Err(VirError::argument_unsupported(
+                "bare-metal servers support only the ACPI power button mode",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `virDomainShutdown(Flags)`: asks the BMC for a graceful power off and returns at once;
+    /// the power watcher turns the domain SHUTOFF when the server is seen off.
+    pub async fn shutdown(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
+        Self::check_power_mode(flags, "virDomainShutdownFlags")?;
+        let _job = obj.job.lock().await;
+        let (state, node) = Self::check_active(obj)?;
+        if state == st::PAUSED {
+            // Staged: the server is already off, so shutting down only releases the hardware.
+            let r = obj.dom_ref();
+            self.emit_lifecycle(&r, ev::SHUTDOWN, ev::SHUTDOWN_FINISHED);
+            return self
+                .stop_locked(obj, reason::SHUTOFF_SHUTDOWN, ev::STOPPED_SHUTDOWN, false)
+                .await;
+        }
+        let node = node
+            .and_then(|n| self.node(&n).cloned())
+            .ok_or_else(|| VirError::internal("running domain has no node"))?;
+        node.power.off(false).await.map_err(|e| {
+            VirError::operation_failed(&format!("graceful shutdown of {}: {e}", node.spec.name))
+        })?;
+        obj.with(|s| s.shutdown_requested = true);
+        Ok(())
+    }
+
+    async fn restart(&self, obj: &Arc<DomainObj>, hard: bool) -> VirResult<()> {
+        let _job = obj.job.lock().await;
+        let (state, node) = Self::check_active(obj)?;
+        if state != st::RUNNING {
+            return Err(VirError::operation_invalid(
+                "domain is staged with its server powered off; resume it first",
+            ));
+        }
+        let node = node
+            .and_then(|n| self.node(&n).cloned())
+            .ok_or_else(|| VirError::internal("running domain has no node"))?;
+        node.power.restart(hard).await.map_err(|e| {
+            VirError::operation_failed(&format!("restart of {}: {e}", node.spec.name))
+        })?;
+        let r = obj.dom_ref();
+        self.emit(&r, EventKind::Reboot);
+        Ok(())
+    }
+
+    /// `virDomainReboot`: BMC graceful restart.
+    pub async fn reboot(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
+        Self::check_power_mode(flags, "virDomainReboot")?;
+        self.restart(obj, false).await
+    }
+
+    /// `virDomainReset`: BMC forced restart.
+    pub async fn reset(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
+        VirError::check_flags(flags, 0, "virDomainReset")?;
+        self.restart(obj, true).await
+    }
+
+    /// `virDomainResume`: powers on a staged domain.
+    pub async fn resume(&self, obj: &Arc<DomainObj>) -> VirResult<()> {
+        let _job = obj.job.lock().await;
+        let (state, node) = Self::check_active(obj)?;
+        if state == st::RUNNING {
+            return Err(VirError::operation_invalid("domain is already running"));
+        }
+        let node = node
+            .and_then(|n| self.node(&n).cloned())
+            .ok_or_else(|| VirError::internal("staged domain has no node"))?;
+        let (def, mut journal, name, id, persistent) = obj.with(|s| {
+            (
+                s.def.clone(),
+                s.journal.clone(),
+                s.def.name().to_string(),
+                s.id,
+                s.persistent,
+            )
+        });
+        let mut status = Status {
+            uuid: obj.uuid,
+            name,
+            id,
+            state,
+            reason: reason::PAUSED_USER,
+            node: node.spec.name.clone(),
+            phase: Phase::Active,
+            persistent,
+            xml: def.to_xml(&FormatOpts::inactive()),
+            journal: journal.clone(),
+            stop_reason: None,
+        };
+        if let Err(e) = self.power_on(&node, &def, &mut journal, &mut status).await {
+            // Leave it staged; make sure it is off again.
+            let _ = node.power.off(true).await;
+            return Err(VirError::operation_failed(&e));
+        }
+        obj.with(|s| {
+            s.state = st::RUNNING;
+            s.reason = reason::RUNNING_UNPAUSED;
+            s.journal = journal;
+        });
+        self.persist_active(obj);
+        let r = obj.dom_ref();
+        self.emit_lifecycle(&r, ev::RESUMED, ev::RESUMED_UNPAUSED);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ watcher
+
+    /// One pass of the power watcher: a running domain whose server is seen off becomes
+    /// SHUTOFF/SHUTDOWN and its hardware is released.
+    pub async fn watch_once(&self) {
+        let running: Vec<(Arc<DomainObj>, Node)> = self
+            .all()
+            .into_iter()
+            .filter_map(|o| {
+                let n = o.with(|s| (s.state == st::RUNNING).then(|| s.node.clone()).flatten())?;
+                let node = self.node(&n)?.clone();
+                Some((o, node))
+            })
+            .collect();
+        let checks = running.iter().map(|(o, node)| async move {
+            match node.power.state().await {
+                Ok(PowerState::Off) => Some(o.clone()),
+                Ok(PowerState::On) => None,
+                Err(e) => {
+                    tracing::warn!(node = %node.spec.name, "power watcher: BMC query failed: {e}");
+                    None
+                }
+            }
+        });
+        for obj in join_all(checks).await.into_iter().flatten() {
+            let Ok(_job) = obj.job.try_lock() else {
+                continue;
+            };
+            if obj.with(|s| s.state != st::RUNNING || s.removed) {
+                continue;
+            }
+            let r = obj.dom_ref();
+            tracing::info!(domain = %r.name, "server seen powered off");
+            self.emit_lifecycle(&r, ev::SHUTDOWN, ev::SHUTDOWN_FINISHED);
+            if let Err(e) = self
+                .stop_locked(&obj, reason::SHUTOFF_SHUTDOWN, ev::STOPPED_SHUTDOWN, false)
+                .await
+            {
+                tracing::error!(domain = %r.name, "cleanup after power off failed: {e}");
+            }
+        }
+    }
+
+    /// Starts the power watcher and autostart.
+    pub fn start_background(self: &Arc<Self>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            for obj in d.all() {
+                if !obj.with(|s| s.autostart && !s.active()) {
+                    continue;
+                }
+                let _job = obj.job.lock().await;
+                let name = obj.with(|s| s.def.name().to_string());
+                match d.start_locked(&obj, false).await {
+                    Ok(_) => tracing::info!(domain = %name, "autostarted"),
+                    Err(e) => tracing::error!(domain = %name, "autostart failed: {e}"),
+                }
+            }
+        });
+        let d = self.clone();
+        tokio::spawn(async move {
+            let base = d.cfg.watch_interval();
+            loop {
+                let jitter = rand::random_range(0..=base.as_millis() as u64 / 10);
+                tokio::time::sleep(base + Duration::from_millis(jitter)).await;
+                d.watch_once().await;
+            }
+        });
+    }
+
+    // ------------------------------------------------------------------ recovery
+
+    /// Loads definitions and live state and recovers interrupted operations.
+    pub(super) async fn load(&self) -> Result<(), String> {
+        let configs = self
+            .store
+            .load_configs()
+            .map_err(|e| format!("cannot read definitions: {e}"))?;
+        for (stem, xml, auto) in configs {
+            match parse_def(&xml) {
+                Ok(def) => {
+                    if def.name() != stem {
+                        tracing::warn!(file = %stem, name = %def.name(), "definition file name differs from domain name");
+                    }
+                    let def = Arc::new(def);
+                    let mut s = DomState::new(def.clone(), true);
+                    s.autostart = auto;
+                    if self.check_unique(&def, false).ok().flatten().is_some() {
+                        tracing::error!(name = %def.name(), "duplicate definition skipped");
+                        continue;
+                    }
+                    self.insert(DomainObj::new(def.uuid(), s), def.name());
+                }
+                Err(e) => tracing::error!(file = %stem, "unreadable definition skipped: {e}"),
+            }
+        }
+        let statuses = self
+            .store
+            .load_statuses()
+            .map_err(|e| format!("cannot read live state: {e}"))?;
+        let mut max_id = 0;
+        for st in statuses {
+            let st = match st {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("unreadable live status skipped: {e}");
+                    continue;
+                }
+            };
+            max_id = max_id.max(st.id);
+            self.recover(st).await;
+        }
+        self.next_id
+            .store(max_id + 1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn recover(&self, status: Status) {
+        let Some(node) = self.node(&status.node).cloned() else {
+            tracing::error!(domain = %status.name, node = %status.node, "live domain's node is no longer configured; forgetting its live state");
+            let _ = self.store.delete_status(&status.uuid);
+            return;
+        };
+        let live_def = match parse_def(&status.xml) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                tracing::error!(domain = %status.name, "unreadable live definition: {e}");
+                let _ = self.undo(&node, &status.journal, &status.name).await;
+                let _ = self.store.delete_status(&status.uuid);
+                return;
+            }
+        };
+        match status.phase {
+            Phase::Active => {
+                let obj = match self.lookup_uuid(&status.uuid) {
+                    Ok(o) => o,
+                    Err(_) => {
+                        let o = DomainObj::new(status.uuid, DomState::new(live_def.clone(), false));
+                        self.insert(o.clone(), live_def.name());
+                        o
+                    }
+                };
+                obj.with(|s| {
+                    if s.persistent && s.def.to_xml(&FormatOpts::inactive()) != status.xml {
+                        s.new_def = Some(s.def.clone());
+                    }
+                    s.def = live_def.clone();
+                    s.persistent = s.persistent && status.persistent;
+                    s.state = status.state;
+                    s.reason = status.reason;
+                    s.id = status.id;
+                    s.node = Some(status.node.clone());
+                    s.journal = status.journal.clone();
+                    s.started = Some(Instant::now());
+                });
+                self.set_id(&obj, -1, status.id);
+                self.placement
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .busy
+                    .insert(status.node.clone(), status.uuid);
+                tracing::info!(domain = %status.name, id = status.id, node = %status.node, "reattached to live domain");
+            }
+            Phase::Starting | Phase::Stopping => {
+                let errors = self.undo(&node, &status.journal, &status.name).await;
+                let _ = self.store.delete_status(&status.uuid);
+                let rsn = match status.phase {
+                    Phase::Starting => reason::SHUTOFF_FAILED,
+                    _ => status.stop_reason.unwrap_or(reason::SHUTOFF_DAEMON),
+                };
+                if let Ok(obj) = self.lookup_uuid(&status.uuid) {
+                    obj.with(|s| {
+                        s.reason = rsn;
+                        if !errors.is_empty() {
+                            s.messages
+                                .push(format!("recovery cleanup left: {}", errors.join("; ")));
+                        }
+                    });
+                }
+                tracing::warn!(domain = %status.name, phase = ?status.phase, "finished an operation interrupted by a daemon stop");
+            }
+        }
+    }
+}
+
+fn set_device(journal: &mut [Step], handle: &str, dev: String) {
+    for s in journal.iter_mut() {
+        match s {
+            Step::Disk {
+                handle: h, device, ..
+            } if h == handle => *device = Some(dev.clone()),
+            Step::Nic {
+                handle: h,
+                representor,
+                ..
+            } if h == handle => *representor = Some(dev.clone()),
+            _ => {}
+        }
+    }
+}

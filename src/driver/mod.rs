@@ -1,0 +1,780 @@
+//! The driver core: the domain registry, the lifecycle state machine and its hardware
+//! pipelines.
+//!
+//! Locking (libvirt's qemu-threads rules, in Rust):
+//! - `Driver::reg` (std `RwLock`) guards only the name/uuid/id maps; held for map operations.
+//! - `DomainObj::st` (std `Mutex`) guards one domain's state; held for field reads and writes,
+//!   never across an `.await`.
+//! - `DomainObj::job` (tokio `Mutex`) serialises mutating operations on one domain; slow
+//!   backend calls happen under it. Reads never take it. After taking it, operations re-check
+//!   that the domain still exists and is in the state they expect.
+//! - Lock order: `reg` → `st`; `job` is always taken before either.
+
+mod lifecycle;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::backend::Node;
+use crate::config::Config;
+use crate::domain::def::{DomainDef, FormatOpts, LiveInfo};
+use crate::error::{VirError, VirResult};
+use crate::events::{DomainEvent, EventBus, EventKind};
+use state::{reason, st};
+use store::{Status, Step, Store};
+
+/// A domain as clients see it in `remote_nonnull_domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomRef {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: Uuid,
+    /// Id, -1 when inactive.
+    pub id: i32,
+}
+
+/// One domain's mutable state. Cheap to clone (definitions are shared).
+#[derive(Debug, Clone)]
+pub struct DomState {
+    /// The current definition: the live one while active, else the persistent one.
+    pub def: Arc<DomainDef>,
+    /// The persistent definition waiting for the next start, while active.
+    pub new_def: Option<Arc<DomainDef>>,
+    /// Has a config file.
+    pub persistent: bool,
+    /// Autostart marker set.
+    pub autostart: bool,
+    /// `virDomainState`.
+    pub state: i32,
+    /// Reason of `state`.
+    pub reason: i32,
+    /// Id, -1 when inactive.
+    pub id: i32,
+    /// Bound node while active.
+    pub node: Option<String>,
+    /// Hardware steps done by the last start (undo order: reverse).
+    pub journal: Vec<Step>,
+    /// Removed from the registry; operations that raced with the removal must fail.
+    pub removed: bool,
+    /// Notes for `virDomainGetMessages`.
+    pub messages: Vec<String>,
+    /// A graceful shutdown was requested and not yet seen complete.
+    pub shutdown_requested: bool,
+    /// When the current run started (for uptime-derived figures).
+    pub started: Option<Instant>,
+}
+
+impl DomState {
+    fn new(def: Arc<DomainDef>, persistent: bool) -> Self {
+        DomState {
+            def,
+            new_def: None,
+            persistent,
+            autostart: false,
+            state: st::SHUTOFF,
+            reason: reason::SHUTOFF_UNKNOWN,
+            id: -1,
+            node: None,
+            journal: Vec::new(),
+            removed: false,
+            messages: Vec::new(),
+            shutdown_requested: false,
+            started: None,
+        }
+    }
+
+    /// Active (running or staged).
+    pub fn active(&self) -> bool {
+        state::is_active(self.state)
+    }
+
+    /// The persistent definition (pending one first).
+    pub fn persistent_def(&self) -> &Arc<DomainDef> {
+        self.new_def.as_ref().unwrap_or(&self.def)
+    }
+}
+
+/// A domain: immutable uuid, a state lock and a job lock.
+#[derive(Debug)]
+pub struct DomainObj {
+    /// Immutable.
+    pub uuid: Uuid,
+    /// Serialises mutating operations (held across backend calls).
+    job: tokio::sync::Mutex<()>,
+    /// Short-lived lock on the state; never held across `.await`.
+    st: Mutex<DomState>,
+}
+
+impl DomainObj {
+    fn new(uuid: Uuid, s: DomState) -> Arc<Self> {
+        Arc::new(DomainObj {
+            uuid,
+            job: tokio::sync::Mutex::new(()),
+            st: Mutex::new(s),
+        })
+    }
+
+    /// Runs `f` on the state under the short lock.
+    pub fn with<T>(&self, f: impl FnOnce(&mut DomState) -> T) -> T {
+        let mut g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    /// A consistent copy of the state.
+    pub fn snapshot(&self) -> DomState {
+        self.with(|s| s.clone())
+    }
+
+    /// The wire identity.
+    pub fn dom_ref(&self) -> DomRef {
+        self.with(|s| DomRef {
+            name: s.def.name().to_string(),
+            uuid: self.uuid,
+            id: s.id,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_uuid: HashMap<Uuid, Arc<DomainObj>>,
+    by_name: HashMap<String, Uuid>,
+    by_id: HashMap<i32, Uuid>,
+}
+
+#[derive(Debug, Default)]
+struct Placement {
+    /// Node → domain currently bound to it.
+    busy: HashMap<String, Uuid>,
+    /// Node → last domain bound to it (sticky placement; persisted).
+    history: BTreeMap<String, Uuid>,
+}
+
+/// The driver.
+pub struct Driver {
+    cfg: Config,
+    nodes: Vec<Node>,
+    store: Store,
+    reg: RwLock<Registry>,
+    placement: Mutex<Placement>,
+    next_id: AtomicI32,
+    /// Domain events.
+    pub events: EventBus,
+    hostname: String,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+fn io_err(what: &str, e: std::io::Error) -> VirError {
+    VirError::operation_failed(&format!("{what}: {e}"))
+}
+
+/// Parses domain XML into a definition, mapping errors to `VIR_ERR_XML_ERROR`.
+pub fn parse_def(xml: &str) -> VirResult<DomainDef> {
+    DomainDef::parse(xml).map_err(|e| VirError::xml(&e.to_string()))
+}
+
+impl Driver {
+    /// Builds the driver over the given nodes, loading definitions and live state from disk
+    /// and recovering interrupted operations. Call [`Driver::start_background`] afterwards.
+    pub async fn open(cfg: Config, nodes: Vec<Node>) -> Result<Arc<Driver>, String> {
+        let store = Store::open(&cfg.config_dir, &cfg.state_dir)
+            .map_err(|e| format!("cannot prepare directories: {e}"))?;
+        let hostname = cfg.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let history = store.load_node_history();
+        let d = Arc::new(Driver {
+            cfg,
+            nodes,
+            store,
+            reg: RwLock::new(Registry::default()),
+            placement: Mutex::new(Placement {
+                busy: HashMap::new(),
+                history,
+            }),
+            next_id: AtomicI32::new(1),
+            events: EventBus::new(),
+            hostname,
+        });
+        d.load().await?;
+        Ok(d)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The host name reported to clients.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.spec.name == name)
+    }
+
+    fn emit(&self, r: &DomRef, kind: EventKind) {
+        self.events.publish(DomainEvent {
+            name: r.name.clone(),
+            uuid: r.uuid,
+            id: r.id,
+            kind,
+        });
+    }
+
+    fn emit_lifecycle(&self, r: &DomRef, event: i32, detail: i32) {
+        self.emit(r, EventKind::Lifecycle { event, detail });
+    }
+
+    // ---------------------------------------------------------------- lookups
+
+    /// Finds by uuid.
+    pub fn lookup_uuid(&self, uuid: &Uuid) -> VirResult<Arc<DomainObj>> {
+        self.reg
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_uuid
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| VirError::no_domain_uuid(uuid, None))
+    }
+
+    /// Finds the object a client handle refers to (by uuid, like libvirt's drivers).
+    pub fn get(&self, uuid: &Uuid, name: &str) -> VirResult<Arc<DomainObj>> {
+        self.lookup_uuid(uuid)
+            .map_err(|_| VirError::no_domain_uuid(uuid, Some(name)))
+    }
+
+    /// Finds by name.
+    pub fn lookup_name(&self, name: &str) -> VirResult<Arc<DomainObj>> {
+        let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
+        reg.by_name
+            .get(name)
+            .and_then(|u| reg.by_uuid.get(u))
+            .cloned()
+            .ok_or_else(|| VirError::no_domain_name(name))
+    }
+
+    /// Finds an active domain by id.
+    pub fn lookup_id(&self, id: i32) -> VirResult<Arc<DomainObj>> {
+        let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
+        reg.by_id
+            .get(&id)
+            .and_then(|u| reg.by_uuid.get(u))
+            .cloned()
+            .ok_or_else(|| VirError::no_domain_id(id))
+    }
+
+    /// Every domain, in no particular order.
+    pub fn all(&self) -> Vec<Arc<DomainObj>> {
+        self.reg
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_uuid
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// `virConnectListAllDomains` filtering (groups OR-ed within, AND-ed across).
+    pub fn list_all(&self, flags: u32) -> VirResult<Vec<DomRef>> {
+        const ACTIVE: u32 = 1;
+        const INACTIVE: u32 = 2;
+        const PERSISTENT: u32 = 4;
+        const TRANSIENT: u32 = 8;
+        const RUNNING: u32 = 16;
+        const PAUSED: u32 = 32;
+        const SHUTOFF: u32 = 64;
+        const OTHER: u32 = 128;
+        const MANAGEDSAVE: u32 = 256;
+        const NO_MANAGEDSAVE: u32 = 512;
+        const AUTOSTART: u32 = 1024;
+        const NO_AUTOSTART: u32 = 2048;
+        const HAS_SNAPSHOT: u32 = 4096;
+        const NO_SNAPSHOT: u32 = 8192;
+        const HAS_CHECKPOINT: u32 = 16384;
+        const NO_CHECKPOINT: u32 = 32768;
+        VirError::check_flags(flags, 0xffff, "virConnectListAllDomains")?;
+        // Bare metal has no managed save, snapshots or checkpoints: "has" matches nothing,
+        // "has no" matches everything.
+        let absent = |has: u32, has_no: u32| flags & (has | has_no) == 0 || flags & has_no != 0;
+        let mut out = Vec::new();
+        for obj in self.all() {
+            let keep = obj.with(|s| {
+                let active = s.active();
+                let other = !matches!(s.state, st::RUNNING | st::PAUSED | st::SHUTOFF);
+                let g_active = flags & (ACTIVE | INACTIVE) == 0
+                    || (flags & ACTIVE != 0 && active)
+                    || (flags & INACTIVE != 0 && !active);
+                let g_pers = flags & (PERSISTENT | TRANSIENT) == 0
+                    || (flags & PERSISTENT != 0 && s.persistent)
+                    || (flags & TRANSIENT != 0 && !s.persistent);
+                let g_state = flags & (RUNNING | PAUSED | SHUTOFF | OTHER) == 0
+                    || (flags & RUNNING != 0 && s.state == st::RUNNING)
+                    || (flags & PAUSED != 0 && s.state == st::PAUSED)
+                    || (flags & SHUTOFF != 0 && s.state == st::SHUTOFF)
+                    || (flags & OTHER != 0 && other);
+                let g_ms = absent(MANAGEDSAVE, NO_MANAGEDSAVE);
+                let g_auto = flags & (AUTOSTART | NO_AUTOSTART) == 0
+                    || (flags & AUTOSTART != 0 && s.autostart)
+                    || (flags & NO_AUTOSTART != 0 && !s.autostart);
+                let g_snap = absent(HAS_SNAPSHOT, NO_SNAPSHOT);
+                let g_ckpt = absent(HAS_CHECKPOINT, NO_CHECKPOINT);
+                g_active && g_pers && g_state && g_ms && g_auto && g_snap && g_ckpt
+            });
+            if keep {
+                out.push(obj.dom_ref());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of active domains (legacy `virConnectListDomains`).
+    pub fn active_ids(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .reg
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .keys()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Names of inactive domains (legacy `virConnectListDefinedDomains`).
+    pub fn inactive_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .all()
+            .iter()
+            .filter_map(|o| o.with(|s| (!s.active()).then(|| s.def.name().to_string())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// `virDomainGetXMLDesc`.
+    pub fn xml_desc(&self, obj: &DomainObj, flags: u32) -> VirResult<String> {
+        const SECURE: u32 = 1;
+        const INACTIVE: u32 = 2;
+        const UPDATE_CPU: u32 = 4;
+        const MIGRATABLE: u32 = 8;
+        VirError::check_flags(
+            flags,
+            SECURE | INACTIVE | UPDATE_CPU | MIGRATABLE,
+            "virDomainGetXMLDesc",
+        )?;
+        let (def, live) = obj.with(|s| {
+            if flags & (INACTIVE | MIGRATABLE) != 0 || !s.active() {
+                (s.persistent_def().clone(), None)
+            } else {
+                let live = LiveInfo {
+                    id: s.id,
+                    node: s.node.clone().unwrap_or_default(),
+                };
+                (s.def.clone(), Some(live))
+            }
+        });
+        Ok(def.to_xml(&FormatOpts {
+            live,
+            secure: flags & SECURE != 0,
+            inactive: flags & INACTIVE != 0,
+        }))
+    }
+
+    /// Picks the definition a metadata or config read applies to
+    /// (`VIR_DOMAIN_AFFECT_CURRENT/LIVE/CONFIG`).
+    pub fn def_for(&self, obj: &DomainObj, flags: u32) -> VirResult<Arc<DomainDef>> {
+        const LIVE: u32 = 1;
+        const CONFIG: u32 = 2;
+        obj.with(|s| {
+            if flags & LIVE != 0 && flags & CONFIG != 0 {
+                return Err(VirError::invalid_arg(
+                    "Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive",
+                ));
+            }
+            if flags & LIVE != 0 && !s.active() {
+                return Err(VirError::operation_invalid("domain is not running"));
+            }
+            if flags & CONFIG != 0 {
+                if !s.persistent {
+                    return Err(VirError::operation_invalid(
+                        "transient domains do not have any persistent config",
+                    ));
+                }
+                return Ok(s.persistent_def().clone());
+            }
+            Ok(s.def.clone())
+        })
+    }
+
+    // ---------------------------------------------------------------- registry changes
+
+    fn insert(&self, obj: Arc<DomainObj>, name: &str) {
+        let mut reg = self.reg.write().unwrap_or_else(|e| e.into_inner());
+        reg.by_name.insert(name.to_string(), obj.uuid);
+        reg.by_uuid.insert(obj.uuid, obj);
+    }
+
+    fn remove(&self, obj: &DomainObj) {
+        let mut reg = self.reg.write().unwrap_or_else(|e| e.into_inner());
+        let name = obj.with(|s| {
+            s.removed = true;
+            s.def.name().to_string()
+        });
+        if reg.by_name.get(&name) == Some(&obj.uuid) {
+            reg.by_name.remove(&name);
+        }
+        reg.by_uuid.remove(&obj.uuid);
+        reg.by_id.retain(|_, u| *u != obj.uuid);
+    }
+
+    fn set_id(&self, obj: &DomainObj, old: i32, new: i32) {
+        let mut reg = self.reg.write().unwrap_or_else(|e| e.into_inner());
+        if old > 0 {
+            reg.by_id.remove(&old);
+        }
+        if new > 0 {
+            reg.by_id.insert(new, obj.uuid);
+        }
+    }
+
+    fn fresh_id(&self) -> i32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// libvirt's uniqueness rules (`virDomainObjListAddLocked`). Returns the existing object
+    /// with this uuid, if any.
+    fn check_unique(&self, def: &DomainDef, check_live: bool) -> VirResult<Option<Arc<DomainObj>>> {
+        let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
+        let uuid = def.uuid();
+        if let Some(obj) = reg.by_uuid.get(&uuid) {
+            let (old_name, active, persistent) =
+                obj.with(|s| (s.def.name().to_string(), s.active(), s.persistent));
+            if old_name != def.name() {
+                return Err(VirError::operation_failed(&format!(
+                    "domain '{old_name}' is already defined with uuid {uuid}"
+                )));
+            }
+            if check_live {
+                if active {
+                    return Err(VirError::operation_invalid(&format!(
+                        "domain '{old_name}' is already active"
+                    )));
+                }
+                if !persistent {
+                    return Err(VirError::operation_invalid(&format!(
+                        "domain '{old_name}' is already being started"
+                    )));
+                }
+            }
+            return Ok(Some(obj.clone()));
+        }
+        if let Some(other) = reg.by_name.get(def.name()) {
+            return Err(VirError::operation_failed(&format!(
+                "domain '{}' already exists with uuid {other}",
+                def.name()
+            )));
+        }
+        Ok(None)
+    }
+
+    // ---------------------------------------------------------------- define / undefine
+
+    /// `virDomainDefineXML(Flags)`.
+    pub async fn define_xml(&self, xml: &str, flags: u32) -> VirResult<DomRef> {
+        VirError::check_flags(flags, 1, "virDomainDefineXMLFlags")?;
+        if flags & 1 != 0 {
+            crate::domain::schema::validate(xml).map_err(|e| {
+                VirError::new(
+                    crate::error::code::XML_ERROR,
+                    crate::error::from::DOMAIN,
+                    format!("XML document failed to validate against schema: {e}"),
+                )
+            })?;
+        }
+        let def = Arc::new(parse_def(xml)?);
+        loop {
+            match self.check_unique(&def, false)? {
+                None => {
+                    self.store
+                        .save_config(def.name(), &def.to_xml(&FormatOpts::inactive()))
+                        .map_err(|e| io_err("cannot save domain definition", e))?;
+                    let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), true));
+                    {
+                        // Re-check under the write lock: another define may have won.
+                        let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
+                        if reg.by_uuid.contains_key(&def.uuid())
+                            || reg.by_name.contains_key(def.name())
+                        {
+                            continue;
+                        }
+                    }
+                    self.insert(obj.clone(), def.name());
+                    let r = obj.dom_ref();
+                    self.emit_lifecycle(
+                        &r,
+                        crate::events::lifecycle::DEFINED,
+                        crate::events::lifecycle::DEFINED_ADDED,
+                    );
+                    return Ok(r);
+                }
+                Some(obj) => {
+                    let _job = obj.job.lock().await;
+                    if obj.with(|s| s.removed) {
+                        continue;
+                    }
+                    self.store
+                        .save_config(def.name(), &def.to_xml(&FormatOpts::inactive()))
+                        .map_err(|e| io_err("cannot save domain definition", e))?;
+                    let r = obj.with(|s| {
+                        if s.active() {
+                            s.new_def = Some(def.clone());
+                        } else {
+                            s.def = def.clone();
+                        }
+                        s.persistent = true;
+                        DomRef {
+                            name: s.def.name().to_string(),
+                            uuid: obj.uuid,
+                            id: s.id,
+                        }
+                    });
+                    if obj.with(|s| s.active()) {
+                        self.persist_active(&obj);
+                    }
+                    self.emit_lifecycle(
+                        &r,
+                        crate::events::lifecycle::DEFINED,
+                        crate::events::lifecycle::DEFINED_UPDATED,
+                    );
+                    return Ok(r);
+                }
+            }
+        }
+    }
+
+    /// `virDomainUndefine(Flags)`.
+    pub async fn undefine(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
+        // MANAGED_SAVE, SNAPSHOTS_METADATA, NVRAM, KEEP_NVRAM, CHECKPOINTS_METADATA, TPM,
+        // KEEP_TPM: nothing of that exists for bare metal, so they are accepted and no-ops.
+        VirError::check_flags(flags, 0x7f, "virDomainUndefineFlags")?;
+        if flags & 4 != 0 && flags & 8 != 0 {
+            return Err(VirError::operation_invalid(
+                "cannot both keep and delete nvram",
+            ));
+        }
+        let _job = obj.job.lock().await;
+        let (r, active, persistent, name) = obj.with(|s| {
+            (
+                DomRef {
+                    name: s.def.name().to_string(),
+                    uuid: obj.uuid,
+                    id: s.id,
+                },
+                s.active(),
+                s.persistent,
+                s.def.name().to_string(),
+            )
+        });
+        if obj.with(|s| s.removed) {
+            return Err(VirError::no_domain_uuid(&obj.uuid, Some(&name)));
+        }
+        if !persistent {
+            return Err(VirError::operation_invalid(
+                "cannot undefine transient domain",
+            ));
+        }
+        self.store
+            .delete_config(&name)
+            .map_err(|e| io_err("cannot delete domain definition", e))?;
+        if active {
+            obj.with(|s| {
+                s.persistent = false;
+                s.autostart = false;
+                s.new_def = None;
+            });
+            self.persist_active(obj);
+        } else {
+            self.remove(obj);
+        }
+        self.emit_lifecycle(
+            &r,
+            crate::events::lifecycle::UNDEFINED,
+            crate::events::lifecycle::UNDEFINED_REMOVED,
+        );
+        Ok(())
+    }
+
+    /// `virDomainSetAutostart`.
+    pub async fn set_autostart(&self, obj: &Arc<DomainObj>, on: bool) -> VirResult<()> {
+        let _job = obj.job.lock().await;
+        let (persistent, name, cur) =
+            obj.with(|s| (s.persistent, s.def.name().to_string(), s.autostart));
+        if !persistent {
+            return Err(VirError::operation_invalid(
+                "cannot set autostart for transient domain",
+            ));
+        }
+        if cur != on {
+            self.store
+                .set_autostart(&name, on)
+                .map_err(|e| io_err("cannot change autostart", e))?;
+            obj.with(|s| s.autostart = on);
+        }
+        Ok(())
+    }
+
+    /// `virDomainSetMetadata`.
+    pub async fn set_metadata(
+        &self,
+        obj: &Arc<DomainObj>,
+        kind: i32,
+        value: Option<&str>,
+        key: Option<&str>,
+        uri: Option<&str>,
+        flags: u32,
+    ) -> VirResult<()> {
+        const LIVE: u32 = 1;
+        const CONFIG: u32 = 2;
+        VirError::check_flags(flags, LIVE | CONFIG, "virDomainSetMetadata")?;
+        let _job = obj.job.lock().await;
+        let (active, persistent) = obj.with(|s| (s.active(), s.persistent));
+        let (live, config) = match flags {
+            0 => (active, !active),
+            f => (f & LIVE != 0, f & CONFIG != 0),
+        };
+        if live && !active {
+            return Err(VirError::operation_invalid("domain is not running"));
+        }
+        if config && !persistent {
+            return Err(VirError::operation_invalid(
+                "transient domains do not have any persistent config",
+            ));
+        }
+        let api = |m: &str| {
+            VirError::new(
+                crate::error::code::INVALID_ARG,
+                crate::error::from::DOMAIN,
+                m,
+            )
+        };
+        match kind {
+            0 | 1 if key.is_some() => return Err(api("key in virDomainSetMetadata must be NULL")),
+            0 | 1 if uri.is_some() => return Err(api("uri in virDomainSetMetadata must be NULL")),
+            1 if value.is_some_and(|v| v.contains('\n')) => {
+                return Err(api("metadata title can't contain newlines"))
+            }
+            2 if uri.is_none() => return Err(api("uri in virDomainSetMetadata must not be NULL")),
+            2 if value.is_some() && key.is_none() => {
+                return Err(api("key in virDomainSetMetadata must not be NULL"))
+            }
+            _ => {}
+        }
+        let apply = |d: &DomainDef| -> VirResult<DomainDef> {
+            let mut d = d.clone();
+            match kind {
+                0 => d
+                    .set_description(value.filter(|v| !v.is_empty()))
+                    .map_err(|e| VirError::xml(&e.to_string()))?,
+                1 => d
+                    .set_title(value.filter(|v| !v.is_empty()))
+                    .map_err(|e| VirError::xml(&e.to_string()))?,
+                2 => d
+                    .set_metadata_element(uri.unwrap_or(""), key.unwrap_or(""), value)
+                    .map_err(|e| VirError::xml(&e.to_string()))?,
+                k => {
+                    return Err(VirError::new(
+                        crate::error::code::INVALID_ARG,
+                        crate::error::from::DOMAIN,
+                        format!("invalid argument: unknown metadata type '{k}'"),
+                    ))
+                }
+            }
+            Ok(d)
+        };
+        let (cur, pers) = obj.with(|s| (s.def.clone(), s.persistent_def().clone()));
+        let new_live = if live {
+            Some(Arc::new(apply(&cur)?))
+        } else {
+            None
+        };
+        let new_config = if config {
+            Some(Arc::new(apply(&pers)?))
+        } else {
+            None
+        };
+        if let Some(c) = &new_config {
+            self.store
+                .save_config(c.name(), &c.to_xml(&FormatOpts::inactive()))
+                .map_err(|e| io_err("cannot save domain definition", e))?;
+        }
+        obj.with(|s| {
+            if let Some(l) = new_live {
+                s.def = l;
+            }
+            if let Some(c) = new_config {
+                if s.active() {
+                    s.new_def = Some(c);
+                } else {
+                    s.def = c;
+                }
+            }
+        });
+        if active {
+            self.persist_active(obj);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- status persistence
+
+    /// Writes the live status of an active domain (best effort: failures are logged).
+    fn persist_active(&self, obj: &DomainObj) {
+        let status = obj.with(|s| {
+            s.node.clone().map(|node| Status {
+                uuid: obj.uuid,
+                name: s.def.name().to_string(),
+                id: s.id,
+                state: s.state,
+                reason: s.reason,
+                node,
+                phase: store::Phase::Active,
+                persistent: s.persistent,
+                xml: s.def.to_xml(&FormatOpts::inactive()),
+                journal: s.journal.clone(),
+                stop_reason: None,
+            })
+        });
+        if let Some(st) = status {
+            if let Err(e) = self.store.save_status(&st) {
+                tracing::error!(domain = %st.name, "cannot save live status: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Where the driver keeps things on disk (DESIGN §5):
+//!
+//! - `<config_dir>/domains/<name>.xml` — persistent definitions (inactive XML)
+//! - `<config_dir>/autostart/<name>` — autostart markers
+//! - `<state_dir>/domains/<uuid>.json` — live status of active or half-started domains:
+//!   node binding, id, state, the live XML and the undo journal
+//! - `<state_dir>/nodes.json` — last domain bound to each node (sticky placement)
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::persist;
+
+/// A hardware step of a start, recorded before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    /// A disk mapping (undo: detach).
+    Disk {
+        /// Backend handle.
+        handle: String,
+        /// Target dev.
+        target: String,
+        /// Host-visible device once mapped.
+        device: Option<String>,
+    },
+    /// A NIC plug (undo: unplug).
+    Nic {
+        /// Backend handle.
+        handle: String,
+        /// MAC address.
+        mac: String,
+        /// Representor once plugged.
+        representor: Option<String>,
+    },
+    /// Power on (undo: hard power off).
+    PowerOn,
+}
+
+/// Where a domain's hardware is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Start in progress: on recovery, undo the journal.
+    Starting,
+    /// Running or staged.
+    Active,
+    /// Stop in progress: on recovery, finish it.
+    Stopping,
+}
+
+/// `<state_dir>/domains/<uuid>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Domain uuid.
+    pub uuid: Uuid,
+    /// Domain name.
+    pub name: String,
+    /// Domain id.
+    pub id: i32,
+    /// `virDomainState`.
+    pub state: i32,
+    /// Reason.
+    pub reason: i32,
+    /// Bound node.
+    pub node: String,
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// Persistent (has a config file).
+    pub persistent: bool,
+    /// The live definition (inactive-format XML).
+    pub xml: String,
+    /// Undo journal, in execution order.
+    pub journal: Vec<Step>,
+    /// Reason to use if a stop must be finished during recovery.
+    #[serde(default)]
+    pub stop_reason: Option<i32>,
+}
+
+/// Paths and file operations.
+#[derive(Debug, Clone)]
+pub struct Store {
+    config_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Store {
+    /// Creates the directory layout.
+    pub fn open(config_dir: &Path, state_dir: &Path) -> io::Result<Store> {
+        let s = Store {
+            config_dir: config_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        };
+        persist::ensure_dir(&s.domains_dir(), 0o755)?;
+        persist::ensure_dir(&s.autostart_dir(), 0o755)?;
+        persist::ensure_dir(&s.status_dir(), 0o700)?;
+        for d in [s.domains_dir(), s.autostart_dir(), s.status_dir()] {
+            persist::clean_temp_files(&d)?;
+        }
+        persist::clean_temp_files(&s.state_dir)?;
+        Ok(s)
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn domains_dir(&self) -> PathBuf {
+        self.config_dir.join("domains")
+    }
+
+    fn autostart_dir(&self) -> PathBuf {
+        self.config_dir.join("autostart")
+    }
+
+    fn status_dir(&self) -> PathBuf {
+        self.state_dir.join("domains")
+    }
+
+    /// Saves a persistent definition.
+    pub fn save_config(&self, name: &str, xml: &str) -> io::Result<()> {
+        persist::write_atomic(
+            &self.domains_dir().join(format!("{name}.xml")),
+            xml.as_bytes(),
+            0o600,
+        )
+    }
+
+    /// Deletes a persistent definition and its autostart marker.
+    pub fn delete_config(&self, name: &str) -> io::Result<()> {
+        persist::remove(&self.domains_dir().join(format!("{name}.xml")))?;
+        self.set_autostart(name, false)
+    }
+
+    /// Sets or clears the autostart marker.
+    pub fn set_autostart(&self, name: &str, on: bool) -> io::Result<()> {
+        let p = self.autostart_dir().join(name);
+        if on {
+            persist::write_atomic(&p, b"", 0o644)
+        } else {
+            persist::remove(&p)
+        }
+    }
+
+    /// All saved definitions: (file name stem, xml, autostart).
+    pub fn load_configs(&self) -> io::Result<Vec<(String, String, bool)>> {
+        let mut out = Vec::new();
+        for ent in std::fs::read_dir(self.domains_dir())? {
+            let p = ent?.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("xml") {
+                continue;
+            }
+            let stem = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let xml = std::fs::read_to_string(&p)?;
+            let auto = self.autostart_dir().join(&stem).exists();
+            out.push((stem, xml, auto));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Saves a live status.
+    pub fn save_status(&self, s: &Status) -> io::Result<()> {
+        let data = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
+        persist::write_atomic(
+            &self.status_dir().join(format!("{}.json", s.uuid)),
+            &data,
+            0o600,
+        )
+    }
+
+    /// Deletes a live status.
+    pub fn delete_status(&self, uuid: &Uuid) -> io::Result<()> {
+        persist::remove(&self.status_dir().join(format!("{uuid}.json")))
+    }
+
+    /// All live statuses; unreadable ones are reported by path.
+    pub fn load_statuses(&self) -> io::Result<Vec<Result<Status, String>>> {
+        let mut out = Vec::new();
+        for ent in std::fs::read_dir(self.status_dir())? {
+            let p = ent?.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let r = std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Status>(&b).map_err(|e| e.to_string()))
+                .map_err(|e| format!("{}: {e}", p.display()));
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Sticky placement: node name → last domain uuid bound to it.
+    pub fn load_node_history(&self) -> BTreeMap<String, Uuid> {
+        std::fs::read(self.state_dir.join("nodes.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the placement history.
+    pub fn save_node_history(&self, h: &BTreeMap<String, Uuid>) -> io::Result<()> {
+        let data = serde_json::to_vec_pretty(h).map_err(io::Error::other)?;
+        persist::write_atomic(&self.state_dir.join("nodes.json"), &data, 0o600)
+    }
+}

@@ -1,0 +1,249 @@
+//! libvirt errors: the frozen numeric codes (`virErrorNumber`, `virErrorDomain`) and the
+//! finished, user-visible message texts. Clients show `message` verbatim and test `code`,
+//! so every failure the daemon reports is built here.
+
+use std::fmt;
+
+/// `virErrorNumber` values used by metalvirt.
+#[allow(missing_docs)]
+pub mod code {
+    pub const INTERNAL_ERROR: i32 = 1;
+    pub const NO_SUPPORT: i32 = 3;
+    pub const NO_CONNECT: i32 = 5;
+    pub const INVALID_ARG: i32 = 8;
+    pub const OPERATION_FAILED: i32 = 9;
+    pub const XML_ERROR: i32 = 27;
+    pub const OPERATION_DENIED: i32 = 29;
+    pub const RPC: i32 = 39;
+    pub const NO_DOMAIN: i32 = 42;
+    pub const AUTH_FAILED: i32 = 45;
+    pub const OPERATION_INVALID: i32 = 55;
+    pub const NO_SECRET: i32 = 66;
+    pub const CONFIG_UNSUPPORTED: i32 = 67;
+    pub const OPERATION_TIMEOUT: i32 = 68;
+    pub const ARGUMENT_UNSUPPORTED: i32 = 74;
+    pub const NO_DOMAIN_METADATA: i32 = 80;
+    pub const OPERATION_UNSUPPORTED: i32 = 84;
+    pub const DEVICE_MISSING: i32 = 99;
+}
+
+/// `virErrorDomain` values used by metalvirt.
+#[allow(missing_docs)]
+pub mod from {
+    pub const NONE: i32 = 0;
+    pub const XML: i32 = 5;
+    pub const RPC: i32 = 7;
+    pub const QEMU: i32 = 10;
+    pub const REMOTE: i32 = 13;
+    pub const DOMAIN: i32 = 20;
+    pub const SECRET: i32 = 30;
+}
+
+/// `VIR_ERR_ERROR`.
+pub const LEVEL_ERROR: i32 = 2;
+
+/// A libvirt error as it travels on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirError {
+    /// `virErrorNumber`.
+    pub code: i32,
+    /// `virErrorDomain`.
+    pub domain: i32,
+    /// The finished message, prefix included.
+    pub message: String,
+}
+
+impl fmt::Display for VirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for VirError {}
+
+/// Result type of driver and dispatch code.
+pub type VirResult<T> = Result<T, VirError>;
+
+impl VirError {
+    /// An error with an explicit code, domain and finished message.
+    pub fn new(code: i32, domain: i32, message: impl Into<String>) -> Self {
+        VirError {
+            code,
+            domain,
+            message: message.into(),
+        }
+    }
+
+    /// `VIR_ERR_NO_DOMAIN` for a name lookup.
+    pub fn no_domain_name(name: &str) -> Self {
+        Self::new(
+            code::NO_DOMAIN,
+            from::QEMU,
+            format!("Domain not found: no domain with matching name '{name}'"),
+        )
+    }
+
+    /// `VIR_ERR_NO_DOMAIN` for a uuid lookup; `name` is added when the caller knows it.
+    pub fn no_domain_uuid(uuid: &uuid::Uuid, name: Option<&str>) -> Self {
+        let msg = match name {
+            Some(n) => format!("Domain not found: no domain with matching uuid '{uuid}' ({n})"),
+            None => format!("Domain not found: no domain with matching uuid '{uuid}'"),
+        };
+        Self::new(code::NO_DOMAIN, from::QEMU, msg)
+    }
+
+    /// `VIR_ERR_NO_DOMAIN` for an id lookup.
+    pub fn no_domain_id(id: i32) -> Self {
+        Self::new(
+            code::NO_DOMAIN,
+            from::QEMU,
+            format!("Domain not found: no domain with matching id {id}"),
+        )
+    }
+
+    /// `VIR_ERR_OPERATION_INVALID` (wrong state).
+    pub fn operation_invalid(detail: &str) -> Self {
+        Self::new(
+            code::OPERATION_INVALID,
+            from::DOMAIN,
+            format!("Requested operation is not valid: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_XML_ERROR`.
+    pub fn xml(detail: &str) -> Self {
+        Self::new(
+            code::XML_ERROR,
+            from::DOMAIN,
+            format!("XML error: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_CONFIG_UNSUPPORTED`.
+    pub fn config_unsupported(detail: &str) -> Self {
+        Self::new(
+            code::CONFIG_UNSUPPORTED,
+            from::QEMU,
+            format!("unsupported configuration: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_OPERATION_UNSUPPORTED`.
+    pub fn operation_unsupported(detail: &str) -> Self {
+        Self::new(
+            code::OPERATION_UNSUPPORTED,
+            from::QEMU,
+            format!("Operation not supported: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_NO_SUPPORT` for an API this driver does not implement.
+    pub fn no_support(api: &str) -> Self {
+        Self::new(
+            code::NO_SUPPORT,
+            from::DOMAIN,
+            format!("this function is not supported by the connection driver: {api}"),
+        )
+    }
+
+    /// `VIR_ERR_OPERATION_FAILED`.
+    pub fn operation_failed(detail: &str) -> Self {
+        Self::new(
+            code::OPERATION_FAILED,
+            from::QEMU,
+            format!("operation failed: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_OPERATION_DENIED` for a mutating API on a read-only connection.
+    pub fn read_only(api: &str) -> Self {
+        Self::new(
+            code::OPERATION_DENIED,
+            from::DOMAIN,
+            format!("operation forbidden: read only access prevents {api}"),
+        )
+    }
+
+    /// `VIR_ERR_INTERNAL_ERROR`. Never use it with domain RPC/REMOTE for ordinary failures:
+    /// nova reads that combination as a broken connection.
+    pub fn internal(detail: &str) -> Self {
+        Self::new(
+            code::INTERNAL_ERROR,
+            from::QEMU,
+            format!("internal error: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_INVALID_ARG`.
+    pub fn invalid_arg(detail: &str) -> Self {
+        Self::new(
+            code::INVALID_ARG,
+            from::QEMU,
+            format!("invalid argument: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_ARGUMENT_UNSUPPORTED`.
+    pub fn argument_unsupported(detail: &str) -> Self {
+        Self::new(
+            code::ARGUMENT_UNSUPPORTED,
+            from::QEMU,
+            format!("argument unsupported: {detail}"),
+        )
+    }
+
+    /// libvirt's `virCheckFlags` failure: no prefix, names the public API.
+    pub fn unsupported_flags(flags: u32, api: &str) -> Self {
+        Self::new(
+            code::INVALID_ARG,
+            from::QEMU,
+            format!("unsupported flags (0x{flags:x}) in function {api}"),
+        )
+    }
+
+    /// `VIR_ERR_RPC`: protocol-level failures (no prefix).
+    pub fn rpc(msg: &str) -> Self {
+        Self::new(code::RPC, from::RPC, msg)
+    }
+
+    /// `VIR_ERR_NO_DOMAIN_METADATA`.
+    pub fn no_metadata() -> Self {
+        Self::new(
+            code::NO_DOMAIN_METADATA,
+            from::DOMAIN,
+            "metadata not found: Requested metadata element is not present",
+        )
+    }
+
+    /// Checks that `flags` has no bits outside `allowed`.
+    pub fn check_flags(flags: u32, allowed: u32, api: &str) -> VirResult<()> {
+        if flags & !allowed != 0 {
+            return Err(Self::unsupported_flags(flags & !allowed, api));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_libvirt_prefixes() {
+        assert_eq!(
+            VirError::no_domain_name("x").message,
+            "Domain not found: no domain with matching name 'x'"
+        );
+        assert_eq!(
+            VirError::operation_invalid("domain is not running").message,
+            "Requested operation is not valid: domain is not running"
+        );
+        let e = VirError::check_flags(0x5, 0x1, "virDomainDestroyFlags").unwrap_err();
+        assert_eq!(e.code, code::INVALID_ARG);
+        assert_eq!(
+            e.message,
+            "unsupported flags (0x4) in function virDomainDestroyFlags"
+        );
+        assert!(VirError::check_flags(1, 3, "x").is_ok());
+    }
+}

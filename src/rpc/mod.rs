@@ -1,0 +1,6 @@
+//! Connections and dispatch: unix listeners (rw and ro), per-connection reader/writer tasks,
+//! concurrent calls matched by serial, keepalive, events.
+
+pub mod client;
+mod dispatch;
+pub mod server;

@@ -1,0 +1,221 @@
+//! Listeners and the per-connection loop.
+//!
+//! Per connection: one reader (this task), one writer task fed by a bounded queue, and one
+//! task per call. At most `max_client_requests` calls run at once per client; at that limit
+//! the reader stops reading (libvirtd's behaviour), so a client cannot queue unbounded work.
+//! Keepalive PINGs are answered by the reader itself, so they are never stuck behind calls.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::client::{Client, OUT_QUEUE};
+use super::dispatch;
+use crate::driver::Driver;
+use crate::error::VirError;
+use crate::protocol::header::{
+    check_length, frame, frame_with, Header, MessageType, Status, HEADER_LEN, KEEPALIVE_PING,
+    KEEPALIVE_PONG, KEEPALIVE_PROGRAM, PROTOCOL_VERSION, REMOTE_PROGRAM,
+};
+use crate::protocol::types::RemoteError;
+use crate::protocol::xdr::{Reader, Xdr};
+
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// Socket file names inside the socket directory.
+pub const RW_SOCKET: &str = "libvirt-sock";
+/// Read-only socket.
+pub const RO_SOCKET: &str = "libvirt-sock-ro";
+
+/// Binds a unix socket, replacing a stale socket file, with the given mode.
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        // A live daemon would answer; a stale file from a killed one would refuse.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+/// Serves both sockets until `shutdown` resolves; then removes the socket files.
+pub async fn serve(
+    driver: Arc<Driver>,
+    rw: UnixListener,
+    ro: UnixListener,
+    paths: Vec<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let conns = Arc::new(Semaphore::new(driver.config().max_clients));
+    let a = tokio::spawn(accept_loop(driver.clone(), rw, false, conns.clone()));
+    let b = tokio::spawn(accept_loop(driver.clone(), ro, true, conns));
+    shutdown.await;
+    a.abort();
+    b.abort();
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+async fn accept_loop(driver: Arc<Driver>, l: UnixListener, ro: bool, conns: Arc<Semaphore>) {
+    loop {
+        let (stream, _) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            tracing::warn!("too many clients; refusing a connection");
+            continue;
+        };
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            handle(driver, stream, ro).await;
+            drop(permit);
+        });
+    }
+}
+
+fn error_frame(h: &Header, e: &VirError) -> Vec<u8> {
+    frame_with(&h.reply_to(Status::Error), &RemoteError::from(e))
+}
+
+/// Runs one connection to completion.
+pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
+    let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+    let limit = driver.config().max_client_requests;
+    let (rd, wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let client = Arc::new(Client::new(id, ro, tx, driver));
+    tracing::debug!(client = id, ro, "client connected");
+
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(64 * 1024, wr);
+        while let Some(f) = rx.recv().await {
+            if w.write_all(&f).await.is_err() {
+                return;
+            }
+            // Batch whatever is already queued into one write.
+            while let Ok(f) = rx.try_recv() {
+                if w.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    loop {
+        let mut lenb = [0u8; 4];
+        let r = tokio::select! {
+            r = rd.read_exact(&mut lenb) => r,
+            _ = client.closing.notified() => break,
+        };
+        if r.is_err() {
+            break;
+        }
+        let body_len = match check_length(u32::from_be_bytes(lenb)) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(client = id, "{e}; closing connection");
+                break;
+            }
+        };
+        let mut body = vec![0u8; body_len];
+        if rd.read_exact(&mut body).await.is_err() {
+            tracing::debug!(client = id, "truncated packet; closing connection");
+            break;
+        }
+        let mut r = Reader::new(&body[..HEADER_LEN]);
+        let Ok(h) = Header::decode(&mut r) else { break };
+        match (h.prog, MessageType::from_u32(h.mtype)) {
+            (KEEPALIVE_PROGRAM, _) => {
+                if h.proc_ == KEEPALIVE_PING {
+                    let pong = Header {
+                        proc_: KEEPALIVE_PONG,
+                        ..h
+                    };
+                    client.send(frame(&pong, &[]));
+                }
+            }
+            (REMOTE_PROGRAM, Some(MessageType::Call)) if h.vers == PROTOCOL_VERSION => {
+                if h.status != Status::Ok as u32 {
+                    client.send(error_frame(
+                        &h,
+                        &VirError::rpc(&format!("Unexpected message status {}", h.status)),
+                    ));
+                    continue;
+                }
+                let permit = match permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                };
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let payload = &body[HEADER_LEN..];
+                    let f = match dispatch::call(&c, h.proc_, payload).await {
+                        Ok(ret) => frame(&h.reply_to(Status::Ok), &ret),
+                        Err(e) => error_frame(&h, &e),
+                    };
+                    c.send(f);
+                    drop(permit);
+                });
+            }
+            (REMOTE_PROGRAM, Some(MessageType::Stream)) => {
+                // No streams are open: stray stream packets are ignored, as libvirtd does.
+            }
+            (REMOTE_PROGRAM, Some(MessageType::CallWithFds)) => {
+                client.send(error_frame(
+                    &h,
+                    &VirError::rpc("Passing file descriptors is not supported"),
+                ));
+            }
+            (_, Some(MessageType::Call)) => {
+                client.send(error_frame(
+                    &h,
+                    &VirError::rpc(&format!(
+                        "Cannot find program {} version {}",
+                        h.prog, h.vers
+                    )),
+                ));
+            }
+            _ => {
+                tracing::debug!(
+                    client = id,
+                    prog = h.prog,
+                    mtype = h.mtype,
+                    "ignoring unexpected message"
+                );
+            }
+        }
+    }
+    // Let in-flight calls finish writing, then stop the writer.
+    let _ = permits.acquire_many(limit as u32).await;
+    let close_cb = client.with(|s| {
+        s.callbacks.clear();
+        s.close_callback
+    });
+    let _ = close_cb;
+    drop(client);
+    let _ = writer.await;
+    tracing::debug!(client = id, "client disconnected");
+}
