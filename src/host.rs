@@ -348,12 +348,6 @@ pub fn domain_capabilities(
     <tpm supported='no'/>
     <redirdev supported='no'/>
     <channel supported='no'/>
-    <crypto supported='no'/>
-    <interface supported='yes'>
-      <enum name='backendType'>
-        <value>default</value>
-      </enum>
-    </interface>
   </devices>
   <features>
     <gic supported='no'/>
@@ -361,7 +355,6 @@ pub fn domain_capabilities(
     <genid supported='no'/>
     <backingStoreInput supported='no'/>
     <backup supported='no'/>
-    <async-teardown supported='no'/>
     <sev supported='no'/>
     <sgx supported='no'/>
   </features>
