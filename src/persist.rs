@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes `data` to `path` atomically with the given file mode.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
@@ -13,7 +14,14 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(".{}.new", name.to_string_lossy()));
+    // A unique temporary name, so concurrent writers of one file never share a temp file;
+    // the last rename wins.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{}.{}.new",
+        name.to_string_lossy(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut f = OpenOptions::new()
             .write(true)

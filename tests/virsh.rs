@@ -212,7 +212,7 @@ fn dominfo_dumpxml_and_validation() {
     assert!(ver.contains("Using API: QEMU"), "{ver}");
     assert!(ver.contains("Running hypervisor: QEMU 8.2.2"), "{ver}");
     let node = d.virsh_ok(&["nodeinfo"]);
-    assert!(node.contains("CPU(s):              128"), "{node}");
+    assert!(node.contains("CPU(s):              256"), "{node}");
     assert!(node.contains("NUMA cell(s):        4"), "{node}");
     d.virsh_ok(&["sysinfo"]);
     d.virsh_ok(&["hostname"]);

@@ -75,8 +75,8 @@ impl Shared {
             .get_mut(node)
             .ok_or_else(|| BackendError(format!("simulated node {node} is gone")))?;
         let r = f(n)?;
+        // Written under the lock: the file always reflects the latest state.
         let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError(e.to_string()))?;
-        drop(st);
         crate::persist::write_atomic(&self.file, &json, 0o644)
             .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;
         Ok(r)

@@ -15,7 +15,10 @@
 //! - `<currentMemory>` larger than `<memory>` is an error (libvirt silently
 //!   clamps it), `0` means "same as memory";
 //! - the `<uuid>` and interface MAC addresses are generated when missing
-//!   (at parse time, like libvirt).
+//!   (at parse time, like libvirt);
+//! - like libvirt's dumpxml, the output always has `<currentMemory>`,
+//!   `<vcpu placement>`, `<os><type arch>`, `<clock>` and the three
+//!   `<on_*>` lifecycle actions (filled with libvirt's defaults).
 
 use rand::RngCore;
 
@@ -98,6 +101,21 @@ const OTHER_LIBVIRT_VIRT_TYPES: &[&str] = &[
 
 /// OS types libvirt knows besides `hvm`.
 const OTHER_OS_TYPES: &[&str] = &["xen", "linux", "xenpvh", "exe", "uml"];
+
+/// Top-level elements metalvirt interprets, which may appear only once
+/// (libvirt would silently use the first one).
+const SINGLETONS: &[&str] = &[
+    "name",
+    "uuid",
+    "title",
+    "description",
+    "metadata",
+    "memory",
+    "currentMemory",
+    "vcpu",
+    "os",
+    "devices",
+];
 
 /// Interface target names libvirt generates itself and drops from the
 /// persistent definition.
@@ -418,9 +436,22 @@ impl DomainDef {
         }
         // The id is live state, never part of a definition.
         root.remove_attr("id");
+        // Stray text between the elements of <domain> and <devices> means
+        // nothing (libvirt drops it too).
+        root.children.retain(|n| !matches!(n, Node::Text(_)));
+        if let Some(devices) = root.child_mut("devices") {
+            devices.children.retain(|n| !matches!(n, Node::Text(_)));
+        }
         if let Some(pos) = root.attrs.iter().position(|(k, _)| k == "type") {
             let ty = root.attrs.remove(pos);
             root.attrs.insert(0, ty);
+        }
+        for single in SINGLETONS {
+            if root.children_named(single).nth(1).is_some() {
+                return fail(format!(
+                    "element <{single}> must appear only once in <domain>"
+                ));
+            }
         }
         root.reorder_children(DOMAIN_ORDER);
 
@@ -432,7 +463,28 @@ impl DomainDef {
         self.normalize_vcpu()?;
         self.normalize_os()?;
         self.normalize_devices()?;
+        self.add_libvirt_defaults();
         Ok(())
+    }
+
+    /// Elements libvirt always prints, with its defaults.
+    fn add_libvirt_defaults(&mut self) {
+        for (name, default) in [
+            ("on_poweroff", "destroy"),
+            ("on_reboot", "restart"),
+            ("on_crash", "destroy"),
+        ] {
+            if self.root.child(name).is_none() {
+                self.root
+                    .insert_ordered(Element::new(name).with_text(default), DOMAIN_ORDER);
+            }
+        }
+        if self.root.child("clock").is_none() {
+            self.root.insert_ordered(
+                Element::new("clock").with_attr("offset", "utc"),
+                DOMAIN_ORDER,
+            );
+        }
     }
 
     fn normalize_name(&mut self) -> Result<(), DomainXmlError> {
@@ -1158,6 +1210,9 @@ impl DomainDef {
         for (i, d) in decls.into_iter().enumerate() {
             copy.attrs.insert(i, d);
         }
+        // libvirt returns the element outside its namespace: the prefix bound to `uri` is
+        // stripped from the subtree and its declaration dropped.
+        strip_namespace(&mut copy, uri);
         let mut xml = copy.to_xml();
         if xml.ends_with('\n') {
             xml.pop();
@@ -1242,7 +1297,14 @@ impl DomainDef {
         } else {
             opts.live.as_ref()
         };
-        if live.is_none() && opts.secure {
+        let has_secret = || {
+            self.root.child("devices").is_some_and(|d| {
+                d.children_named("graphics")
+                    .any(|g| g.attr("passwd").is_some())
+            })
+        };
+        if live.is_none() && (opts.secure || !has_secret()) {
+            // nothing to add or hide: format the definition as it is
             return self.root.to_xml();
         }
         let mut root = self.root.clone();
@@ -1330,31 +1392,36 @@ fn disk_source_text(disk: &Element) -> String {
         .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A deterministic byte source for reproducible UUIDs and MACs.
-    pub(crate) struct CountingRng(pub u8);
-
-    impl RngCore for CountingRng {
-        fn next_u32(&mut self) -> u32 {
-            let mut b = [0u8; 4];
-            self.fill_bytes(&mut b);
-            u32::from_le_bytes(b)
+/// Removes namespace `uri` from a subtree: elements whose prefix is declared for `uri` (on the
+/// subtree's root) lose the prefix, and the declaration is dropped.
+fn strip_namespace(el: &mut Element, uri: &str) {
+    let prefixes: Vec<String> = el
+        .attrs
+        .iter()
+        .filter(|(k, v)| v == uri && (k == "xmlns" || k.starts_with("xmlns:")))
+        .map(|(k, _)| k.strip_prefix("xmlns:").unwrap_or("").to_string())
+        .collect();
+    el.attrs
+        .retain(|(k, v)| !(v == uri && (k == "xmlns" || k.starts_with("xmlns:"))));
+    fn walk(e: &mut Element, prefixes: &[String]) {
+        if let Some((p, local)) = e.name.split_once(':') {
+            if prefixes.iter().any(|x| x == p) {
+                e.name = local.to_string();
+            }
         }
-        fn next_u64(&mut self) -> u64 {
-            let mut b = [0u8; 8];
-            self.fill_bytes(&mut b);
-            u64::from_le_bytes(b)
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            for b in dest {
-                *b = self.0;
-                self.0 = self.0.wrapping_add(1);
+        for c in e.children.iter_mut() {
+            if let Node::Element(c) = c {
+                walk(c, prefixes);
             }
         }
     }
+    walk(el, &prefixes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture_tests::CountingRng;
+    use super::*;
 
     const MINIMAL: &str = "<domain type='kvm'><name>vm1</name><memory>1048576</memory>\
         <os><type>hvm</type></os></domain>";
@@ -1514,6 +1581,14 @@ mod tests {
         assert!(def
             .to_xml(&FormatOpts::inactive())
             .starts_with("<domain type='kvm'>\n"));
+    }
+
+    #[test]
+    fn singletons_must_be_unique() {
+        let e = parse_err(&MINIMAL.replace("</name>", "</name><name>again</name>"));
+        assert_eq!(e, "element <name> must appear only once in <domain>");
+        let e = parse_err(&MINIMAL.replace("</os>", "</os><devices/><devices/>"));
+        assert!(e.contains("<devices>"), "{e}");
     }
 
     #[test]
@@ -1696,14 +1771,12 @@ mod tests {
         );
         let mut def = parse(&xml);
         let got = def.metadata_element(nova).expect("nova metadata");
-        assert_eq!(
-            got,
-            format!("<nova:instance xmlns:nova='{nova}'>\n  <nova:name>vm</nova:name>\n</nova:instance>")
-        );
+        // As libvirt returns it: outside its namespace.
+        assert_eq!(got, "<instance>\n  <name>vm</name>\n</instance>");
         assert!(def
             .metadata_element("urn:x")
             .expect("urn:x")
-            .starts_with("<other xmlns='urn:x'>"));
+            .starts_with("<other>"));
         assert_eq!(def.metadata_element("urn:none"), None);
 
         def.set_metadata_element(
@@ -1713,17 +1786,11 @@ mod tests {
         )
         .expect("set");
         let got = def.metadata_element("urn:app").expect("app");
-        assert!(
-            got.starts_with("<app:cfg xmlns:app='urn:app' xmlns:foo='urn:old' k='v'>"),
-            "{got}"
-        );
+        assert!(got.starts_with("<cfg xmlns:foo='urn:old' k='v'>"), "{got}");
         // replacing
         def.set_metadata_element("urn:app", "app", Some("<cfg/>"))
             .expect("set");
-        assert_eq!(
-            def.metadata_element("urn:app").as_deref(),
-            Some("<app:cfg xmlns:app='urn:app'/>")
-        );
+        assert_eq!(def.metadata_element("urn:app").as_deref(), Some("<cfg/>"));
         assert!(def
             .set_metadata_element("urn:app", "app", Some("<cfg>"))
             .is_err());
@@ -1760,6 +1827,9 @@ mod tests {
                 "vcpu",
                 "os",
                 "clock",
+                "on_poweroff",
+                "on_reboot",
+                "on_crash",
                 "devices",
                 "zzz"
             ]

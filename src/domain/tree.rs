@@ -7,6 +7,7 @@
 //! and formatting follows libvirt's dumpxml conventions (2-space indent,
 //! single-quoted attributes, `<x/>` for empty elements).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use quick_xml::events::{BytesStart, Event};
@@ -95,29 +96,32 @@ fn is_xml_space(c: char) -> bool {
 }
 
 /// Collects character data between markup until the next non-text event.
-struct PendingText {
-    text: String,
+/// Pieces are kept borrowed from the input when possible, so the common
+/// whitespace-only runs between elements never allocate.
+struct PendingText<'a> {
+    pieces: Vec<Cow<'a, str>>,
     start: u64,
 }
 
-impl PendingText {
-    fn push(&mut self, s: &str, pos: u64) {
-        if self.text.is_empty() {
+impl<'a> PendingText<'a> {
+    fn push(&mut self, s: Cow<'a, str>, pos: u64) {
+        if self.pieces.is_empty() {
             self.start = pos;
         }
-        self.text.push_str(s);
+        self.pieces.push(s);
     }
 
     /// Moves pending text into the innermost open element (dropping
     /// whitespace-only runs), or fails if there is text outside the root.
     fn flush(&mut self, input: &str, stack: &mut [Element]) -> Result<(), XmlError> {
-        if self.text.is_empty() {
+        if self.pieces.is_empty() {
             return Ok(());
         }
-        let text = std::mem::take(&mut self.text);
-        if text.chars().all(is_xml_space) {
+        if self.pieces.iter().all(|p| p.chars().all(is_xml_space)) {
+            self.pieces.clear();
             return Ok(());
         }
+        let text: String = self.pieces.drain(..).collect();
         match stack.last_mut() {
             Some(parent) => {
                 parent.children.push(Node::Text(text));
@@ -144,14 +148,14 @@ fn resolve_entity(name: &str) -> Option<char> {
 }
 
 fn element_from_start(input: &str, pos: u64, start: &BytesStart<'_>) -> Result<Element, XmlError> {
-    let name = std::str::from_utf8(start.name().as_ref().as_bytes())
-        .map_err(|e| XmlError::at(input, pos, e.to_string()))?
-        .to_string();
+    let name = start.name().as_ref().to_string();
     if name.is_empty() {
         return Err(XmlError::at(input, pos, "element name is missing"));
     }
-    let mut attrs = Vec::new();
-    for attr in start.attributes() {
+    let mut attrs: Vec<(String, String)> = Vec::new();
+    // quick-xml's own duplicate check allocates per element; ours below
+    // does not.
+    for attr in start.attributes().with_checks(false) {
         let attr = attr.map_err(|e| {
             XmlError::at(
                 input,
@@ -170,6 +174,13 @@ fn element_from_start(input: &str, pos: u64, start: &BytesStart<'_>) -> Result<E
                 )
             })?
             .into_owned();
+        if attrs.iter().any(|(k, _)| *k == key) {
+            return Err(XmlError::at(
+                input,
+                pos,
+                format!("attribute '{key}' redefined in element <{name}>"),
+            ));
+        }
         attrs.push((key, value));
     }
     Ok(Element {
@@ -241,6 +252,8 @@ impl Element {
     /// DOCTYPE (and so entity declarations), unknown entities, mismatched or
     /// unclosed tags, several roots and text after the root are errors.
     pub fn parse(input: &str) -> Result<Element, XmlError> {
+        // A byte order mark is not content.
+        let input = input.strip_prefix('\u{feff}').unwrap_or(input);
         let mut reader = Reader::from_str(input);
         {
             let cfg = reader.config_mut();
@@ -252,7 +265,7 @@ impl Element {
         let mut stack: Vec<Element> = Vec::new();
         let mut root: Option<Element> = None;
         let mut pending = PendingText {
-            text: String::new(),
+            pieces: Vec::new(),
             start: 0,
         };
         loop {
@@ -285,7 +298,7 @@ impl Element {
                     };
                     close_element(input, pos, el, &mut stack, &mut root)?;
                 }
-                Event::Text(text) => pending.push(&text.xml10_content(), pos),
+                Event::Text(text) => pending.push(text.xml10_content(), pos),
                 Event::CData(cdata) => {
                     if stack.is_empty() {
                         return Err(XmlError::at(
@@ -294,7 +307,7 @@ impl Element {
                             "CDATA is not allowed outside the root element",
                         ));
                     }
-                    pending.push(&cdata.xml10_content(), pos);
+                    pending.push(cdata.xml10_content(), pos);
                 }
                 Event::GeneralRef(reference) => {
                     let resolved = match reference.resolve_char_ref() {
@@ -309,8 +322,7 @@ impl Element {
                             format!("entity '{}' not defined", &*reference),
                         ));
                     };
-                    let mut buf = [0u8; 4];
-                    pending.push(c.encode_utf8(&mut buf), pos);
+                    pending.push(Cow::Owned(c.to_string()), pos);
                 }
                 Event::Comment(comment) => {
                     pending.flush(input, &mut stack)?;
@@ -602,23 +614,34 @@ impl Element {
             return;
         }
         let rank = |n: &str| order.iter().position(|o| *o == n).unwrap_or(order.len());
-        let mut groups: Vec<(usize, Vec<Node>)> = Vec::new();
-        let mut pending: Vec<Node> = Vec::new();
-        for node in self.children.drain(..) {
-            match node {
-                Node::Element(e) => {
-                    let r = rank(&e.name);
-                    pending.push(Node::Element(e));
-                    groups.push((r, std::mem::take(&mut pending)));
-                }
-                other => pending.push(other),
+        let mut last = 0;
+        let sorted = self.elements().all(|e| {
+            let r = rank(&e.name);
+            let ok = r >= last;
+            last = r;
+            ok
+        });
+        if sorted {
+            return;
+        }
+        // Each element forms a group with the comments just before it.
+        let mut groups: Vec<(usize, usize, usize)> = Vec::new();
+        let mut group_start = 0;
+        for (i, node) in self.children.iter().enumerate() {
+            if let Node::Element(e) = node {
+                groups.push((rank(&e.name), group_start, i + 1));
+                group_start = i + 1;
             }
         }
-        groups.sort_by_key(|(r, _)| *r);
-        for (_, nodes) in groups {
-            self.children.extend(nodes);
+        groups.sort_by_key(|(r, _, _)| *r);
+        let mut old: Vec<Option<Node>> = self.children.drain(..).map(Some).collect();
+        let trailing = group_start;
+        for (_, from, to) in groups {
+            self.children
+                .extend(old[from..to].iter_mut().filter_map(Option::take));
         }
-        self.children.extend(pending);
+        self.children
+            .extend(old[trailing..].iter_mut().filter_map(Option::take));
     }
 }
 
@@ -776,6 +799,12 @@ mod tests {
                 "{doc:?}: error {err} does not contain {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let el = Element::parse("\u{feff}<?xml version='1.0'?>\n<a/>").expect("parse");
+        assert_eq!(el.name, "a");
     }
 
     #[test]

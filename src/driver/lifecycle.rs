@@ -547,6 +547,7 @@ impl Driver {
             s.journal.clear();
             s.started = None;
             s.shutdown_requested = false;
+            s.updated = false;
             if let Some(d) = s.new_def.take() {
                 s.def = d;
             }

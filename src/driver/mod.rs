@@ -69,6 +69,8 @@ pub struct DomState {
     pub shutdown_requested: bool,
     /// When the current run started (for uptime-derived figures).
     pub started: Option<Instant>,
+    /// The persistent config was redefined while the domain ran (`virDomainIsUpdated`).
+    pub updated: bool,
 }
 
 impl DomState {
@@ -87,7 +89,17 @@ impl DomState {
             messages: Vec::new(),
             shutdown_requested: false,
             started: None,
+            updated: false,
         }
+    }
+
+    /// Replaces the live definition of an active domain, keeping the persistent one aside
+    /// first (they share one definition until the first live-only change).
+    pub fn set_live_def(&mut self, def: Arc<DomainDef>) {
+        if self.persistent && self.new_def.is_none() {
+            self.new_def = Some(self.def.clone());
+        }
+        self.def = def;
     }
 
     /// Active (running or staged).
@@ -555,6 +567,7 @@ impl Driver {
                     let r = obj.with(|s| {
                         if s.active() {
                             s.new_def = Some(def.clone());
+                            s.updated = true;
                         } else {
                             s.def = def.clone();
                         }
@@ -736,7 +749,7 @@ impl Driver {
         }
         obj.with(|s| {
             if let Some(l) = new_live {
-                s.def = l;
+                s.set_live_def(l);
             }
             if let Some(c) = new_config {
                 if s.active() {

@@ -514,11 +514,7 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
             ret(o.with(|s| DomainGetInfoRet {
                 state: s.state as u32,
                 max_mem: s.def.memory_kib(),
-                memory: if s.active() {
-                    s.def.current_memory_kib()
-                } else {
-                    s.def.current_memory_kib()
-                },
+                memory: s.def.current_memory_kib(),
                 nr_virt_cpu: s.def.current_vcpus(),
                 cpu_time: 0,
             }))
@@ -613,7 +609,7 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
         p::DOMAIN_IS_UPDATED => {
             let a: Dom = dec(args)?;
             ret(Int {
-                v: i32::from(dom(&a.dom)?.with(|s| s.active() && s.new_def.is_some())),
+                v: i32::from(dom(&a.dom)?.with(|s| s.active() && s.updated)),
             })
         }
         p::DOMAIN_IS_PERSISTENT => {

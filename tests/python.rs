@@ -1,0 +1,47 @@
+//! Runs the python3-libvirt scripts in `tests/python/` (libvirt's own Python binding, as nova
+//! uses it) against the real daemon binary. Each script starts and stops its own daemons.
+
+use std::process::Command;
+
+#[test]
+fn python3_libvirt_scripts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+    let mut scripts: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("test_") && n.ends_with(".py"))
+        })
+        .collect();
+    scripts.sort();
+    assert!(!scripts.is_empty(), "no python test scripts found");
+    let mut failed = Vec::new();
+    for s in &scripts {
+        let out = Command::new("/usr/bin/python3")
+            .arg(s)
+            .env("METALVIRTD", env!("CARGO_BIN_EXE_metalvirtd"))
+            .current_dir(&dir)
+            .output()
+            .expect("/usr/bin/python3 with python3-libvirt must be installed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "{}: {}",
+            s.display(),
+            err.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+        );
+        if !out.status.success() {
+            eprintln!(
+                "{}\n{}{err}",
+                s.display(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            failed.push(s.display().to_string());
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}

@@ -1,0 +1,82 @@
+//! The daemon driven through libvirt's own C client library, via the `virt` crate (the same
+//! library libvirt-python and nova sit on).
+
+mod common;
+
+use common::{domain_xml, Daemon};
+use virt::connect::Connect;
+use virt::error::ErrorNumber;
+
+fn code(e: &virt::error::Error) -> Option<ErrorNumber> {
+    match e.code() {
+        virt::enumutil::Enum::Known(c) => Some(c),
+        _ => None,
+    }
+}
+
+#[test]
+fn lifecycle_through_libvirt_client_library() {
+    let d = Daemon::start("");
+    let c = Connect::open(Some(&d.uri())).expect("open");
+    assert!(c.lib_version().unwrap() >= 10_000_000);
+    assert!(c.hyp_version().unwrap() >= 8_002_002);
+
+    let dom = c.define_domain_xml(&domain_xml("rs1", "")).unwrap();
+    assert_eq!(dom.id(), None, "inactive domains have no id");
+    assert!(!dom.is_active().unwrap());
+    assert!(dom.is_persistent().unwrap());
+    dom.create().unwrap();
+    let dom = c.lookup_domain_by_name("rs1").unwrap();
+    assert!(dom.id().unwrap() > 0);
+    let info = dom.info().unwrap();
+    assert_eq!(info.max_mem, 2 * 1024 * 1024);
+    assert_eq!(info.nr_virt_cpu, 2);
+    let e = dom.create().unwrap_err();
+    assert_eq!(code(&e), Some(ErrorNumber::OperationInvalid), "{e}");
+    dom.destroy().unwrap();
+    assert!(!dom.is_active().unwrap());
+    let e = dom.destroy().unwrap_err();
+    assert_eq!(code(&e), Some(ErrorNumber::OperationInvalid), "{e}");
+    dom.undefine().unwrap();
+    let e = c.lookup_domain_by_name("rs1").unwrap_err();
+    assert_eq!(code(&e), Some(ErrorNumber::NoDomain), "{e}");
+    let e = c
+        .define_domain_xml("<domain type='kvm'><name>x</name>")
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorNumber::XmlError), "{e}");
+    drop(c);
+}
+
+#[test]
+fn many_clients_in_parallel() {
+    let d = Daemon::start("[sim]\nnodes = 8\n");
+    let uri = d.uri();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let uri = uri.clone();
+            std::thread::spawn(move || {
+                let c = Connect::open(Some(&uri)).unwrap();
+                for i in 0..10 {
+                    let name = format!("par-{t}-{i}");
+                    let dom = c.define_domain_xml(&domain_xml(&name, "")).unwrap();
+                    if i == 0 {
+                        dom.create().unwrap();
+                    }
+                }
+                drop(c);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let c = Connect::open(Some(&uri)).unwrap();
+    assert_eq!(c.list_all_domains(0).unwrap().len(), 80);
+    assert_eq!(
+        c.list_all_domains(1).unwrap().len(),
+        8,
+        "one running per thread"
+    );
+    assert_eq!(d.sim_mapped(), (8, 8));
+    drop(c);
+}
