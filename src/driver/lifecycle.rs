@@ -285,7 +285,7 @@ impl Driver {
             journal: journal.clone(),
             stop_reason: None,
         };
-        if let Err(e) = self.store.save_status(&status) {
+        if let Err(e) = self.store.save_status(&status).await {
             self.release(&node.spec.name, obj.uuid);
             return Err(VirError::operation_failed(&format!(
                 "cannot record start of domain '{name}': {e}"
@@ -307,7 +307,7 @@ impl Driver {
         if let Err(reason_text) = result {
             let cleanup = self.undo(&node, &journal, &name).await;
             self.release(&node.spec.name, obj.uuid);
-            if let Err(e) = self.store.delete_status(&obj.uuid) {
+            if let Err(e) = self.store.delete_status(&obj.uuid).await {
                 tracing::error!(domain = %name, "cannot delete status: {e}");
             }
             obj.with(|s| {
@@ -340,7 +340,7 @@ impl Driver {
             s.shutdown_requested = false;
         });
         self.set_id(obj, -1, id);
-        self.persist_active(obj);
+        self.persist_active(obj).await;
         let r = obj.dom_ref();
         self.emit_lifecycle(&r, ev::STARTED, ev::STARTED_BOOTED);
         if paused {
@@ -410,6 +410,7 @@ impl Driver {
         status.journal = journal.clone();
         self.store
             .save_status(status)
+            .await
             .map_err(|e| format!("cannot record power on: {e}"))?;
         node.power
             .on()
@@ -518,14 +519,14 @@ impl Driver {
             .and_then(|n| self.node(n))
             .cloned()
             .ok_or_else(|| VirError::internal(&format!("domain '{name}' has no node")))?;
-        self.persist_stopping(obj, shutoff_reason);
+        self.persist_stopping(obj, shutoff_reason).await;
         if power_off {
             let r = match node.power.off(true).await {
                 Ok(()) => wait_power(&node, PowerState::Off).await,
                 Err(e) => Err(format!("cannot power off {}: {e}", node.spec.name)),
             };
             if let Err(e) = r {
-                self.persist_active(obj);
+                self.persist_active(obj).await;
                 return Err(VirError::operation_failed(&e));
             }
         }
@@ -535,7 +536,7 @@ impl Driver {
             .collect();
         let errors = self.undo(&node, &rest, &name).await;
         self.release(&node.spec.name, obj.uuid);
-        if let Err(e) = self.store.delete_status(&obj.uuid) {
+        if let Err(e) = self.store.delete_status(&obj.uuid).await {
             tracing::error!(domain = %name, "cannot delete status: {e}");
         }
         let (old_id, persistent) = obj.with(|s| {
@@ -567,7 +568,7 @@ impl Driver {
         Ok(())
     }
 
-    fn persist_stopping(&self, obj: &DomainObj, stop_reason: i32) {
+    async fn persist_stopping(&self, obj: &DomainObj, stop_reason: i32) {
         let status = obj.with(|s| {
             s.node.clone().map(|node| Status {
                 uuid: obj.uuid,
@@ -584,7 +585,7 @@ impl Driver {
             })
         });
         if let Some(st) = status {
-            if let Err(e) = self.store.save_status(&st) {
+            if let Err(e) = self.store.save_status(&st).await {
                 tracing::error!(domain = %st.name, "cannot save status: {e}");
             }
         }
@@ -720,7 +721,7 @@ impl Driver {
             s.reason = reason::RUNNING_UNPAUSED;
             s.journal = journal;
         });
-        self.persist_active(obj);
+        self.persist_active(obj).await;
         let r = obj.dom_ref();
         self.emit_lifecycle(&r, ev::RESUMED, ev::RESUMED_UNPAUSED);
         Ok(())
@@ -846,7 +847,7 @@ impl Driver {
     async fn recover(&self, status: Status) {
         let Some(node) = self.node(&status.node).cloned() else {
             tracing::error!(domain = %status.name, node = %status.node, "live domain's node is no longer configured; forgetting its live state");
-            let _ = self.store.delete_status(&status.uuid);
+            let _ = self.store.delete_status(&status.uuid).await;
             return;
         };
         let live_def = match parse_def(&status.xml) {
@@ -854,7 +855,7 @@ impl Driver {
             Err(e) => {
                 tracing::error!(domain = %status.name, "unreadable live definition: {e}");
                 let _ = self.undo(&node, &status.journal, &status.name).await;
-                let _ = self.store.delete_status(&status.uuid);
+                let _ = self.store.delete_status(&status.uuid).await;
                 return;
             }
         };
@@ -891,7 +892,7 @@ impl Driver {
             }
             Phase::Starting | Phase::Stopping => {
                 let errors = self.undo(&node, &status.journal, &status.name).await;
-                let _ = self.store.delete_status(&status.uuid);
+                let _ = self.store.delete_status(&status.uuid).await;
                 let rsn = match status.phase {
                     Phase::Starting => reason::SHUTOFF_FAILED,
                     _ => status.stop_reason.unwrap_or(reason::SHUTOFF_DAEMON),

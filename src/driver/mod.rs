@@ -535,7 +535,8 @@ impl Driver {
             match self.check_unique(&def, false)? {
                 None => {
                     self.store
-                        .save_config(def.name(), &def.to_xml(&FormatOpts::inactive()))
+                        .save_config(def.name(), def.to_xml(&FormatOpts::inactive()))
+                        .await
                         .map_err(|e| io_err("cannot save domain definition", e))?;
                     let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), true));
                     {
@@ -562,7 +563,8 @@ impl Driver {
                         continue;
                     }
                     self.store
-                        .save_config(def.name(), &def.to_xml(&FormatOpts::inactive()))
+                        .save_config(def.name(), def.to_xml(&FormatOpts::inactive()))
+                        .await
                         .map_err(|e| io_err("cannot save domain definition", e))?;
                     let r = obj.with(|s| {
                         if s.active() {
@@ -579,7 +581,7 @@ impl Driver {
                         }
                     });
                     if obj.with(|s| s.active()) {
-                        self.persist_active(&obj);
+                        self.persist_active(&obj).await;
                     }
                     self.emit_lifecycle(
                         &r,
@@ -625,6 +627,7 @@ impl Driver {
         }
         self.store
             .delete_config(&name)
+            .await
             .map_err(|e| io_err("cannot delete domain definition", e))?;
         if active {
             obj.with(|s| {
@@ -632,7 +635,7 @@ impl Driver {
                 s.autostart = false;
                 s.new_def = None;
             });
-            self.persist_active(obj);
+            self.persist_active(obj).await;
         } else {
             self.remove(obj);
         }
@@ -657,6 +660,7 @@ impl Driver {
         if cur != on {
             self.store
                 .set_autostart(&name, on)
+                .await
                 .map_err(|e| io_err("cannot change autostart", e))?;
             obj.with(|s| s.autostart = on);
         }
@@ -744,7 +748,8 @@ impl Driver {
         };
         if let Some(c) = &new_config {
             self.store
-                .save_config(c.name(), &c.to_xml(&FormatOpts::inactive()))
+                .save_config(c.name(), c.to_xml(&FormatOpts::inactive()))
+                .await
                 .map_err(|e| io_err("cannot save domain definition", e))?;
         }
         obj.with(|s| {
@@ -760,7 +765,7 @@ impl Driver {
             }
         });
         if active {
-            self.persist_active(obj);
+            self.persist_active(obj).await;
         }
         Ok(())
     }
@@ -768,7 +773,7 @@ impl Driver {
     // ---------------------------------------------------------------- status persistence
 
     /// Writes the live status of an active domain (best effort: failures are logged).
-    fn persist_active(&self, obj: &DomainObj) {
+    async fn persist_active(&self, obj: &DomainObj) {
         let status = obj.with(|s| {
             s.node.clone().map(|node| Status {
                 uuid: obj.uuid,
@@ -785,7 +790,7 @@ impl Driver {
             })
         });
         if let Some(st) = status {
-            if let Err(e) = self.store.save_status(&st) {
+            if let Err(e) = self.store.save_status(&st).await {
                 tracing::error!(domain = %st.name, "cannot save live status: {e}");
             }
         }

@@ -122,29 +122,44 @@ impl Store {
         self.state_dir.join("domains")
     }
 
+    /// Runs file I/O on the blocking pool: fsync must never stall the async workers (reads
+    /// would wait behind it), and concurrent fsyncs there are coalesced by the filesystem.
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+    }
+
     /// Saves a persistent definition.
-    pub fn save_config(&self, name: &str, xml: &str) -> io::Result<()> {
-        persist::write_atomic(
-            &self.domains_dir().join(format!("{name}.xml")),
-            xml.as_bytes(),
-            0o600,
-        )
+    pub async fn save_config(&self, name: &str, xml: String) -> io::Result<()> {
+        let p = self.domains_dir().join(format!("{name}.xml"));
+        Self::blocking(move || persist::write_atomic(&p, xml.as_bytes(), 0o600)).await
     }
 
     /// Deletes a persistent definition and its autostart marker.
-    pub fn delete_config(&self, name: &str) -> io::Result<()> {
-        persist::remove(&self.domains_dir().join(format!("{name}.xml")))?;
-        self.set_autostart(name, false)
+    pub async fn delete_config(&self, name: &str) -> io::Result<()> {
+        let p = self.domains_dir().join(format!("{name}.xml"));
+        let a = self.autostart_dir().join(name);
+        Self::blocking(move || {
+            persist::remove(&p)?;
+            persist::remove(&a)
+        })
+        .await
     }
 
     /// Sets or clears the autostart marker.
-    pub fn set_autostart(&self, name: &str, on: bool) -> io::Result<()> {
+    pub async fn set_autostart(&self, name: &str, on: bool) -> io::Result<()> {
         let p = self.autostart_dir().join(name);
-        if on {
-            persist::write_atomic(&p, b"", 0o644)
-        } else {
-            persist::remove(&p)
-        }
+        Self::blocking(move || {
+            if on {
+                persist::write_atomic(&p, b"", 0o644)
+            } else {
+                persist::remove(&p)
+            }
+        })
+        .await
     }
 
     /// All saved definitions: (file name stem, xml, autostart).
@@ -169,18 +184,16 @@ impl Store {
     }
 
     /// Saves a live status.
-    pub fn save_status(&self, s: &Status) -> io::Result<()> {
+    pub async fn save_status(&self, s: &Status) -> io::Result<()> {
         let data = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
-        persist::write_atomic(
-            &self.status_dir().join(format!("{}.json", s.uuid)),
-            &data,
-            0o600,
-        )
+        let p = self.status_dir().join(format!("{}.json", s.uuid));
+        Self::blocking(move || persist::write_atomic(&p, &data, 0o600)).await
     }
 
     /// Deletes a live status.
-    pub fn delete_status(&self, uuid: &Uuid) -> io::Result<()> {
-        persist::remove(&self.status_dir().join(format!("{uuid}.json")))
+    pub async fn delete_status(&self, uuid: &Uuid) -> io::Result<()> {
+        let p = self.status_dir().join(format!("{uuid}.json"));
+        Self::blocking(move || persist::remove(&p)).await
     }
 
     /// All live statuses; unreadable ones are reported by path.

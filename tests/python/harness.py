@@ -182,9 +182,19 @@ class Daemon:
                 self.proc.wait()
         self.proc = None
 
-    def restart(self):
-        """Stops with SIGTERM and starts again on the same directories."""
+    def restart(self, sim=None, remove_sim=()):
+        """Stops with SIGTERM and starts again on the same directories. `sim` updates
+        [sim] keys and `remove_sim` drops [sim] keys of the config before the start."""
         self.stop()
+        if sim or remove_sim:
+            section = dict(self.config.get("sim", {}))
+            section.update(sim or {})
+            for k in remove_sim:
+                section.pop(k, None)
+            self.config = merge_config(self.config, {})
+            self.config["sim"] = section
+            with open(self.path("metalvirtd.toml"), "w") as f:
+                f.write(to_toml(self.config))
         self._spawn()
 
     def kill_and_restart(self):
