@@ -178,14 +178,19 @@ impl Power for SimNode {
                 Ok(())
             });
         }
-        // Graceful: the OS takes a while to go down; the call itself returns at once.
+        // Graceful: the OS takes a while to go down; the call itself returns at once. The
+        // shutdown belongs to the current boot: if the server is forced off and booted again
+        // meanwhile, the new OS knows nothing of it.
+        let boot = self.shared.with(&self.name, |n| Ok(n.boots))?;
         let shared = self.shared.clone();
         let name = self.name.clone();
         let ms = shared.cfg.graceful_shutdown_ms;
         tokio::spawn(async move {
             delay(ms).await;
             let _ = shared.with(&name, |n| {
-                n.power = PowerState::Off;
+                if n.boots == boot {
+                    n.power = PowerState::Off;
+                }
                 Ok(())
             });
         });
@@ -356,6 +361,26 @@ mod tests {
         again[0].disks.detach("h1").await.unwrap();
         again[0].disks.detach("h1").await.unwrap();
         assert_eq!(again[0].disks.list().await.unwrap(), vec!["h2"]);
+    }
+
+    #[tokio::test]
+    async fn graceful_shutdown_does_not_outlive_its_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SimConfig {
+            graceful_shutdown_ms: 50,
+            ..cfg()
+        };
+        let nodes = build(&c, d.path()).unwrap();
+        let p = &nodes[0].power;
+        p.on().await.unwrap();
+        p.off(false).await.unwrap();
+        p.off(true).await.unwrap();
+        p.on().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(p.state().await.unwrap(), PowerState::On);
+        p.off(false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(p.state().await.unwrap(), PowerState::Off);
     }
 
     #[tokio::test]

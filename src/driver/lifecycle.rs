@@ -15,9 +15,10 @@ use uuid::Uuid;
 
 use super::state::{reason, st};
 use super::store::{Phase, Status, Step};
-use super::{parse_def, DomRef, DomState, DomainObj, Driver};
+use super::stored::StoredDef;
+use super::{DomRef, DomState, DomainObj, Driver};
 use crate::backend::{BootDev, DiskSpec, NicSpec, Node, PowerState};
-use crate::domain::def::{DomainDef, FormatOpts};
+use crate::domain::def::{DomainDef, LiveInfo};
 use crate::domain::devices::DiskDef;
 use crate::error::{VirError, VirResult};
 use crate::events::{lifecycle as ev, EventKind};
@@ -256,9 +257,10 @@ impl Driver {
             return Err(VirError::operation_invalid("domain is already running"));
         }
         let name = def.name().to_string();
-        let node = self.place(obj.uuid, &def)?;
-        let disks = disk_plan(&obj.uuid, &def);
-        let nics = nic_plan(&obj.uuid, &def);
+        let tree = def.tree()?;
+        let node = self.place(obj.uuid, &tree)?;
+        let disks = disk_plan(&obj.uuid, &tree);
+        let nics = nic_plan(&obj.uuid, &tree);
         let mut journal: Vec<Step> = disks
             .iter()
             .map(|d| Step::Disk {
@@ -281,7 +283,7 @@ impl Driver {
             node: node.spec.name.clone(),
             phase: Phase::Starting,
             persistent,
-            xml: def.to_xml(&FormatOpts::inactive()),
+            xml: def.config_xml().to_string(),
             journal: journal.clone(),
             stop_reason: None,
         };
@@ -296,7 +298,7 @@ impl Driver {
         let result = self
             .run_start(
                 &node,
-                &def,
+                &tree,
                 &disks,
                 &nics,
                 &mut journal,
@@ -325,6 +327,13 @@ impl Driver {
         }
 
         let id = self.fresh_id();
+        let live_xml = def
+            .live_xml(&LiveInfo {
+                id,
+                node: node.spec.name.clone(),
+            })
+            .map(Arc::new)
+            .ok();
         let (state, rsn) = if paused {
             (st::PAUSED, reason::PAUSED_USER)
         } else {
@@ -338,6 +347,7 @@ impl Driver {
             s.journal = journal;
             s.started = Some(Instant::now());
             s.shutdown_requested = false;
+            s.live_xml = live_xml;
         });
         self.set_id(obj, -1, id);
         self.persist_active(obj).await;
@@ -453,7 +463,7 @@ impl Driver {
                 ))
             })?;
         }
-        let def = Arc::new(parse_def(xml)?);
+        let def = StoredDef::parse_xml(xml)?;
         let paused = flags & START_PAUSED != 0;
         match self.check_unique(&def, true)? {
             Some(obj) => {
@@ -549,6 +559,7 @@ impl Driver {
             s.started = None;
             s.shutdown_requested = false;
             s.updated = false;
+            s.live_xml = None;
             if let Some(d) = s.new_def.take() {
                 s.def = d;
             }
@@ -579,7 +590,7 @@ impl Driver {
                 node,
                 phase: Phase::Stopping,
                 persistent: s.persistent,
-                xml: s.def.to_xml(&FormatOpts::inactive()),
+                xml: s.def.config_xml().to_string(),
                 journal: s.journal.clone(),
                 stop_reason: Some(stop_reason),
             })
@@ -707,11 +718,12 @@ impl Driver {
             node: node.spec.name.clone(),
             phase: Phase::Active,
             persistent,
-            xml: def.to_xml(&FormatOpts::inactive()),
+            xml: def.config_xml().to_string(),
             journal: journal.clone(),
             stop_reason: None,
         };
-        if let Err(e) = self.power_on(&node, &def, &mut journal, &mut status).await {
+        let tree = def.tree()?;
+        if let Err(e) = self.power_on(&node, &tree, &mut journal, &mut status).await {
             // Leave it staged; make sure it is off again.
             let _ = node.power.off(true).await;
             return Err(VirError::operation_failed(&e));
@@ -806,12 +818,11 @@ impl Driver {
             .load_configs()
             .map_err(|e| format!("cannot read definitions: {e}"))?;
         for (stem, xml, auto) in configs {
-            match parse_def(&xml) {
+            match StoredDef::parse_xml(&xml) {
                 Ok(def) => {
                     if def.name() != stem {
                         tracing::warn!(file = %stem, name = %def.name(), "definition file name differs from domain name");
                     }
-                    let def = Arc::new(def);
                     let mut s = DomState::new(def.clone(), true);
                     s.autostart = auto;
                     if self.check_unique(&def, false).ok().flatten().is_some() {
@@ -850,8 +861,16 @@ impl Driver {
             let _ = self.store.delete_status(&status.uuid).await;
             return;
         };
-        let live_def = match parse_def(&status.xml) {
-            Ok(d) => Arc::new(d),
+        let live = LiveInfo {
+            id: status.id,
+            node: status.node.clone(),
+        };
+        let parsed = StoredDef::parse_xml(&status.xml).and_then(|d| {
+            let x = d.live_xml(&live)?;
+            Ok((d, Arc::new(x)))
+        });
+        let (live_def, live_xml) = match parsed {
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(domain = %status.name, "unreadable live definition: {e}");
                 let _ = self.undo(&node, &status.journal, &status.name).await;
@@ -870,10 +889,11 @@ impl Driver {
                     }
                 };
                 obj.with(|s| {
-                    if s.persistent && s.def.to_xml(&FormatOpts::inactive()) != status.xml {
+                    if s.persistent && s.def.config_xml() != status.xml {
                         s.new_def = Some(s.def.clone());
                     }
                     s.def = live_def.clone();
+                    s.live_xml = Some(live_xml.clone());
                     s.persistent = s.persistent && status.persistent;
                     s.state = status.state;
                     s.reason = status.reason;

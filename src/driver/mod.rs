@@ -13,6 +13,7 @@
 mod lifecycle;
 pub mod state;
 pub mod store;
+pub mod stored;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -23,11 +24,12 @@ use uuid::Uuid;
 
 use crate::backend::Node;
 use crate::config::Config;
-use crate::domain::def::{DomainDef, FormatOpts, LiveInfo};
+use crate::domain::def::{DomainDef, LiveInfo};
 use crate::error::{VirError, VirResult};
 use crate::events::{DomainEvent, EventBus, EventKind};
 use state::{reason, st};
 use store::{Status, Step, Store};
+use stored::{LiveXml, StoredDef};
 
 /// A domain as clients see it in `remote_nonnull_domain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +46,9 @@ pub struct DomRef {
 #[derive(Debug, Clone)]
 pub struct DomState {
     /// The current definition: the live one while active, else the persistent one.
-    pub def: Arc<DomainDef>,
+    pub def: Arc<StoredDef>,
     /// The persistent definition waiting for the next start, while active.
-    pub new_def: Option<Arc<DomainDef>>,
+    pub new_def: Option<Arc<StoredDef>>,
     /// Has a config file.
     pub persistent: bool,
     /// Autostart marker set.
@@ -71,10 +73,12 @@ pub struct DomState {
     pub started: Option<Instant>,
     /// The persistent config was redefined while the domain ran (`virDomainIsUpdated`).
     pub updated: bool,
+    /// The live XML of the current run, formatted once per change.
+    pub live_xml: Option<Arc<LiveXml>>,
 }
 
 impl DomState {
-    fn new(def: Arc<DomainDef>, persistent: bool) -> Self {
+    fn new(def: Arc<StoredDef>, persistent: bool) -> Self {
         DomState {
             def,
             new_def: None,
@@ -90,16 +94,23 @@ impl DomState {
             shutdown_requested: false,
             started: None,
             updated: false,
+            live_xml: None,
         }
     }
 
     /// Replaces the live definition of an active domain, keeping the persistent one aside
     /// first (they share one definition until the first live-only change).
-    pub fn set_live_def(&mut self, def: Arc<DomainDef>) {
+    pub fn set_live_def(&mut self, def: Arc<StoredDef>, live_xml: Arc<LiveXml>) {
         if self.persistent && self.new_def.is_none() {
             self.new_def = Some(self.def.clone());
         }
         self.def = def;
+        self.live_xml = Some(live_xml);
+    }
+
+    /// The id and node of the current run.
+    pub fn live_info(&self) -> Option<LiveInfo> {
+        self.node.clone().map(|node| LiveInfo { id: self.id, node })
     }
 
     /// Active (running or staged).
@@ -108,7 +119,7 @@ impl DomState {
     }
 
     /// The persistent definition (pending one first).
-    pub fn persistent_def(&self) -> &Arc<DomainDef> {
+    pub fn persistent_def(&self) -> &Arc<StoredDef> {
         self.new_def.as_ref().unwrap_or(&self.def)
     }
 }
@@ -401,27 +412,26 @@ impl Driver {
             SECURE | INACTIVE | UPDATE_CPU | MIGRATABLE,
             "virDomainGetXMLDesc",
         )?;
+        let secure = flags & SECURE != 0;
         let (def, live) = obj.with(|s| {
             if flags & (INACTIVE | MIGRATABLE) != 0 || !s.active() {
                 (s.persistent_def().clone(), None)
             } else {
-                let live = LiveInfo {
-                    id: s.id,
-                    node: s.node.clone().unwrap_or_default(),
-                };
-                (s.def.clone(), Some(live))
+                (
+                    s.def.clone(),
+                    s.live_xml.clone().map(|l| (l, s.live_info())),
+                )
             }
         });
-        Ok(def.to_xml(&FormatOpts {
-            live,
-            secure: flags & SECURE != 0,
-            inactive: flags & INACTIVE != 0,
-        }))
+        match live {
+            None => Ok(def.inactive_xml(secure).to_string()),
+            Some((l, _)) => Ok(l.get(secure).to_string()),
+        }
     }
 
     /// Picks the definition a metadata or config read applies to
     /// (`VIR_DOMAIN_AFFECT_CURRENT/LIVE/CONFIG`).
-    pub fn def_for(&self, obj: &DomainObj, flags: u32) -> VirResult<Arc<DomainDef>> {
+    pub fn def_for(&self, obj: &DomainObj, flags: u32) -> VirResult<Arc<StoredDef>> {
         const LIVE: u32 = 1;
         const CONFIG: u32 = 2;
         obj.with(|s| {
@@ -482,7 +492,7 @@ impl Driver {
 
     /// libvirt's uniqueness rules (`virDomainObjListAddLocked`). Returns the existing object
     /// with this uuid, if any.
-    fn check_unique(&self, def: &DomainDef, check_live: bool) -> VirResult<Option<Arc<DomainObj>>> {
+    fn check_unique(&self, def: &StoredDef, check_live: bool) -> VirResult<Option<Arc<DomainObj>>> {
         let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
         let uuid = def.uuid();
         if let Some(obj) = reg.by_uuid.get(&uuid) {
@@ -530,12 +540,12 @@ impl Driver {
                 )
             })?;
         }
-        let def = Arc::new(parse_def(xml)?);
+        let def = StoredDef::parse_xml(xml)?;
         loop {
             match self.check_unique(&def, false)? {
                 None => {
                     self.store
-                        .save_config(def.name(), def.to_xml(&FormatOpts::inactive()))
+                        .save_config(def.name(), def.config_xml().to_string())
                         .await
                         .map_err(|e| io_err("cannot save domain definition", e))?;
                     let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), true));
@@ -563,7 +573,7 @@ impl Driver {
                         continue;
                     }
                     self.store
-                        .save_config(def.name(), def.to_xml(&FormatOpts::inactive()))
+                        .save_config(def.name(), def.config_xml().to_string())
                         .await
                         .map_err(|e| io_err("cannot save domain definition", e))?;
                     let r = obj.with(|s| {
@@ -713,8 +723,8 @@ impl Driver {
             }
             _ => {}
         }
-        let apply = |d: &DomainDef| -> VirResult<DomainDef> {
-            let mut d = d.clone();
+        let apply = |d: &StoredDef| -> VirResult<Arc<StoredDef>> {
+            let mut d: DomainDef = d.tree()?;
             match kind {
                 0 => d
                     .set_description(value.filter(|v| !v.is_empty()))
@@ -733,28 +743,28 @@ impl Driver {
                     ))
                 }
             }
-            Ok(d)
+            Ok(StoredDef::new(&d))
         };
-        let (cur, pers) = obj.with(|s| (s.def.clone(), s.persistent_def().clone()));
-        let new_live = if live {
-            Some(Arc::new(apply(&cur)?))
-        } else {
-            None
+        let (cur, pers, info) =
+            obj.with(|s| (s.def.clone(), s.persistent_def().clone(), s.live_info()));
+        let new_live = match (live, info) {
+            (true, Some(info)) => {
+                let d = apply(&cur)?;
+                let x = Arc::new(d.live_xml(&info)?);
+                Some((d, x))
+            }
+            _ => None,
         };
-        let new_config = if config {
-            Some(Arc::new(apply(&pers)?))
-        } else {
-            None
-        };
+        let new_config = if config { Some(apply(&pers)?) } else { None };
         if let Some(c) = &new_config {
             self.store
-                .save_config(c.name(), c.to_xml(&FormatOpts::inactive()))
+                .save_config(c.name(), c.config_xml().to_string())
                 .await
                 .map_err(|e| io_err("cannot save domain definition", e))?;
         }
         obj.with(|s| {
-            if let Some(l) = new_live {
-                s.set_live_def(l);
+            if let Some((d, x)) = new_live {
+                s.set_live_def(d, x);
             }
             if let Some(c) = new_config {
                 if s.active() {
@@ -784,7 +794,7 @@ impl Driver {
                 node,
                 phase: store::Phase::Active,
                 persistent: s.persistent,
-                xml: s.def.to_xml(&FormatOpts::inactive()),
+                xml: s.def.config_xml().to_string(),
                 journal: s.journal.clone(),
                 stop_reason: None,
             })

@@ -682,7 +682,7 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
             let a: DomainGetMetadataArgs = dec(args)?;
             VirError::check_flags(a.flags, 3, "virDomainGetMetadata")?;
             let o = dom(&a.dom)?;
-            let def = d.def_for(&o, a.flags)?;
+            let def = d.def_for(&o, a.flags)?.tree()?;
             let v = match (a.type_, a.uri) {
                 (0 | 1, Some(_)) => {
                     return Err(api_arg("uri in virDomainGetMetadata must be NULL"))

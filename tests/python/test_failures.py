@@ -4,6 +4,7 @@ servers alone. Driven through libvirt-python as nova calls it.
 Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_failures.py
 """
 
+import json
 import os
 import sys
 import threading
@@ -14,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import libvirt  # noqa: E402
 
 from harness import (  # noqa: E402
-    Daemon, EventCollector, bound_node, expect_error, nova_domain_xml, open_like_nova,
-    start_event_loop, wait_until,
+    NOVA_NS, Daemon, EventCollector, bound_node, expect_error, nova_domain_xml,
+    nova_instance_xml, open_like_nova, wait_until,
 )
 
 L = libvirt
@@ -203,8 +204,13 @@ class DaemonRestart(Base):
         dom.createWithFlags(L.VIR_DOMAIN_START_PAUSED)
         dom.resume()
         dom = self.lookup()
+        # A live-only change (nova's setMetadata with flags 0) must survive the restart.
+        dom.setMetadata(L.VIR_DOMAIN_METADATA_ELEMENT, nova_instance_xml("live-name"),
+                        "instance", NOVA_NS, 0)
         dom_id = dom.ID()
-        node = bound_node(dom.XMLDesc(0))
+        live_xml = dom.XMLDesc(0)
+        inactive_xml = dom.XMLDesc(L.VIR_DOMAIN_XML_INACTIVE)
+        node = bound_node(live_xml)
         boots = self.d.sim_state()["nodes"][node]["boots"]
         closed = threading.Event()
         self.conn.registerCloseCallback(lambda *a: closed.set(), None)
@@ -220,6 +226,8 @@ class DaemonRestart(Base):
         self.assertEqual(dom.state(), [L.VIR_DOMAIN_RUNNING, L.VIR_DOMAIN_RUNNING_UNPAUSED])
         self.assertEqual(dom.ID(), dom_id)
         self.assertEqual(bound_node(dom.XMLDesc(0)), node)
+        self.assertEqual(dom.XMLDesc(0), live_xml)
+        self.assertEqual(dom.XMLDesc(L.VIR_DOMAIN_XML_INACTIVE), inactive_xml)
         self.assertEqual(self.d.sim_power(node), "On")
         self.assertEqual(self.d.sim_state()["nodes"][node]["boots"], boots, "not rebooted")
         self.assertEqual(self.d.sim_mapped(), (1, 1))
@@ -270,9 +278,44 @@ class DaemonRestart(Base):
         self.assertEqual(dom.destroy(), 0)
         self.assertEqual(self.d.sim_mapped(), (0, 0))
 
+    def test_start_interrupted_by_a_crash_is_consistent_after_restart(self):
+        # Slow hardware so the SIGKILL lands in the middle of the start.
+        self.d.restart(sim={"disk_latency_ms": 200, "power_latency_ms": 500})
+        conn = self.connect()
+        dom = conn.defineXML(nova_domain_xml(UUID, NAME))
+        errors = []
+
+        def start():
+            try:
+                dom.createWithFlags(0)
+            except libvirt.libvirtError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=start, daemon=True)
+        t.start()
+        wait_until(lambda: self.d.sim_mapped() != (0, 0), 5, interval=0.005,
+                   what="start under way")
+        self.d.kill_and_restart()
+        t.join(10)
+        self.assertEqual(len(errors), 1, "the interrupted call fails on the client")
+        conn = self.connect()
+        dom = self.lookup(conn=conn)
+        state = dom.info()[0]
+        if state == L.VIR_DOMAIN_RUNNING:
+            node = bound_node(dom.XMLDesc(0))
+            self.assertEqual(self.d.sim_power(node), "On")
+            self.assertEqual(self.d.sim_mapped(), (1, 1))
+        else:
+            self.assertEqual(state, L.VIR_DOMAIN_SHUTOFF)
+            self.assertEqual(dom.ID(), -1)
+            self.assertEqual(self.d.sim_mapped(), (0, 0), self.d.sim_state())
+            self.assert_all_off()
+            # And it can be started again.
+            self.assertEqual(dom.createWithFlags(0), 0)
+            self.assertEqual(self.d.sim_mapped(), (1, 1))
+
     def test_server_powered_off_while_daemon_down(self):
         # The watcher notices that a bound server is off after the restart.
-        import json
         dom = self.conn.defineXML(nova_domain_xml(UUID, NAME))
         dom.createWithFlags(0)
         node = bound_node(self.lookup().XMLDesc(0))
@@ -284,7 +327,6 @@ class DaemonRestart(Base):
         with open(path, "w") as f:
             json.dump(state, f)
         self.d.restart()
-        start_event_loop()
         conn = self.connect()
         wait_until(lambda: self.lookup(conn=conn).info()[0] == L.VIR_DOMAIN_SHUTOFF, 10,
                    what="domain SHUTOFF after its server was found off")
