@@ -235,6 +235,8 @@ async fn main() {
         doms.push(from_bytes::<Dom>(&r).expect("dom").dom);
     }
     let doms = Arc::new(doms);
+    // Steady state: let the daemon finish background work (e.g. writing definition files).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = cli.pid.and_then(rss_kib);
 
     let mut results: Vec<(&str, f64)> = Vec::new();

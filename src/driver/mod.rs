@@ -10,6 +10,7 @@
 //!   that the domain still exists and is in the state they expect.
 //! - Lock order: `reg` → `st`; `job` is always taken before either.
 
+mod deflog;
 mod lifecycle;
 pub mod state;
 pub mod store;

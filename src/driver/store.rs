@@ -86,16 +86,23 @@ pub struct Status {
 pub struct Store {
     config_dir: PathBuf,
     state_dir: PathBuf,
+    /// Group-committed definition writes (see `deflog`).
+    deflog: super::deflog::DefLog,
 }
 
 impl Store {
     /// Creates the directory layout.
     pub fn open(config_dir: &Path, state_dir: &Path) -> io::Result<Store> {
+        persist::ensure_dir(&config_dir.join("domains"), 0o755)?;
+        let deflog = super::deflog::DefLog::open(
+            &config_dir.join("domains"),
+            &config_dir.join("domains.log"),
+        )?;
         let s = Store {
             config_dir: config_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
+            deflog,
         };
-        persist::ensure_dir(&s.domains_dir(), 0o755)?;
         persist::ensure_dir(&s.autostart_dir(), 0o755)?;
         persist::ensure_dir(&s.status_dir(), 0o700)?;
         for d in [s.domains_dir(), s.autostart_dir(), s.status_dir()] {
@@ -132,21 +139,19 @@ impl Store {
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
     }
 
-    /// Saves a persistent definition.
+    /// Saves a persistent definition (durable when this returns).
     pub async fn save_config(&self, name: &str, xml: String) -> io::Result<()> {
-        let p = self.domains_dir().join(format!("{name}.xml"));
-        Self::blocking(move || persist::write_atomic(&p, xml.as_bytes(), 0o600)).await
+        self.deflog.put(name, xml).await
     }
 
     /// Deletes a persistent definition and its autostart marker.
     pub async fn delete_config(&self, name: &str) -> io::Result<()> {
-        let p = self.domains_dir().join(format!("{name}.xml"));
+        self.deflog.delete(name).await?;
         let a = self.autostart_dir().join(name);
-        Self::blocking(move || {
-            persist::remove(&p)?;
-            persist::remove(&a)
-        })
-        .await
+        if a.exists() {
+            Self::blocking(move || persist::remove(&a)).await?;
+        }
+        Ok(())
     }
 
     /// Sets or clears the autostart marker.
