@@ -173,10 +173,7 @@ pub fn capabilities(d: &Driver) -> String {
         x,
         "    </cpu>\n    <power_management/>\n    <iommu support='no'/>"
     );
-    let _ = writeln!(
-        x,
-        "    <migration_features>\n      <live/>\n    </migration_features>"
-    );
+    // No <migration_features>: bare-metal servers cannot be migrated.
     let _ = writeln!(x, "    <topology>\n      <cells num='{}'>", nodes.len());
     let mut cpu_id = 0u32;
     for (i, n) in nodes.iter().enumerate() {

@@ -527,3 +527,21 @@ fn hard_reboot_sequence_keeps_the_node() {
     d.virsh_ok(&["start", "hr"]);
     assert_eq!(bound_node(&d, "hr"), node);
 }
+
+#[test]
+fn define_validate_uses_our_schema() {
+    let d = Daemon::start("");
+    let good = d.file("good.xml", &domain_xml("valid1", ""));
+    assert!(d
+        .virsh_ok(&["define", "--validate", good.to_str().unwrap()])
+        .contains("defined"));
+    // Parses, but a disk of an unknown type is not in the schema.
+    let bad = domain_xml("valid2", "").replace("<disk type='network'", "<disk type='bogus'");
+    let bad = d.file("bad.xml", &bad);
+    let e = d.virsh_err(&["define", "--validate", bad.to_str().unwrap()]);
+    assert!(
+        e.contains("XML document failed to validate against schema"),
+        "{e}"
+    );
+    assert!(!d.virsh_ok(&["list", "--all", "--name"]).contains("valid2"));
+}

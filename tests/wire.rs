@@ -273,3 +273,106 @@ fn serial_zero_and_concurrent_calls_match_replies() {
     seen.sort_unstable();
     assert_eq!(seen, serials);
 }
+
+#[test]
+fn legacy_events_list_counts_and_impossible_procs() {
+    let d = Daemon::start("");
+    let mut c = Raw::connect(&d.socket());
+    c.open();
+    // Legacy REGISTER_ANY (167) for lifecycle: messages are proc 107 without a callbackID.
+    assert_eq!(c.call(167, &0i32.to_be_bytes()).0, 0);
+    let (st, p) = c.call(167, &0i32.to_be_bytes());
+    assert_eq!(st, 1);
+    assert_eq!(
+        decode_error(&p),
+        (
+            8,
+            0,
+            "invalid argument: event callback already tracked".into()
+        )
+    );
+    let (st, p) = c.call(167, &16i32.to_be_bytes());
+    assert_eq!(st, 1);
+    assert_eq!(
+        decode_error(&p),
+        (1, 7, "internal error: unsupported event ID 16".into())
+    );
+    let s = c.send_call(11, &xdr_string(&fixed_domain_xml()));
+    let mut event = None;
+    let mut reply = false;
+    while event.is_none() || !reply {
+        let (h, p) = c.read().unwrap();
+        if h[3] == 2 {
+            assert_eq!(h[2], 107);
+            event = Some(p);
+        } else if h[3] == 1 && h[4] == s {
+            reply = true;
+        }
+    }
+    let ev = event.unwrap();
+    // name "wire1" (4 + 8 bytes), uuid 16, id -1, event DEFINED 0, detail ADDED 0.
+    assert_eq!(ev.len(), 12 + 16 + 12);
+    assert_eq!(&ev[28..32], &(-1i32).to_be_bytes());
+    assert_eq!(c.call(168, &0i32.to_be_bytes()).0, 0);
+    let (st, p) = c.call(168, &0i32.to_be_bytes());
+    assert_eq!(st, 1);
+    assert_eq!(
+        decode_error(&p).2,
+        "internal error: domain event 0 not registered"
+    );
+    let (st, p) = c.call(317, &999i32.to_be_bytes());
+    assert_eq!(st, 1);
+    assert_eq!(
+        decode_error(&p).2,
+        "internal error: domain event callback 999 not registered"
+    );
+
+    // LIST_ALL_DOMAINS with need_results = 0: no array, just the count.
+    let mut a = 0i32.to_be_bytes().to_vec();
+    a.extend_from_slice(&0u32.to_be_bytes());
+    let (st, p) = c.call(273, &a);
+    assert_eq!(st, 0);
+    assert_eq!(p, [0, 0, 0, 0, 0, 0, 0, 1], "empty array, ret 1");
+    let mut a = 1i32.to_be_bytes().to_vec();
+    a.extend_from_slice(&0u32.to_be_bytes());
+    let (_, p) = c.call(273, &a);
+    assert_eq!(&p[0..4], &[0, 0, 0, 1]);
+    // Unknown filter flags are refused like libvirt's virCheckFlags.
+    let mut a = 1i32.to_be_bytes().to_vec();
+    a.extend_from_slice(&0x10000u32.to_be_bytes());
+    let (st, p) = c.call(273, &a);
+    assert_eq!(st, 1);
+    assert_eq!(
+        decode_error(&p).2,
+        "unsupported flags (0x10000) in function virConnectListAllDomains"
+    );
+
+    // Migration and other impossible procedures: OPERATION_UNSUPPORTED, not "unknown".
+    for proc_ in [61, 213, 302, 54, 53] {
+        let (st, p) = c.call(proc_, &[]);
+        assert_eq!(st, 1);
+        let (code, _, msg) = decode_error(&p);
+        assert_eq!(code, 84, "proc {proc_}: {msg}");
+        assert!(
+            msg.starts_with("Operation not supported: ") && msg.contains("bare-metal"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish() {
+    let mut d = Daemon::start("[sim]\npower_latency_ms = 1200\n");
+    let mut c = Raw::connect(&d.socket());
+    c.open();
+    let (st, p) = c.call(11, &xdr_string(&fixed_domain_xml()));
+    assert_eq!(st, 0);
+    let s = c.send_call(9, &p);
+    std::thread::sleep(Duration::from_millis(200));
+    d.stop();
+    let (h, _) = c
+        .read()
+        .expect("the start's reply arrives before the daemon exits");
+    assert_eq!((h[2], h[4], h[5]), (9, s, 0));
+    assert!(c.read().is_none(), "then the connection closes");
+}

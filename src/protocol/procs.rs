@@ -127,6 +127,61 @@ procs! {
     CONNECT_REGISTER_CLOSE_CALLBACK = 360, "virConnectRegisterCloseCallback", Read;
     CONNECT_UNREGISTER_CLOSE_CALLBACK = 361, "virConnectUnregisterCloseCallback", Read;
     DOMAIN_GET_MESSAGES = 426, "virDomainGetMessages", Read;
+    // Impossible for bare metal: answered with VIR_ERR_OPERATION_UNSUPPORTED (see `impossible`).
+    DOMAIN_CORE_DUMP = 53, "virDomainCoreDump", Write;
+    DOMAIN_RESTORE = 54, "virDomainRestore", Write;
+    DOMAIN_MIGRATE_PREPARE = 61, "virDomainMigratePrepare", Write;
+    DOMAIN_MIGRATE_PERFORM = 62, "virDomainMigratePerform", Write;
+    DOMAIN_MIGRATE_FINISH = 63, "virDomainMigrateFinish", Write;
+    DOMAIN_MIGRATE_PREPARE2 = 108, "virDomainMigratePrepare2", Write;
+    DOMAIN_MIGRATE_FINISH2 = 109, "virDomainMigrateFinish2", Write;
+    DOMAIN_MIGRATE_PREPARE_TUNNEL = 148, "virDomainMigratePrepareTunnel", Write;
+    DOMAIN_MIGRATE_BEGIN3 = 213, "virDomainMigrateBegin3", Write;
+    DOMAIN_MIGRATE_PREPARE3 = 214, "virDomainMigratePrepare3", Write;
+    DOMAIN_MIGRATE_PREPARE_TUNNEL3 = 215, "virDomainMigratePrepareTunnel3", Write;
+    DOMAIN_MIGRATE_PERFORM3 = 216, "virDomainMigratePerform3", Write;
+    DOMAIN_MIGRATE_FINISH3 = 217, "virDomainMigrateFinish3", Write;
+    DOMAIN_MIGRATE_CONFIRM3 = 218, "virDomainMigrateConfirm3", Write;
+    DOMAIN_RESTORE_FLAGS = 233, "virDomainRestoreFlags", Write;
+    DOMAIN_MIGRATE_BEGIN3_PARAMS = 302, "virDomainMigrateBegin3Params", Write;
+    DOMAIN_MIGRATE_PREPARE3_PARAMS = 303, "virDomainMigratePrepare3Params", Write;
+    DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS = 304, "virDomainMigratePrepareTunnel3Params", Write;
+    DOMAIN_MIGRATE_PERFORM3_PARAMS = 305, "virDomainMigratePerform3Params", Write;
+    DOMAIN_MIGRATE_FINISH3_PARAMS = 306, "virDomainMigrateFinish3Params", Write;
+    DOMAIN_MIGRATE_CONFIRM3_PARAMS = 307, "virDomainMigrateConfirm3Params", Write;
+    DOMAIN_SAVE_PARAMS = 440, "virDomainSaveParams", Write;
+    DOMAIN_RESTORE_PARAMS = 441, "virDomainRestoreParams", Write;
+}
+
+/// Procedures a bare-metal server cannot do at all, with what to say: answered with
+/// `VIR_ERR_OPERATION_UNSUPPORTED` whatever the arguments.
+pub fn impossible(num: i32) -> Option<&'static str> {
+    Some(match num {
+        DOMAIN_CORE_DUMP => "dumping the memory",
+        DOMAIN_RESTORE | DOMAIN_RESTORE_FLAGS | DOMAIN_RESTORE_PARAMS => {
+            "restoring a saved memory state"
+        }
+        DOMAIN_SAVE_PARAMS => "saving the memory state",
+        DOMAIN_MIGRATE_PREPARE
+        | DOMAIN_MIGRATE_PERFORM
+        | DOMAIN_MIGRATE_FINISH
+        | DOMAIN_MIGRATE_PREPARE2
+        | DOMAIN_MIGRATE_FINISH2
+        | DOMAIN_MIGRATE_PREPARE_TUNNEL
+        | DOMAIN_MIGRATE_BEGIN3
+        | DOMAIN_MIGRATE_PREPARE3
+        | DOMAIN_MIGRATE_PREPARE_TUNNEL3
+        | DOMAIN_MIGRATE_PERFORM3
+        | DOMAIN_MIGRATE_FINISH3
+        | DOMAIN_MIGRATE_CONFIRM3
+        | DOMAIN_MIGRATE_BEGIN3_PARAMS
+        | DOMAIN_MIGRATE_PREPARE3_PARAMS
+        | DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS
+        | DOMAIN_MIGRATE_PERFORM3_PARAMS
+        | DOMAIN_MIGRATE_FINISH3_PARAMS
+        | DOMAIN_MIGRATE_CONFIRM3_PARAMS => "migrating a running server to another host",
+        _ => return None,
+    })
 }
 
 /// Server → client event messages.

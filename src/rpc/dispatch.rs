@@ -76,6 +76,9 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
     if readonly && info.access == Access::Write {
         return Err(VirError::read_only(info.api));
     }
+    if let Some(what) = p::impossible(proc_) {
+        return Err(unsupported_op(what));
+    }
     let d = &c.driver;
     let dom =
         |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };

@@ -26,6 +26,10 @@ use crate::protocol::types::RemoteError;
 use crate::protocol::xdr::{Reader, Xdr};
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+/// Calls being executed, over all connections (for the drain at shutdown).
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+/// How long a SIGTERM waits for calls in flight (a BMC power-on can take a minute).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Socket file names inside the socket directory.
 pub const RW_SOCKET: &str = "libvirt-sock";
@@ -67,6 +71,18 @@ pub async fn serve(
     for p in paths {
         let _ = std::fs::remove_file(p);
     }
+    // Stop accepting, then let calls in flight finish (their clients get their replies);
+    // anything still running after the timeout is recovered from its journal at next start.
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while IN_FLIGHT.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = IN_FLIGHT.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(calls = left, "stopping with calls still in flight");
+    }
+    // Give connection writers a moment to flush the last replies.
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 async fn accept_loop(driver: Arc<Driver>, l: UnixListener, ro: bool, conns: Arc<Semaphore>) {
@@ -170,6 +186,7 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
                     Err(_) => break,
                 };
                 let c = client.clone();
+                IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     let payload = &body[HEADER_LEN..];
                     let f = match dispatch::call(&c, h.proc_, payload).await {
@@ -178,6 +195,7 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
                     };
                     c.send(f);
                     drop(permit);
+                    IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             (REMOTE_PROGRAM, Some(MessageType::Stream)) => {
@@ -210,11 +228,7 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
     }
     // Let in-flight calls finish writing, then stop the writer.
     let _ = permits.acquire_many(limit as u32).await;
-    let close_cb = client.with(|s| {
-        s.callbacks.clear();
-        s.close_callback
-    });
-    let _ = close_cb;
+    client.with(|s| s.callbacks.clear());
     drop(client);
     let _ = writer.await;
     tracing::debug!(client = id, "client disconnected");
