@@ -32,11 +32,17 @@ struct Cli {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("METALVIRT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `METALVIRT_LOG` takes directives like `info` or `warn,metalvirt::driver=debug`.
+    let spec = std::env::var("METALVIRT_LOG").unwrap_or_else(|_| "info".into());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("metalvirtd: bad METALVIRT_LOG '{spec}': {e}; using info");
+        "info".parse().expect("static directive")
+    });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     metalvirt::uptime_ns();
     let cli = Cli::parse();
