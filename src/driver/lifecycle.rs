@@ -529,7 +529,8 @@ impl Driver {
             .and_then(|n| self.node(n))
             .cloned()
             .ok_or_else(|| VirError::internal(&format!("domain '{name}' has no node")))?;
-        self.persist_stopping(obj, shutoff_reason).await;
+        self.persist_status(obj, Phase::Stopping, Some(shutoff_reason))
+            .await;
         if power_off {
             let r = match node.power.off(true).await {
                 Ok(()) => wait_power(&node, PowerState::Off).await,
@@ -577,29 +578,6 @@ impl Driver {
         self.emit_lifecycle(&r, ev::STOPPED, stopped_detail);
         tracing::info!(domain = %name, node = %node.spec.name, "stopped");
         Ok(())
-    }
-
-    async fn persist_stopping(&self, obj: &DomainObj, stop_reason: i32) {
-        let status = obj.with(|s| {
-            s.node.clone().map(|node| Status {
-                uuid: obj.uuid,
-                name: s.def.name().to_string(),
-                id: s.id,
-                state: s.state,
-                reason: s.reason,
-                node,
-                phase: Phase::Stopping,
-                persistent: s.persistent,
-                xml: s.def.config_xml().to_string(),
-                journal: s.journal.clone(),
-                stop_reason: Some(stop_reason),
-            })
-        });
-        if let Some(st) = status {
-            if let Err(e) = self.store.save_status(&st).await {
-                tracing::error!(domain = %st.name, "cannot save status: {e}");
-            }
-        }
     }
 
     fn check_active(obj: &DomainObj) -> VirResult<(i32, Option<String>)> {

@@ -785,6 +785,11 @@ impl Driver {
 
     /// Writes the live status of an active domain (best effort: failures are logged).
     async fn persist_active(&self, obj: &DomainObj) {
+        self.persist_status(obj, store::Phase::Active, None).await
+    }
+
+    /// Writes a domain's live status in the given phase (best effort: failures are logged).
+    async fn persist_status(&self, obj: &DomainObj, phase: store::Phase, stop_reason: Option<i32>) {
         let status = obj.with(|s| {
             s.node.clone().map(|node| Status {
                 uuid: obj.uuid,
@@ -793,11 +798,11 @@ impl Driver {
                 state: s.state,
                 reason: s.reason,
                 node,
-                phase: store::Phase::Active,
+                phase,
                 persistent: s.persistent,
                 xml: s.def.config_xml().to_string(),
                 journal: s.journal.clone(),
-                stop_reason: None,
+                stop_reason,
             })
         });
         if let Some(st) = status {
