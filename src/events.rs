@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// Events a lagging subscriber may fall behind before it is dropped.
-pub const BUS_CAPACITY: usize = 4096;
+/// Events a lagging subscriber may fall behind before it is dropped (the ring is allocated
+/// up front, so this is also its fixed memory cost).
+pub const BUS_CAPACITY: usize = 1024;
 
 /// `virDomainEventID` values metalvirt emits.
 #[allow(missing_docs)]

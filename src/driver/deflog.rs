@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,8 +40,8 @@ const MAX_PENDING: usize = 4096;
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     name: String,
-    /// The definition; `None` deletes it.
-    xml: Option<String>,
+    /// The definition; `None` deletes it. Shared with the stored definition (no copy).
+    xml: Option<Arc<str>>,
 }
 
 struct Req {
@@ -97,7 +97,7 @@ fn truncate(log: &File) -> io::Result<()> {
 impl DefLog {
     /// Recovers `log_path` into `dir`, then starts the committer thread.
     pub fn open(dir: &Path, log_path: &Path) -> io::Result<DefLog> {
-        let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut latest: BTreeMap<String, Option<Arc<str>>> = BTreeMap::new();
         for rec in read_log(log_path)? {
             latest.insert(rec.name, rec.xml);
         }
@@ -129,7 +129,7 @@ impl DefLog {
     }
 
     /// Durably records a definition.
-    pub async fn put(&self, name: &str, xml: String) -> io::Result<()> {
+    pub async fn put(&self, name: &str, xml: Arc<str>) -> io::Result<()> {
         self.submit(Record {
             name: name.to_string(),
             xml: Some(xml),
@@ -151,19 +151,19 @@ impl DefLog {
 /// first, so the youngest changes (likely to be overwritten soon) are materialised last.
 #[derive(Default)]
 struct Pending {
-    latest: HashMap<String, (u64, Option<String>)>,
+    latest: HashMap<String, (u64, Option<Arc<str>>)>,
     order: VecDeque<(u64, String)>,
     seq: u64,
 }
 
 impl Pending {
-    fn insert(&mut self, name: String, xml: Option<String>) {
+    fn insert(&mut self, name: String, xml: Option<Arc<str>>) {
         self.seq += 1;
         self.order.push_back((self.seq, name.clone()));
         self.latest.insert(name, (self.seq, xml));
     }
 
-    fn pop_oldest(&mut self) -> Option<(String, Option<String>)> {
+    fn pop_oldest(&mut self) -> Option<(String, Option<Arc<str>>)> {
         while let Some((seq, name)) = self.order.pop_front() {
             if self.latest.get(&name).is_some_and(|(s, _)| *s == seq) {
                 let (_, xml) = self.latest.remove(&name)?;
@@ -270,8 +270,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("domains.log");
         let l = DefLog::open(d.path(), &log).unwrap();
-        l.put("a", "<a/>".into()).await.unwrap();
-        l.put("b", "<b/>".into()).await.unwrap();
+        l.put("a", Arc::from("<a/>")).await.unwrap();
+        l.put("b", Arc::from("<b/>")).await.unwrap();
         l.delete("b").await.unwrap();
         for _ in 0..200 {
             if std::fs::metadata(&log).unwrap().len() == 0 && d.path().join("a.xml").exists() {

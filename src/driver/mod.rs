@@ -546,7 +546,7 @@ impl Driver {
             match self.check_unique(&def, false)? {
                 None => {
                     self.store
-                        .save_config(def.name(), def.config_xml().to_string())
+                        .save_config(def.name(), def.config_xml_shared())
                         .await
                         .map_err(|e| io_err("cannot save domain definition", e))?;
                     let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), true));
@@ -574,7 +574,7 @@ impl Driver {
                         continue;
                     }
                     self.store
-                        .save_config(def.name(), def.config_xml().to_string())
+                        .save_config(def.name(), def.config_xml_shared())
                         .await
                         .map_err(|e| io_err("cannot save domain definition", e))?;
                     let r = obj.with(|s| {
@@ -759,7 +759,7 @@ impl Driver {
         let new_config = if config { Some(apply(&pers)?) } else { None };
         if let Some(c) = &new_config {
             self.store
-                .save_config(c.name(), c.config_xml().to_string())
+                .save_config(c.name(), c.config_xml_shared())
                 .await
                 .map_err(|e| io_err("cannot save domain definition", e))?;
         }

@@ -140,7 +140,7 @@ impl Store {
     }
 
     /// Saves a persistent definition (durable when this returns).
-    pub async fn save_config(&self, name: &str, xml: String) -> io::Result<()> {
+    pub async fn save_config(&self, name: &str, xml: std::sync::Arc<str>) -> io::Result<()> {
         self.deflog.put(name, xml).await
     }
 

@@ -13,8 +13,9 @@ use crate::error::{VirError, VirResult};
 /// A validated definition in compact form.
 #[derive(Debug, PartialEq, Eq)]
 pub struct StoredDef {
-    /// Canonical inactive XML including secrets (what the config file holds).
-    xml: Box<str>,
+    /// Canonical inactive XML including secrets (what the config file holds); shared with the
+    /// definition log until it is written out, so it is never copied.
+    xml: Arc<str>,
     /// The inactive XML without secrets, only when it differs from `xml`.
     public_xml: Option<Box<str>>,
     name: Box<str>,
@@ -41,7 +42,7 @@ impl StoredDef {
         let public = def.to_xml(&opts(false, None));
         Arc::new(StoredDef {
             public_xml: (public != xml).then(|| public.into_boxed_str()),
-            xml: xml.into_boxed_str(),
+            xml: Arc::from(xml),
             name: def.name().into(),
             uuid: def.uuid(),
             memory_kib: def.memory_kib(),
@@ -78,6 +79,11 @@ impl StoredDef {
     /// What the config file and the live status hold.
     pub fn config_xml(&self) -> &str {
         &self.xml
+    }
+
+    /// The same, shared.
+    pub fn config_xml_shared(&self) -> Arc<str> {
+        self.xml.clone()
     }
 
     /// Formats the live XML of a run (id and node fixed for the run).
