@@ -3,32 +3,26 @@
 //! through `xmllint` (package libxml2-utils), the same engine libvirt uses in-process.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 /// The schema text.
 pub const DOMAIN_RNG: &str = include_str!("../../xml-schemas/domain.rng");
 
-fn schema_path() -> Result<&'static PathBuf, String> {
-    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!(
-            "metalvirt-domain-{}-{}.rng",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        ));
-        std::fs::write(&p, DOMAIN_RNG)
-            .map(|_| p)
-            .map_err(|e| format!("cannot write schema: {e}"))
-    })
-    .as_ref()
-    .map_err(|e| e.clone())
+/// Writes the embedded schema as `dir/domain.rng` (xmllint reads schemas from files) unless
+/// it is already there with the same content. The daemon passes its state directory, so no
+/// file is left anywhere else.
+pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
+    let p = dir.join("domain.rng");
+    if std::fs::read_to_string(&p).ok().as_deref() != Some(DOMAIN_RNG) {
+        crate::persist::write_atomic(&p, DOMAIN_RNG.as_bytes(), 0o644)?;
+    }
+    Ok(p)
 }
 
-/// Validates a domain document; the error names what failed, as xmllint reports it.
-pub fn validate(xml: &str) -> Result<(), String> {
-    let schema = schema_path()?;
+/// Validates a domain document against the schema file `schema` (see [`install`]); the
+/// error names what failed, as xmllint reports it.
+pub fn validate(schema: &Path, xml: &str) -> Result<(), String> {
     let mut child = Command::new("xmllint")
         .arg("--noout")
         .arg("--relaxng")

@@ -457,7 +457,7 @@ impl Driver {
             ));
         }
         if flags & START_VALIDATE != 0 {
-            crate::domain::schema::validate(xml).map_err(|e| {
+            crate::domain::schema::validate(&self.schema, xml).map_err(|e| {
                 VirError::xml(&format!(
                     "XML document failed to validate against schema: {e}"
                 ))

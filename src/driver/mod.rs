@@ -192,6 +192,8 @@ pub struct Driver {
     /// Domain events.
     pub events: EventBus,
     hostname: String,
+    /// Our domain schema, installed in the state directory (for the VALIDATE flags).
+    schema: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Driver {
@@ -223,6 +225,8 @@ impl Driver {
                 .unwrap_or_else(|_| "localhost".into())
         });
         let history = store.load_node_history();
+        let schema = crate::domain::schema::install(&cfg.state_dir)
+            .map_err(|e| format!("cannot install the domain schema: {e}"))?;
         let d = Arc::new(Driver {
             cfg,
             nodes,
@@ -235,6 +239,7 @@ impl Driver {
             next_id: AtomicI32::new(1),
             events: EventBus::new(),
             hostname,
+            schema,
         });
         d.load().await?;
         Ok(d)
@@ -533,7 +538,7 @@ impl Driver {
     pub async fn define_xml(&self, xml: &str, flags: u32) -> VirResult<DomRef> {
         VirError::check_flags(flags, 1, "virDomainDefineXMLFlags")?;
         if flags & 1 != 0 {
-            crate::domain::schema::validate(xml).map_err(|e| {
+            crate::domain::schema::validate(&self.schema, xml).map_err(|e| {
                 VirError::new(
                     crate::error::code::XML_ERROR,
                     crate::error::from::DOMAIN,
