@@ -80,3 +80,30 @@ fn many_clients_in_parallel() {
     assert_eq!(d.sim_mapped(), (8, 8));
     drop(c);
 }
+
+#[test]
+fn concurrent_defines_of_one_name_leave_one_consistent_winner() {
+    let mut d = Daemon::start("");
+    let uri = d.uri();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let uri = uri.clone();
+            std::thread::spawn(move || {
+                let c = Connect::open(Some(&uri)).unwrap();
+                // No uuid in the XML: each define gets a fresh one.
+                c.define_domain_xml(&domain_xml("contested", ""))
+                    .map(|dom| dom.uuid_string().unwrap())
+                    .ok()
+            })
+        })
+        .collect();
+    let winners: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    d.restart();
+    let c = Connect::open(Some(&d.uri())).unwrap();
+    let dom = c.lookup_domain_by_name("contested").unwrap();
+    assert_eq!(dom.uuid_string().unwrap(), winners[0]);
+}

@@ -492,17 +492,12 @@ impl Driver {
             None => {
                 let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), false));
                 let _job = obj.job.lock().await;
-                {
-                    let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
-                    if reg.by_uuid.contains_key(&def.uuid()) || reg.by_name.contains_key(def.name())
-                    {
-                        return Err(VirError::operation_invalid(&format!(
-                            "domain '{}' is already being started",
-                            def.name()
-                        )));
-                    }
+                if !self.try_insert(&obj, def.name()) {
+                    return Err(VirError::operation_invalid(&format!(
+                        "domain '{}' is already being started",
+                        def.name()
+                    )));
                 }
-                self.insert(obj.clone(), def.name());
                 let r = self.start_locked(&obj, paused).await;
                 if r.is_err() {
                     self.remove(&obj);

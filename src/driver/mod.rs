@@ -423,15 +423,12 @@ impl Driver {
             if flags & (INACTIVE | MIGRATABLE) != 0 || !s.active() {
                 (s.persistent_def().clone(), None)
             } else {
-                (
-                    s.def.clone(),
-                    s.live_xml.clone().map(|l| (l, s.live_info())),
-                )
+                (s.def.clone(), s.live_xml.clone())
             }
         });
         match live {
             None => Ok(def.inactive_xml(secure).to_string()),
-            Some((l, _)) => Ok(l.get(secure).to_string()),
+            Some(l) => Ok(l.get(secure).to_string()),
         }
     }
 
@@ -462,6 +459,17 @@ impl Driver {
     }
 
     // ---------------------------------------------------------------- registry changes
+
+    /// Inserts unless the uuid or the name is taken (atomically, under the write lock).
+    fn try_insert(&self, obj: &Arc<DomainObj>, name: &str) -> bool {
+        let mut reg = self.reg.write().unwrap_or_else(|e| e.into_inner());
+        if reg.by_uuid.contains_key(&obj.uuid) || reg.by_name.contains_key(name) {
+            return false;
+        }
+        reg.by_name.insert(name.to_string(), obj.uuid);
+        reg.by_uuid.insert(obj.uuid, obj.clone());
+        true
+    }
 
     fn insert(&self, obj: Arc<DomainObj>, name: &str) {
         let mut reg = self.reg.write().unwrap_or_else(|e| e.into_inner());
@@ -550,21 +558,22 @@ impl Driver {
         loop {
             match self.check_unique(&def, false)? {
                 None => {
-                    self.store
+                    // Reserve the name and uuid first (a concurrent define of the same name
+                    // must not win the file), then make it durable; undo on failure.
+                    let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), true));
+                    if !self.try_insert(&obj, def.name()) {
+                        continue;
+                    }
+                    let job = obj.job.lock().await;
+                    if let Err(e) = self
+                        .store
                         .save_config(def.name(), def.config_xml_shared())
                         .await
-                        .map_err(|e| io_err("cannot save domain definition", e))?;
-                    let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), true));
                     {
-                        // Re-check under the write lock: another define may have won.
-                        let reg = self.reg.read().unwrap_or_else(|e| e.into_inner());
-                        if reg.by_uuid.contains_key(&def.uuid())
-                            || reg.by_name.contains_key(def.name())
-                        {
-                            continue;
-                        }
+                        self.remove(&obj);
+                        return Err(io_err("cannot save domain definition", e));
                     }
-                    self.insert(obj.clone(), def.name());
+                    drop(job);
                     let r = obj.dom_ref();
                     self.emit_lifecycle(
                         &r,
