@@ -107,3 +107,78 @@ fn concurrent_defines_of_one_name_leave_one_consistent_winner() {
     let dom = c.lookup_domain_by_name("contested").unwrap();
     assert_eq!(dom.uuid_string().unwrap(), winners[0]);
 }
+
+fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/xml")
+        .join(kind);
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_must_fail_fixture_gets_xml_error_through_the_daemon() {
+    let d = Daemon::start("");
+    let c = Connect::open(Some(&d.uri())).unwrap();
+    for p in fixtures("fail") {
+        let xml = std::fs::read_to_string(&p).unwrap();
+        let want = xml
+            .lines()
+            .next()
+            .and_then(|l| l.trim().strip_prefix("<!-- expect:"))
+            .and_then(|l| l.strip_suffix("-->"))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{} has no expect comment", p.display()))
+            .to_string();
+        let e = c
+            .define_domain_xml(&xml)
+            .expect_err(&format!("{} was accepted", p.display()));
+        assert_eq!(
+            code(&e),
+            Some(ErrorNumber::XmlError),
+            "{}: {e}",
+            p.display()
+        );
+        assert!(
+            e.to_string().contains(&want),
+            "{}: {e} (want {want:?})",
+            p.display()
+        );
+    }
+    assert!(
+        c.list_all_domains(0).unwrap().is_empty(),
+        "nothing was defined"
+    );
+}
+
+#[test]
+fn every_xml_the_daemon_returns_passes_virt_xml_validate() {
+    let d = Daemon::start("");
+    let c = Connect::open(Some(&d.uri())).unwrap();
+    let mut checked = 0;
+    for p in fixtures("in") {
+        // NVMe-oF sources are a metalvirt extension libvirt's schema does not know.
+        if p.file_name().is_some_and(|n| n == "nvme-tcp.xml") {
+            continue;
+        }
+        // The pinned fixture names a node of another lab.
+        let xml = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("rack1-node07", "node-2");
+        let dom = c.define_domain_xml(&xml).unwrap();
+        common::virt_xml_validate(d.dir.path(), &dom.xml_desc(0).unwrap(), "domain");
+        dom.create().unwrap();
+        for flags in [0, 1, 2] {
+            common::virt_xml_validate(d.dir.path(), &dom.xml_desc(flags).unwrap(), "domain");
+        }
+        dom.destroy().unwrap();
+        dom.undefine().unwrap();
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked}");
+}
