@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
+# Benchmarks run a few rounds only under `cargo test` (proves they still work) — first, so the
+# closing lines are the test summaries.
+cargo test -q --benches
+cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
