@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 # Benchmarks run a few rounds only under `cargo test` (proves they still work) — first, so the
 # closing lines are the test summaries.
-cargo test -q --benches
+cargo test -q --bench domain_xml
 cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
