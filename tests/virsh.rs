@@ -545,3 +545,21 @@ fn define_validate_uses_our_schema() {
     );
     assert!(!d.virsh_ok(&["list", "--all", "--name"]).contains("valid2"));
 }
+
+#[test]
+fn autodestroy_runs_end_with_their_connection() {
+    let d = Daemon::start("");
+    let f = d.file("ad1.xml", &domain_xml("ad1", ""));
+    // virsh exits right after the call, closing its connection.
+    d.virsh_ok(&["create", "--autodestroy", f.to_str().unwrap()]);
+    define(&d, "ad2");
+    d.virsh_ok(&["start", "--autodestroy", "ad2"]);
+    define(&d, "keep");
+    d.virsh_ok(&["start", "keep"]);
+    wait_for(10, "auto-destroy", || {
+        !d.virsh_ok(&["list", "--all", "--name"]).contains("ad1")
+            && state(&d, "ad2") == "shut off (destroyed)"
+    });
+    assert_eq!(state(&d, "keep"), "running (booted)");
+    assert_eq!(d.sim_mapped(), (1, 1), "only 'keep' still holds hardware");
+}

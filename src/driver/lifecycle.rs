@@ -433,7 +433,11 @@ impl Driver {
     pub async fn create(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<DomRef> {
         VirError::check_flags(
             flags,
-            START_PAUSED | START_BYPASS_CACHE | START_FORCE_BOOT | START_RESET_NVRAM,
+            START_PAUSED
+                | START_AUTODESTROY
+                | START_BYPASS_CACHE
+                | START_FORCE_BOOT
+                | START_RESET_NVRAM,
             "virDomainCreateWithFlags",
         )?;
         let _job = obj.job.lock().await;
@@ -445,17 +449,13 @@ impl Driver {
         VirError::check_flags(
             flags,
             START_PAUSED
+                | START_AUTODESTROY
                 | START_BYPASS_CACHE
                 | START_FORCE_BOOT
                 | START_VALIDATE
                 | START_RESET_NVRAM,
             "virDomainCreateXML",
         )?;
-        if flags & START_AUTODESTROY != 0 {
-            return Err(VirError::argument_unsupported(
-                "auto-destroy of bare-metal domains is not supported",
-            ));
-        }
         if flags & START_VALIDATE != 0 {
             crate::domain::schema::validate(&self.schema, xml).map_err(|e| {
                 VirError::xml(&format!(
@@ -594,6 +594,26 @@ impl Driver {
         Self::check_active(obj)?;
         self.stop_locked(obj, reason::SHUTOFF_DESTROYED, ev::STOPPED_DESTROYED, true)
             .await
+    }
+
+    /// `VIR_DOMAIN_START_AUTODESTROY`: the connection that started run `id` of a domain has
+    /// closed; destroy that run (and only that run: a later start is left alone).
+    pub async fn autodestroy(&self, uuid: Uuid, id: i32) {
+        let Ok(obj) = self.lookup_uuid(&uuid) else {
+            return;
+        };
+        let _job = obj.job.lock().await;
+        if obj.with(|s| s.removed || !s.active() || s.id != id) {
+            return;
+        }
+        let name = obj.with(|s| s.def.name().to_string());
+        tracing::info!(domain = %name, "its connection closed: auto-destroying");
+        if let Err(e) = self
+            .stop_locked(&obj, reason::SHUTOFF_DESTROYED, ev::STOPPED_DESTROYED, true)
+            .await
+        {
+            tracing::error!(domain = %name, "auto-destroy failed: {e}");
+        }
     }
 
     fn check_power_mode(flags: u32, api: &str) -> VirResult<()> {

@@ -45,6 +45,9 @@ pub struct ClientState {
     pub close_callback: bool,
     /// The client asked whether keepalive is supported (it will answer our PINGs).
     pub keepalive: bool,
+    /// Runs started with `VIR_DOMAIN_START_AUTODESTROY` (uuid, id): destroyed when this
+    /// connection closes.
+    pub autodestroy: Vec<(Uuid, i32)>,
 }
 
 /// One client connection.

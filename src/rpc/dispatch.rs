@@ -42,6 +42,13 @@ fn wire(r: &DomRef) -> Domain {
     }
 }
 
+/// Records a run started with `VIR_DOMAIN_START_AUTODESTROY` on this connection.
+fn remember_autodestroy(c: &Client, flags: u32, r: &DomRef) {
+    if flags & 2 != 0 {
+        c.with(|s| s.autodestroy.push((r.uuid, r.id)));
+    }
+}
+
 /// An argument check of libvirt's public API (code 8, domain DOMAIN, no prefix).
 fn api_arg(msg: &str) -> VirError {
     VirError::new(code::INVALID_ARG, from::DOMAIN, msg)
@@ -398,9 +405,9 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
         }
         p::DOMAIN_CREATE_XML => {
             let a: XmlFlags = dec(args)?;
-            ret(Dom {
-                dom: wire(&d.create_xml(&a.xml, a.flags).await?),
-            })
+            let r = d.create_xml(&a.xml, a.flags).await?;
+            remember_autodestroy(c, a.flags, &r);
+            ret(Dom { dom: wire(&r) })
         }
         p::DOMAIN_CREATE => {
             let a: Dom = dec(args)?;
@@ -409,9 +416,9 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
         }
         p::DOMAIN_CREATE_WITH_FLAGS => {
             let a: DomFlags = dec(args)?;
-            ret(Dom {
-                dom: wire(&d.create(&dom(&a.dom)?, a.flags).await?),
-            })
+            let r = d.create(&dom(&a.dom)?, a.flags).await?;
+            remember_autodestroy(c, a.flags, &r);
+            ret(Dom { dom: wire(&r) })
         }
         p::DOMAIN_DESTROY => {
             let a: Dom = dec(args)?;

@@ -234,7 +234,14 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
     }
     // Let in-flight calls finish writing, then stop the writer.
     let _ = permits.acquire_many(limit as u32).await;
-    client.with(|s| s.callbacks.clear());
+    let doomed = client.with(|s| {
+        s.callbacks.clear();
+        std::mem::take(&mut s.autodestroy)
+    });
+    for (uuid, id) in doomed {
+        let d = client.driver.clone();
+        tokio::spawn(async move { d.autodestroy(uuid, id).await });
+    }
     drop(client);
     let _ = writer.await;
     tracing::debug!(client = id, "client disconnected");
