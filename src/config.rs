@@ -26,6 +26,11 @@ pub struct Config {
     pub max_clients: usize,
     /// Host name reported by GET_HOSTNAME (default: the system's).
     pub hostname: Option<String>,
+    /// Idle time after which a client that supports keepalive is sent a PING, in
+    /// milliseconds (libvirtd's `keepalive_interval`, 5 s); 0 disables server PINGs.
+    pub keepalive_interval_ms: u64,
+    /// Unanswered PINGs after which the client is disconnected (`keepalive_count`).
+    pub keepalive_count: u32,
     /// Power watcher settings.
     pub watcher: WatcherConfig,
     /// The simulated lab.
@@ -81,6 +86,8 @@ impl Default for Config {
             max_client_requests: 16,
             max_clients: 5000,
             hostname: None,
+            keepalive_interval_ms: 5000,
+            keepalive_count: 5,
             watcher: WatcherConfig::default(),
             sim: SimConfig::default(),
         }

@@ -376,3 +376,57 @@ fn sigterm_lets_calls_in_flight_finish() {
     assert_eq!((h[2], h[4], h[5]), (9, s, 0));
     assert!(c.read().is_none(), "then the connection closes");
 }
+
+#[test]
+fn silent_keepalive_clients_are_pinged_then_dropped() {
+    let d = Daemon::start("keepalive_interval_ms = 200\nkeepalive_count = 2\n");
+    let mut silent = Raw::connect(&d.socket());
+    let mut polite = Raw::connect(&d.socket());
+    let mut legacy = Raw::connect(&d.socket());
+    for c in [&mut silent, &mut polite] {
+        // CONNECT_SUPPORTS_FEATURE(PROGRAM_KEEPALIVE): the client will answer PINGs.
+        let (st, p) = c.call(60, &10i32.to_be_bytes());
+        assert_eq!((st, p), (0, vec![0, 0, 0, 1]));
+        c.open();
+    }
+    legacy.open();
+    let start = std::time::Instant::now();
+    // The polite client answers every PING and stays connected.
+    let until = start + Duration::from_millis(1200);
+    polite
+        .s
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut answered = 0;
+    while std::time::Instant::now() < until {
+        if let Some((h, _)) = polite.read() {
+            assert_eq!((h[0], h[2]), (0x6b65_6570, 1));
+            polite.send_raw(0x6b65_6570, 1, 2, 2, 0, 0, &[]);
+            answered += 1;
+        }
+    }
+    assert!(answered >= 2, "{answered}");
+    polite
+        .s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(polite.call(157, &[]).0, 0);
+    // Meanwhile the silent one got two PINGs and was disconnected.
+    let mut pings = 0;
+    while let Some((h, _)) = silent.read() {
+        assert_eq!((h[0], h[2], h[3]), (0x6b65_6570, 1, 2), "only PINGs arrive");
+        pings += 1;
+    }
+    assert_eq!(pings, 2);
+    // A client that never asked about keepalive is never pinged.
+    legacy
+        .s
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    assert!(legacy.read().is_none());
+    legacy
+        .s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(legacy.call(157, &[]).0, 0);
+}

@@ -117,6 +117,59 @@ fn error_frame(h: &Header, e: &VirError) -> Vec<u8> {
     frame_with(&h.reply_to(Status::Error), &RemoteError::from(e))
 }
 
+/// libvirtd's server-side keepalive: once a client has said it supports keepalive
+/// (CONNECT_SUPPORTS_FEATURE 10), a PING goes out whenever it has been silent for the interval;
+/// after `keepalive_count` PINGs without any packet back, the connection is closed. A task of
+/// its own, so the reader is never interrupted in the middle of a packet.
+fn spawn_keepalive(client: &Arc<Client>, last_rx: Arc<AtomicU64>, started: tokio::time::Instant) {
+    let cfg = client.driver.config();
+    if cfg.keepalive_interval_ms == 0 {
+        return;
+    }
+    let interval = Duration::from_millis(cfg.keepalive_interval_ms);
+    let count = cfg.keepalive_count;
+    let weak = Arc::downgrade(client);
+    tokio::spawn(async move {
+        let mut missed = 0u32;
+        let mut last_ping = 0u64;
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(c) = weak.upgrade() else { return };
+            if !c.with(|s| s.keepalive) {
+                continue;
+            }
+            let now = started.elapsed().as_millis() as u64;
+            let rx = last_rx.load(Ordering::Relaxed);
+            if rx >= last_ping {
+                // Something arrived since our last PING: the client is alive.
+                missed = 0;
+            }
+            if now.saturating_sub(rx) < interval.as_millis() as u64 {
+                continue;
+            }
+            if missed >= count {
+                tracing::warn!(
+                    client = c.id,
+                    "no answer to {count} keepalive PINGs; closing the connection"
+                );
+                c.closing.notify_one();
+                return;
+            }
+            let ping = Header {
+                prog: KEEPALIVE_PROGRAM,
+                vers: PROTOCOL_VERSION,
+                proc_: KEEPALIVE_PING,
+                mtype: MessageType::Message as u32,
+                serial: 0,
+                status: 0,
+            };
+            c.send(frame(&ping, &[]));
+            last_ping = now;
+            missed += 1;
+        }
+    });
+}
+
 /// Runs one connection to completion.
 pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
     let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
@@ -145,6 +198,9 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
     });
 
     let permits = Arc::new(Semaphore::new(limit));
+    let last_rx = Arc::new(AtomicU64::new(0));
+    let started = tokio::time::Instant::now();
+    spawn_keepalive(&client, last_rx.clone(), started);
     let mut rd = BufReader::with_capacity(READ_BUF, rd);
     loop {
         let mut lenb = [0u8; 4];
@@ -167,6 +223,8 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
             tracing::debug!(client = id, "truncated packet; closing connection");
             break;
         }
+        // Any packet counts as a sign of life.
+        last_rx.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut r = Reader::new(&body[..HEADER_LEN]);
         let Ok(h) = Header::decode(&mut r) else { break };
         match (h.prog, MessageType::from_u32(h.mtype)) {
