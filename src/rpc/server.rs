@@ -253,9 +253,21 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
                 IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     let payload = &body[HEADER_LEN..];
-                    let f = match dispatch::call(&c, h.proc_, payload).await {
-                        Ok(ret) => frame(&h.reply_to(Status::Ok), &ret),
-                        Err(e) => error_frame(&h, &e),
+                    // A bug in one handler must not leave its client waiting forever.
+                    let call = std::panic::AssertUnwindSafe(dispatch::call(&c, h.proc_, payload));
+                    let f = match futures::FutureExt::catch_unwind(call).await {
+                        Ok(Ok(ret)) => frame(&h.reply_to(Status::Ok), &ret),
+                        Ok(Err(e)) => error_frame(&h, &e),
+                        Err(_) => {
+                            tracing::error!(proc = h.proc_, "call handler panicked");
+                            error_frame(
+                                &h,
+                                &VirError::internal(&format!(
+                                    "metalvirtd failed while handling procedure {}",
+                                    h.proc_
+                                )),
+                            )
+                        }
                     };
                     c.send(f);
                     drop(permit);
