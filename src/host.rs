@@ -363,17 +363,22 @@ pub fn domain_capabilities(
 
 /// `virConnectGetSysinfo`: describes the daemon's host, not the servers.
 pub fn sysinfo(d: &Driver) -> String {
+    let sim = d.nodes().iter().filter(|n| n.spec.simulated).count();
+    let lab = if sim > 0 {
+        format!("SIMULATED lab, {sim} simulated nodes")
+    } else {
+        format!("{} nodes", d.nodes().len())
+    };
     format!(
         "<sysinfo type='smbios'>
   <system>
     <entry name='manufacturer'>metalvirt</entry>
-    <entry name='product'>metalvirt bare-metal host ({} nodes)</entry>
+    <entry name='product'>metalvirt bare-metal host ({lab})</entry>
     <entry name='version'>{}</entry>
     <entry name='family'>Bare Metal</entry>
   </system>
 </sysinfo>
 ",
-        d.nodes().len(),
         env!("CARGO_PKG_VERSION")
     )
 }

@@ -214,7 +214,13 @@ fn dominfo_dumpxml_and_validation() {
     let node = d.virsh_ok(&["nodeinfo"]);
     assert!(node.contains("CPU(s):              256"), "{node}");
     assert!(node.contains("NUMA cell(s):        4"), "{node}");
-    d.virsh_ok(&["sysinfo"]);
+    // The simulation is labelled where clients look.
+    assert!(d.virsh_ok(&["sysinfo"]).contains("SIMULATED lab"));
+    let info = d.virsh_ok(&["dominfo", "info1"]);
+    assert!(
+        info.contains("Messages:") && info.contains("SIMULATED lab"),
+        "{info}"
+    );
     d.virsh_ok(&["hostname"]);
 }
 

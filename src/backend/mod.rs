@@ -69,6 +69,8 @@ pub struct NodeSpec {
     pub arch: String,
     /// CPU model name.
     pub cpu_model: String,
+    /// Part of the simulated lab (no real hardware behind it); shown to clients.
+    pub simulated: bool,
 }
 
 impl NodeSpec {

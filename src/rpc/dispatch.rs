@@ -658,9 +658,19 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
             let a: DomFlags = dec(args)?;
             VirError::check_flags(a.flags, 3, "virDomainGetMessages")?;
             let o = dom(&a.dom)?;
-            ret(DomainGetMessagesRet {
-                msgs: o.with(|s| s.messages.clone()),
-            })
+            let (mut msgs, node) = o.with(|s| (s.messages.clone(), s.node.clone()));
+            if let Some(n) = node.and_then(|n| d.nodes().iter().find(|x| x.spec.name == n)) {
+                if n.spec.simulated {
+                    msgs.insert(
+                        0,
+                        format!(
+                            "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
+                            n.spec.name
+                        ),
+                    );
+                }
+            }
+            ret(DomainGetMessagesRet { msgs })
         }
         p::DOMAIN_MEMORY_STATS => {
             let a: DomainMemoryStatsArgs = dec(args)?;
