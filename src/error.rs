@@ -137,15 +137,6 @@ impl VirError {
         )
     }
 
-    /// `VIR_ERR_NO_SUPPORT` for an API this driver does not implement.
-    pub fn no_support(api: &str) -> Self {
-        Self::new(
-            code::NO_SUPPORT,
-            from::DOMAIN,
-            format!("this function is not supported by the connection driver: {api}"),
-        )
-    }
-
     /// `VIR_ERR_OPERATION_FAILED`.
     pub fn operation_failed(detail: &str) -> Self {
         Self::new(

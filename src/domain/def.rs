@@ -963,11 +963,6 @@ impl DomainDef {
         &self.root
     }
 
-    /// Consumes the definition, returning its element tree.
-    pub fn into_root(self) -> Element {
-        self.root
-    }
-
     fn child_text(&self, name: &str) -> Option<&str> {
         self.root.child(name).and_then(first_text)
     }

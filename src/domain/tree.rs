@@ -366,13 +366,6 @@ impl Element {
         out
     }
 
-    /// Formats the element on one line (no added whitespace).
-    pub fn to_xml_inline(&self) -> String {
-        let mut out = String::with_capacity(256);
-        self.write_inline(&mut out);
-        out
-    }
-
     fn write_open(&self, out: &mut String) {
         out.push('<');
         out.push_str(&self.name);
