@@ -73,6 +73,12 @@ pub struct SimConfig {
     pub fail_nic_macs: Vec<String>,
     /// Injected failures: powering on one of these nodes fails.
     pub fail_power_on_nodes: Vec<String>,
+    /// Injected failures: unmapping a disk whose source contains one of these strings fails.
+    pub fail_unmap_sources: Vec<String>,
+    /// Injected failures: unplugging a NIC whose MAC is listed fails.
+    pub fail_unplug_macs: Vec<String>,
+    /// Size of a simulated cloud volume before anyone resizes it, in GiB.
+    pub volume_gib: u64,
 }
 
 impl Default for Config {
@@ -115,6 +121,9 @@ impl Default for SimConfig {
             fail_disk_sources: Vec::new(),
             fail_nic_macs: Vec::new(),
             fail_power_on_nodes: Vec::new(),
+            fail_unmap_sources: Vec::new(),
+            fail_unplug_macs: Vec::new(),
+            volume_gib: 20,
         }
     }
 }

@@ -18,11 +18,13 @@ pub mod code {
     pub const NO_DOMAIN: i32 = 42;
     pub const AUTH_FAILED: i32 = 45;
     pub const OPERATION_INVALID: i32 = 55;
+    pub const INVALID_SECRET: i32 = 65;
     pub const NO_SECRET: i32 = 66;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
     pub const OPERATION_TIMEOUT: i32 = 68;
     pub const ARGUMENT_UNSUPPORTED: i32 = 74;
     pub const NO_DOMAIN_METADATA: i32 = 80;
+    pub const OVERFLOW: i32 = 82;
     pub const OPERATION_UNSUPPORTED: i32 = 84;
     pub const DEVICE_MISSING: i32 = 99;
 }
@@ -189,6 +191,33 @@ impl VirError {
             code::INVALID_ARG,
             from::QEMU,
             format!("unsupported flags (0x{flags:x}) in function {api}"),
+        )
+    }
+
+    /// `VIR_ERR_DEVICE_MISSING`.
+    pub fn device_missing(detail: &str) -> Self {
+        Self::new(
+            code::DEVICE_MISSING,
+            from::DOMAIN,
+            format!("device not found: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_NO_SECRET`.
+    pub fn no_secret(detail: &str) -> Self {
+        Self::new(
+            code::NO_SECRET,
+            from::SECRET,
+            format!("Secret not found: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_INVALID_SECRET`.
+    pub fn invalid_secret(detail: &str) -> Self {
+        Self::new(
+            code::INVALID_SECRET,
+            from::SECRET,
+            format!("Invalid secret: {detail}"),
         )
     }
 

@@ -19,6 +19,7 @@ pub mod host;
 pub mod persist;
 pub mod protocol;
 pub mod rpc;
+pub mod secrets;
 
 use std::sync::OnceLock;
 use std::time::Instant;

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::secrets::SecretValue;
+
 /// A backend failure, carrying the backend's own reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendError(pub String);
@@ -80,6 +82,18 @@ impl NodeSpec {
     }
 }
 
+/// Credentials a disk source needs (from the disk's `<auth>` and a libvirt secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskAuth {
+    /// User name (`<auth username>`, e.g. the cephx user).
+    pub username: Option<String>,
+    /// The secret it came from.
+    pub secret_uuid: String,
+    /// The key itself: handed to the backend, never written anywhere by metalvirt.
+    #[serde(skip)]
+    pub key: Option<SecretValue>,
+}
+
 /// A disk to present to the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
@@ -91,6 +105,65 @@ pub struct DiskSpec {
     pub source: String,
     /// Read-only.
     pub readonly: bool,
+    /// Credentials, when the disk has `<auth>`.
+    #[serde(default)]
+    pub auth: Option<DiskAuth>,
+    /// `<serial>` (the volume id nova puts there).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// Sizes of a mapped disk, in bytes (`virDomainBlockInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockInfo {
+    /// Size the host sees.
+    pub capacity: u64,
+    /// Bytes allocated in the backing volume.
+    pub allocation: u64,
+    /// Size of the backing volume.
+    pub physical: u64,
+}
+
+/// I/O counters of a mapped disk (`virDomainBlockStats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockStats {
+    /// Read requests.
+    pub rd_req: i64,
+    /// Bytes read.
+    pub rd_bytes: i64,
+    /// Write requests.
+    pub wr_req: i64,
+    /// Bytes written.
+    pub wr_bytes: i64,
+    /// Flush requests.
+    pub flush_req: i64,
+    /// Total time spent reading, ns.
+    pub rd_total_ns: i64,
+    /// Total time spent writing, ns.
+    pub wr_total_ns: i64,
+    /// Total time spent flushing, ns.
+    pub flush_total_ns: i64,
+}
+
+/// Traffic counters of a plugged NIC (`virDomainInterfaceStats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IfStats {
+    /// Bytes received.
+    pub rx_bytes: i64,
+    /// Packets received.
+    pub rx_packets: i64,
+    /// Receive errors.
+    pub rx_errs: i64,
+    /// Receive drops.
+    pub rx_drop: i64,
+    /// Bytes sent.
+    pub tx_bytes: i64,
+    /// Packets sent.
+    pub tx_packets: i64,
+    /// Send errors.
+    pub tx_errs: i64,
+    /// Send drops.
+    pub tx_drop: i64,
 }
 
 /// A NIC function to plug.
@@ -132,6 +205,12 @@ pub trait Disks: Send + Sync {
     async fn detach(&self, handle: &str) -> BResult<()>;
     /// Handles currently mapped.
     async fn list(&self) -> BResult<Vec<String>>;
+    /// Grows the volume behind a mapped disk to `bytes`; returns the size the host now sees.
+    async fn resize(&self, handle: &str, bytes: u64) -> BResult<u64>;
+    /// Sizes of a mapped disk.
+    async fn info(&self, handle: &str) -> BResult<BlockInfo>;
+    /// I/O counters of a mapped disk.
+    async fn stats(&self, handle: &str) -> BResult<BlockStats>;
 }
 
 /// NIC plumbing on the node's DPU.
@@ -143,6 +222,8 @@ pub trait Nics: Send + Sync {
     async fn unplug(&self, handle: &str) -> BResult<()>;
     /// Handles currently plugged.
     async fn list(&self) -> BResult<Vec<String>>;
+    /// Traffic counters of a plugged NIC.
+    async fn stats(&self, handle: &str) -> BResult<IfStats>;
 }
 
 /// One bare-metal server and its backends.

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BResult, BackendError, BootDev, DiskSpec, Disks, NicSpec, Nics, Node, NodeSpec, Power,
-    PowerState,
+    BResult, BackendError, BlockInfo, BlockStats, BootDev, DiskSpec, Disks, IfStats, NicSpec, Nics,
+    Node, NodeSpec, Power, PowerState,
 };
 use crate::config::SimConfig;
 
@@ -41,10 +41,17 @@ pub struct SimNodeState {
 /// A mapped simulated disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimDisk {
-    /// What was asked.
+    /// What was asked (the key itself is never written here).
     pub spec: DiskSpec,
     /// Host-visible device.
     pub device: String,
+    /// Length of the key the disk was mapped with, when it had `<auth>` (proof the secret
+    /// reached the DPU without writing it down).
+    #[serde(default)]
+    pub key_len: Option<usize>,
+    /// When it was mapped (Unix ms); the simulated I/O counters grow from here.
+    #[serde(default)]
+    pub mapped_at_ms: u64,
 }
 
 /// A plugged simulated NIC function.
@@ -54,11 +61,29 @@ pub struct SimNic {
     pub spec: NicSpec,
     /// Representor name.
     pub representor: String,
+    /// When it was plugged (Unix ms); the simulated traffic counters grow from here.
+    #[serde(default)]
+    pub plugged_at_ms: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct LabState {
     nodes: BTreeMap<String, SimNodeState>,
+    /// Size of every simulated cloud volume that was ever resized, by source, in bytes.
+    #[serde(default)]
+    volumes: BTreeMap<String, u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Seconds since `t` (Unix ms), at least 1 so counters of a fresh device are not all zero.
+fn secs_since(t: u64) -> i64 {
+    (now_ms().saturating_sub(t) / 1000).max(1) as i64
 }
 
 struct Shared {
@@ -80,6 +105,33 @@ impl Shared {
         crate::persist::write_atomic(&self.file, &json, 0o644)
             .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;
         Ok(r)
+    }
+}
+
+impl Shared {
+    /// Like [`Shared::with`], with the volume sizes too.
+    fn with_lab<T>(
+        &self,
+        node: &str,
+        f: impl FnOnce(&mut SimNodeState, &mut BTreeMap<String, u64>) -> BResult<T>,
+    ) -> BResult<T> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let LabState { nodes, volumes } = &mut *st;
+        let n = nodes
+            .get_mut(node)
+            .ok_or_else(|| BackendError(format!("simulated node {node} is gone")))?;
+        let r = f(n, volumes)?;
+        let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError(e.to_string()))?;
+        crate::persist::write_atomic(&self.file, &json, 0o644)
+            .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;
+        Ok(r)
+    }
+
+    fn volume_bytes(&self, volumes: &BTreeMap<String, u64>, source: &str) -> u64 {
+        volumes
+            .get(source)
+            .copied()
+            .unwrap_or(self.cfg.volume_gib << 30)
     }
 }
 
@@ -231,6 +283,19 @@ impl Disks for SimNode {
                 spec.source
             )));
         }
+        let key_len = match &spec.auth {
+            None => None,
+            Some(a) => match &a.key {
+                Some(k) if !k.expose().is_empty() => Some(k.expose().len()),
+                _ => {
+                    return Err(BackendError(format!(
+                        "simulated DPU cannot connect volume '{}': no key for user {}",
+                        spec.source,
+                        a.username.as_deref().unwrap_or("(none)")
+                    )))
+                }
+            },
+        };
         self.shared.with(&self.name, |n| {
             if let Some(d) = n.disks.get(&spec.handle) {
                 return Ok(d.device.clone());
@@ -245,6 +310,8 @@ impl Disks for SimNode {
                 SimDisk {
                     spec: spec.clone(),
                     device: device.clone(),
+                    key_len,
+                    mapped_at_ms: now_ms(),
                 },
             );
             Ok(device)
@@ -253,7 +320,16 @@ impl Disks for SimNode {
 
     async fn detach(&self, handle: &str) -> BResult<()> {
         delay(self.shared.cfg.disk_latency_ms).await;
+        let fail = &self.shared.cfg.fail_unmap_sources;
         self.shared.with(&self.name, |n| {
+            if let Some(d) = n.disks.get(handle) {
+                if let Some(f) = fail.iter().find(|f| d.spec.source.contains(f.as_str())) {
+                    return Err(BackendError(format!(
+                        "simulated DPU cannot disconnect volume '{}': injected failure '{f}'",
+                        d.spec.source
+                    )));
+                }
+            }
             n.disks.remove(handle);
             Ok(())
         })
@@ -262,6 +338,64 @@ impl Disks for SimNode {
     async fn list(&self) -> BResult<Vec<String>> {
         self.shared
             .with(&self.name, |n| Ok(n.disks.keys().cloned().collect()))
+    }
+
+    async fn resize(&self, handle: &str, bytes: u64) -> BResult<u64> {
+        delay(self.shared.cfg.disk_latency_ms).await;
+        let shared = &self.shared;
+        shared.with_lab(&self.name, |n, volumes| {
+            let d = n
+                .disks
+                .get(handle)
+                .ok_or_else(|| BackendError(format!("disk {handle} is not mapped")))?;
+            let cur = shared.volume_bytes(volumes, &d.spec.source);
+            if bytes < cur {
+                return Err(BackendError(format!(
+                    "volume '{}' is {cur} bytes; cloud volumes cannot shrink",
+                    d.spec.source
+                )));
+            }
+            volumes.insert(d.spec.source.clone(), bytes);
+            Ok(bytes)
+        })
+    }
+
+    async fn info(&self, handle: &str) -> BResult<BlockInfo> {
+        let shared = &self.shared;
+        shared.with_lab(&self.name, |n, volumes| {
+            let d = n
+                .disks
+                .get(handle)
+                .ok_or_else(|| BackendError(format!("disk {handle} is not mapped")))?;
+            let capacity = shared.volume_bytes(volumes, &d.spec.source);
+            // Thin volumes: what has been written so far is allocated.
+            let written = (secs_since(d.mapped_at_ms) as u64) * 20 * 4096;
+            Ok(BlockInfo {
+                capacity,
+                allocation: written.min(capacity),
+                physical: capacity,
+            })
+        })
+    }
+
+    async fn stats(&self, handle: &str) -> BResult<BlockStats> {
+        self.shared.with(&self.name, |n| {
+            let d = n
+                .disks
+                .get(handle)
+                .ok_or_else(|| BackendError(format!("disk {handle} is not mapped")))?;
+            let s = secs_since(d.mapped_at_ms);
+            Ok(BlockStats {
+                rd_req: 50 * s,
+                rd_bytes: 50 * s * 4096,
+                wr_req: 20 * s,
+                wr_bytes: 20 * s * 4096,
+                flush_req: s,
+                rd_total_ns: 50 * s * 90_000,
+                wr_total_ns: 20 * s * 120_000,
+                flush_total_ns: s * 500_000,
+            })
+        })
     }
 }
 
@@ -290,6 +424,7 @@ impl Nics for SimNode {
                 SimNic {
                     spec: spec.clone(),
                     representor: rep.clone(),
+                    plugged_at_ms: now_ms(),
                 },
             );
             Ok(rep)
@@ -298,7 +433,16 @@ impl Nics for SimNode {
 
     async fn unplug(&self, handle: &str) -> BResult<()> {
         delay(self.shared.cfg.nic_latency_ms).await;
+        let fail = &self.shared.cfg.fail_unplug_macs;
         self.shared.with(&self.name, |n| {
+            if let Some(x) = n.nics.get(handle) {
+                if fail.contains(&x.spec.mac) {
+                    return Err(BackendError(format!(
+                        "simulated DPU cannot unplug NIC {}: injected failure",
+                        x.spec.mac
+                    )));
+                }
+            }
             n.nics.remove(handle);
             Ok(())
         })
@@ -307,6 +451,23 @@ impl Nics for SimNode {
     async fn list(&self) -> BResult<Vec<String>> {
         self.shared
             .with(&self.name, |n| Ok(n.nics.keys().cloned().collect()))
+    }
+
+    async fn stats(&self, handle: &str) -> BResult<IfStats> {
+        self.shared.with(&self.name, |n| {
+            let x = n
+                .nics
+                .get(handle)
+                .ok_or_else(|| BackendError(format!("NIC {handle} is not plugged")))?;
+            let s = secs_since(x.plugged_at_ms);
+            Ok(IfStats {
+                rx_bytes: 300 * s * 600,
+                rx_packets: 300 * s,
+                tx_bytes: 200 * s * 400,
+                tx_packets: 200 * s,
+                ..IfStats::default()
+            })
+        })
     }
 }
 
@@ -332,6 +493,8 @@ mod tests {
             target: "vda".into(),
             source: src.into(),
             readonly: false,
+            auth: None,
+            serial: None,
         }
     }
 

@@ -212,6 +212,8 @@ impl FormatOpts {
 pub struct DomainDef {
     root: Element,
     bound_node: Option<String>,
+    /// A live definition: device aliases given at start or hot-plug are part of it.
+    live: bool,
 }
 
 /// Bytes per unit for libvirt's scaled integers (`virScaleInteger`):
@@ -394,6 +396,46 @@ impl DomainDef {
         Self::from_element_with_rng(root, rng)
     }
 
+    /// Parses the live definition of a running domain (its status file): like
+    /// [`DomainDef::parse`], but the device aliases in it are kept.
+    pub fn parse_live(xml: &str) -> Result<DomainDef, DomainXmlError> {
+        let mut def = DomainDef {
+            root: Element::parse(xml)?,
+            bound_node: None,
+            live: true,
+        };
+        def.normalize()?;
+        def.fill_defaults()?;
+        Ok(def)
+    }
+
+    /// Turns a definition into the live definition of a run: every device libvirt names gets
+    /// its `<alias>` written in, so aliases stay stable while devices come and go.
+    pub fn make_live(&mut self) {
+        self.live = true;
+        let aliases = self.live_aliases();
+        if let Some(devices) = self.root.child_mut("devices") {
+            for (dev, alias) in devices.elements_mut().zip(aliases) {
+                if let (Some(alias), None) = (alias, dev.child("alias")) {
+                    dev.insert_before_first(
+                        Element::new("alias").with_attr("name", alias),
+                        &["address"],
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether this is a live definition (see [`DomainDef::make_live`]).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Mutable access to the tree for the device editing code of this module.
+    pub(super) fn root_mut(&mut self) -> &mut Element {
+        &mut self.root
+    }
+
     /// Validates and normalizes an already parsed tree (see
     /// [`DomainDef::parse`]).
     pub fn from_element(root: Element) -> Result<DomainDef, DomainXmlError> {
@@ -408,6 +450,7 @@ impl DomainDef {
         let mut def = DomainDef {
             root,
             bound_node: None,
+            live: false,
         };
         def.normalize()?;
         def.fill_defaults_with(rng)?;
@@ -703,45 +746,13 @@ impl DomainDef {
     /// aliases kept (moved before `<address>`), generated interface target
     /// names dropped.
     fn normalize_devices(&mut self) -> Result<(), DomainXmlError> {
+        let live = self.live;
         let Some(devices) = self.root.child_mut("devices") else {
             return Ok(());
         };
         devices.reorder_children(DEVICE_ORDER);
         for dev in devices.elements_mut() {
-            let user_alias = dev
-                .child("alias")
-                .and_then(|a| a.attr("name"))
-                .filter(|n| n.starts_with(USER_ALIAS_PREFIX))
-                .map(str::to_string);
-            if dev.child("alias").is_some() {
-                dev.remove_children_named("alias");
-                if let Some(name) = user_alias {
-                    if !valid_alias_name(&name) || name == USER_ALIAS_PREFIX {
-                        return fail(format!(
-                            "invalid alias name '{name}' of <{}>: only letters, digits, '_', '-' and '.' are allowed after 'ua-'",
-                            dev.name
-                        ));
-                    }
-                    dev.insert_before_first(
-                        Element::new("alias").with_attr("name", name),
-                        &["address"],
-                    );
-                }
-            }
-            if dev.name == "interface" {
-                let generated = dev
-                    .child("target")
-                    .and_then(|t| t.attr("dev"))
-                    .is_some_and(|d| GENERATED_IFNAME_PREFIXES.iter().any(|p| d.starts_with(p)));
-                if generated {
-                    if let Some(t) = dev.child_mut("target") {
-                        t.remove_attr("dev");
-                    }
-                    dev.retain_elements(|e| {
-                        !(e.name == "target" && e.attrs.is_empty() && e.children.is_empty())
-                    });
-                }
-            }
+            normalize_device(dev, live)?;
         }
         Ok(())
     }
@@ -944,7 +955,7 @@ impl DomainDef {
         };
         let mut seen: Vec<&str> = Vec::new();
         for dev in devices.elements() {
-            if let Some(alias) = devices::user_alias(dev) {
+            if let Some(alias) = devices::alias_of(dev) {
                 if seen.contains(&alias) {
                     return fail(format!("non unique alias detected: {alias}"));
                 }
@@ -1298,11 +1309,22 @@ impl DomainDef {
                     .any(|g| g.attr("passwd").is_some())
             })
         };
-        if live.is_none() && (opts.secure || !has_secret()) {
+        // The persistent form of a live definition keeps only the user's aliases.
+        let strip_aliases = self.live && opts.inactive;
+        if live.is_none() && !strip_aliases && (opts.secure || !has_secret()) {
             // nothing to add or hide: format the definition as it is
             return self.root.to_xml();
         }
         let mut root = self.root.clone();
+        if strip_aliases {
+            if let Some(devices) = root.child_mut("devices") {
+                for dev in devices.elements_mut() {
+                    if devices::user_alias(dev).is_none() {
+                        dev.remove_children_named("alias");
+                    }
+                }
+            }
+        }
         if let Some(live) = live {
             let pos = root
                 .attrs
@@ -1339,6 +1361,49 @@ impl DomainDef {
         }
         root.to_xml()
     }
+}
+
+/// Parse-time normalization of one device element: only `ua-` aliases are kept (moved before
+/// `<address>`) unless `keep_aliases` (live definitions keep the aliases they were given), and
+/// generated interface target names are dropped.
+pub(super) fn normalize_device(
+    dev: &mut Element,
+    keep_aliases: bool,
+) -> Result<(), DomainXmlError> {
+    let alias = dev
+        .child("alias")
+        .and_then(|a| a.attr("name"))
+        .filter(|n| keep_aliases || n.starts_with(USER_ALIAS_PREFIX))
+        .map(str::to_string);
+    if dev.child("alias").is_some() {
+        dev.remove_children_named("alias");
+        if let Some(name) = alias {
+            if name.starts_with(USER_ALIAS_PREFIX)
+                && (!valid_alias_name(&name) || name == USER_ALIAS_PREFIX)
+            {
+                return fail(format!(
+                    "invalid alias name '{name}' of <{}>: only letters, digits, '_', '-' and '.' are allowed after 'ua-'",
+                    dev.name
+                ));
+            }
+            dev.insert_before_first(Element::new("alias").with_attr("name", name), &["address"]);
+        }
+    }
+    if dev.name == "interface" && !keep_aliases {
+        let generated = dev
+            .child("target")
+            .and_then(|t| t.attr("dev"))
+            .is_some_and(|d| GENERATED_IFNAME_PREFIXES.iter().any(|p| d.starts_with(p)));
+        if generated {
+            if let Some(t) = dev.child_mut("target") {
+                t.remove_attr("dev");
+            }
+            dev.retain_elements(|e| {
+                !(e.name == "target" && e.attrs.is_empty() && e.children.is_empty())
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes `node` into the `<metalvirt:node>` metadata element of `root`,

@@ -478,12 +478,41 @@ pub fn live_aliases(devices: &Element, machine: Option<&str>) -> Vec<Option<Stri
                     alias
                 }),
             };
-            match user_alias(dev) {
-                Some(ua) => Some(ua.to_string()),
+            // An alias already in the element wins: a user `ua-` alias, or one given to the
+            // device when it went live (the live definition keeps them, so they stay stable
+            // across hot-plug and hot-unplug of other devices).
+            match dev.child("alias").and_then(|a| a.attr("name")) {
+                Some(a) => Some(a.to_string()),
                 None => generated,
             }
         })
         .collect()
+}
+
+/// The alias a device hot-plugged into `devices` gets (libvirt's rule: disks are named from
+/// their target, other devices take the next number after the highest in use).
+pub fn hotplug_alias(devices: &Element, dev: &Element) -> Option<String> {
+    if let Some(ua) = user_alias(dev) {
+        return Some(ua.to_string());
+    }
+    if dev.name == "disk" {
+        return disk_alias(dev);
+    }
+    let prefix = counted_prefix(dev)?;
+    let next = devices
+        .elements()
+        .filter_map(|d| d.child("alias").and_then(|a| a.attr("name")))
+        .filter_map(|a| a.strip_prefix(prefix))
+        .filter_map(|n| n.parse::<usize>().ok())
+        .map(|n| n + 1)
+        .max()
+        .unwrap_or(0);
+    Some(format!("{prefix}{next}"))
+}
+
+/// The alias of a device element, whatever its kind.
+pub fn alias_of(dev: &Element) -> Option<&str> {
+    dev.child("alias").and_then(|a| a.attr("name"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod def;
 pub mod devices;
+pub mod hotplug;
 pub mod schema;
 pub mod tree;
 

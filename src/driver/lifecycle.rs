@@ -17,11 +17,13 @@ use super::state::{reason, st};
 use super::store::{Phase, Status, Step};
 use super::stored::StoredDef;
 use super::{DomRef, DomState, DomainObj, Driver};
+use crate::backend::DiskAuth;
 use crate::backend::{BootDev, DiskSpec, NicSpec, Node, PowerState};
 use crate::domain::def::{DomainDef, LiveInfo};
-use crate::domain::devices::DiskDef;
+use crate::domain::devices::{DiskDef, InterfaceDef};
 use crate::error::{VirError, VirResult};
 use crate::events::{lifecycle as ev, EventKind};
+use crate::secrets::Secrets;
 
 /// How long to wait for a BMC to report the power state asked for.
 const POWER_WAIT: Duration = Duration::from_secs(120);
@@ -38,22 +40,89 @@ fn handle_prefix(uuid: &Uuid) -> String {
     format!("mv-{}", uuid.simple())
 }
 
+/// The backend handle of a domain's disk.
+pub(super) fn disk_handle(uuid: &Uuid, target: &str) -> String {
+    format!("{}-{target}", handle_prefix(uuid))
+}
+
+/// The backend handle of a domain's NIC.
+pub(super) fn nic_handle(uuid: &Uuid, mac: &str) -> String {
+    format!("{}-{}", handle_prefix(uuid), mac.replace(':', ""))
+}
+
+/// What to map for one disk; `None` for a disk with no source (an empty CD-ROM). With
+/// `secrets`, the key its `<auth>` names is looked up (a missing secret or value fails with
+/// `VIR_ERR_NO_SECRET` naming the disk); without, only the reference is filled in.
+pub(super) fn disk_spec(
+    uuid: &Uuid,
+    d: &DiskDef,
+    secrets: Option<&Secrets>,
+) -> VirResult<Option<DiskSpec>> {
+    let (Some(source), Some(target)) = (source_desc(d), d.target_dev.clone()) else {
+        return Ok(None);
+    };
+    let auth = match &d.auth {
+        None => None,
+        Some(a) => {
+            let for_disk = |e: VirError| VirError {
+                message: format!("{} (needed by disk {target})", e.message),
+                ..e
+            };
+            let secret_uuid = match (&a.secret_uuid, &a.secret_usage) {
+                (Some(u), _) => Uuid::parse_str(u.trim()).map_err(|_| {
+                    VirError::xml(&format!(
+                        "malformed secret uuid '{u}' in <auth> of disk {target}"
+                    ))
+                })?,
+                (None, Some(usage)) => {
+                    let kind = a.secret_type.as_deref().unwrap_or("");
+                    let ty = crate::secrets::usage_type(kind).ok_or_else(|| {
+                        VirError::xml(&format!(
+                            "unknown secret type '{kind}' in <auth> of disk {target}"
+                        ))
+                    })?;
+                    match secrets {
+                        Some(s) => s.lookup_usage(ty, usage).map_err(for_disk)?.uuid,
+                        None => Uuid::nil(),
+                    }
+                }
+                (None, None) => {
+                    return Err(VirError::xml(&format!(
+                        "<auth> of disk {target} names no secret"
+                    )))
+                }
+            };
+            let key = match secrets {
+                Some(s) => Some(s.value(&secret_uuid).map_err(for_disk)?),
+                None => None,
+            };
+            Some(DiskAuth {
+                username: a.username.clone(),
+                secret_uuid: secret_uuid.to_string(),
+                key,
+            })
+        }
+    };
+    Ok(Some(DiskSpec {
+        handle: disk_handle(uuid, &target),
+        target,
+        source,
+        readonly: d.readonly,
+        auth,
+        serial: d.serial.clone(),
+    }))
+}
+
 /// Disks to map for a definition, in definition order (the boot disk is mapped first by the
 /// backends that care about order).
-fn disk_plan(uuid: &Uuid, def: &DomainDef) -> Vec<DiskSpec> {
-    def.disks()
-        .into_iter()
-        .filter_map(|d| {
-            let source = source_desc(&d)?;
-            let target = d.target_dev.clone()?;
-            Some(DiskSpec {
-                handle: format!("{}-{target}", handle_prefix(uuid)),
-                target,
-                source,
-                readonly: d.readonly,
-            })
-        })
-        .collect()
+fn disk_plan(uuid: &Uuid, def: &DomainDef, secrets: Option<&Secrets>) -> VirResult<Vec<DiskSpec>> {
+    let mut out = Vec::new();
+    for d in def.disks() {
+        if let Some(spec) = disk_spec(uuid, &d, secrets)? {
+            out.push(spec);
+        }
+    }
+    Ok(out)
 }
 
 /// A human-readable name of what a disk connects to; `None` for a disk with no source
@@ -72,21 +141,58 @@ fn source_desc(d: &DiskDef) -> Option<String> {
         .or_else(|| s.dir.clone())
 }
 
+/// What to plug for one interface (every interface has a MAC once defaults are filled).
+pub(super) fn nic_spec(uuid: &Uuid, i: &InterfaceDef) -> Option<NicSpec> {
+    let mac = i.mac.clone()?;
+    Some(NicSpec {
+        handle: nic_handle(uuid, &mac),
+        mac,
+        bridge: i.source.bridge.clone(),
+        interface_id: i.interface_id.clone(),
+        domain_uuid: uuid.to_string(),
+    })
+}
+
 /// NIC functions to plug for a definition.
 fn nic_plan(uuid: &Uuid, def: &DomainDef) -> Vec<NicSpec> {
     def.interfaces()
-        .into_iter()
+        .iter()
+        .filter_map(|i| nic_spec(uuid, i))
+        .collect()
+}
+
+/// Handles a live definition owns: what its journal may hold.
+pub(super) fn owned_handles(uuid: &Uuid, def: &DomainDef) -> Vec<String> {
+    let disks = def.disks();
+    let disks = disks.iter().filter(|d| source_desc(d).is_some());
+    disks
+        .filter_map(|d| d.target_dev.as_deref().map(|t| disk_handle(uuid, t)))
+        .chain(nic_plan(uuid, def).into_iter().map(|n| n.handle))
+        .collect()
+}
+
+/// Shows each plugged interface's representor as its `<target dev>` in the live definition,
+/// unless the interface names its own host-side device (nova's tap names are kept).
+pub(super) fn show_representors(uuid: &Uuid, def: &mut DomainDef, journal: &[Step]) {
+    let reps: Vec<(usize, String)> = def
+        .interfaces()
+        .iter()
+        .filter(|i| i.target_dev.is_none())
         .filter_map(|i| {
-            let mac = i.mac.clone()?;
-            Some(NicSpec {
-                handle: format!("{}-{}", handle_prefix(uuid), mac.replace(':', "")),
-                mac,
-                bridge: i.source.bridge.clone(),
-                interface_id: i.interface_id.clone(),
-                domain_uuid: uuid.to_string(),
+            let h = nic_handle(uuid, i.mac.as_deref()?);
+            journal.iter().find_map(|s| match s {
+                Step::Nic {
+                    handle,
+                    representor: Some(r),
+                    ..
+                } if *handle == h => Some((i.index, r.clone())),
+                _ => None,
             })
         })
-        .collect()
+        .collect();
+    for (index, rep) in reps {
+        def.set_interface_target(index, &rep);
+    }
 }
 
 /// The BMC boot override for a definition: `<os><boot dev>` first, then per-device boot
@@ -257,10 +363,12 @@ impl Driver {
             return Err(VirError::operation_invalid("domain is already running"));
         }
         let name = def.name().to_string();
-        let tree = def.tree()?;
-        let node = self.place(obj.uuid, &tree)?;
-        let disks = disk_plan(&obj.uuid, &tree);
+        let mut tree = def.tree()?;
+        tree.make_live();
+        // Secrets first: a disk whose key is missing fails the start before anything moves.
+        let disks = disk_plan(&obj.uuid, &tree, Some(&self.secrets))?;
         let nics = nic_plan(&obj.uuid, &tree);
+        let node = self.place(obj.uuid, &tree)?;
         let mut journal: Vec<Step> = disks
             .iter()
             .map(|d| Step::Disk {
@@ -327,7 +435,9 @@ impl Driver {
         }
 
         let id = self.fresh_id();
-        let live_xml = def
+        show_representors(&obj.uuid, &mut tree, &journal);
+        let live_def = StoredDef::new(&tree);
+        let live_xml = live_def
             .live_xml(&LiveInfo {
                 id,
                 node: node.spec.name.clone(),
@@ -347,7 +457,9 @@ impl Driver {
             s.journal = journal;
             s.started = Some(Instant::now());
             s.shutdown_requested = false;
-            s.live_xml = live_xml;
+            if let Some(x) = live_xml {
+                s.set_live_def(live_def, x);
+            }
         });
         self.set_id(obj, -1, id);
         self.persist_active(obj).await;
@@ -858,7 +970,7 @@ impl Driver {
             id: status.id,
             node: status.node.clone(),
         };
-        let parsed = StoredDef::parse_xml(&status.xml).and_then(|d| {
+        let parsed = StoredDef::parse_live_xml(&status.xml).and_then(|d| {
             let x = d.live_xml(&live)?;
             Ok((d, Arc::new(x)))
         });
@@ -881,8 +993,25 @@ impl Driver {
                         o
                     }
                 };
+                // A hot-plug or hot-unplug interrupted by the stop left a journal step that
+                // the live definition does not own: finish undoing it.
+                let owned = live_def
+                    .tree()
+                    .map(|t| owned_handles(&status.uuid, &t))
+                    .unwrap_or_default();
+                let (kept, stale): (Vec<Step>, Vec<Step>) =
+                    status.journal.iter().cloned().partition(|st| match st {
+                        Step::Disk { handle, .. } | Step::Nic { handle, .. } => {
+                            owned.contains(handle)
+                        }
+                        Step::PowerOn => true,
+                    });
+                if !stale.is_empty() {
+                    let errors = self.undo(&node, &stale, &status.name).await;
+                    tracing::warn!(domain = %status.name, steps = stale.len(), failures = errors.len(), "undid device changes interrupted by a daemon stop");
+                }
                 obj.with(|s| {
-                    if s.persistent && s.def.config_xml() != status.xml {
+                    if s.persistent && s.new_def.is_none() {
                         s.new_def = Some(s.def.clone());
                     }
                     s.def = live_def.clone();
@@ -892,10 +1021,13 @@ impl Driver {
                     s.reason = status.reason;
                     s.id = status.id;
                     s.node = Some(status.node.clone());
-                    s.journal = status.journal.clone();
+                    s.journal = kept.clone();
                     s.started = Some(Instant::now());
                 });
                 self.set_id(&obj, -1, status.id);
+                if !stale.is_empty() {
+                    self.persist_active(&obj).await;
+                }
                 self.placement
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -925,7 +1057,7 @@ impl Driver {
     }
 }
 
-fn set_device(journal: &mut [Step], handle: &str, dev: String) {
+pub(super) fn set_device(journal: &mut [Step], handle: &str, dev: String) {
     for s in journal.iter_mut() {
         match s {
             Step::Disk {

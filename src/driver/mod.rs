@@ -11,6 +11,7 @@
 //! - Lock order: `reg` → `st`; `job` is always taken before either.
 
 mod deflog;
+mod devices;
 mod lifecycle;
 pub mod state;
 pub mod store;
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::domain::def::{DomainDef, LiveInfo};
 use crate::error::{VirError, VirResult};
 use crate::events::{DomainEvent, EventBus, EventKind};
+use crate::secrets::Secrets;
 use state::{reason, st};
 use store::{Status, Step, Store};
 use stored::{LiveXml, StoredDef};
@@ -192,6 +194,8 @@ pub struct Driver {
     /// Domain events.
     pub events: EventBus,
     hostname: String,
+    /// libvirt secrets (disk credentials).
+    pub secrets: Arc<Secrets>,
     /// Our domain schema, installed in the state directory (for the VALIDATE flags).
     schema: std::path::PathBuf,
 }
@@ -225,6 +229,9 @@ impl Driver {
                 .unwrap_or_else(|_| "localhost".into())
         });
         let history = store.load_node_history();
+        let secrets = Arc::new(
+            Secrets::open(&cfg.config_dir).map_err(|e| format!("cannot load secrets: {e}"))?,
+        );
         let schema = crate::domain::schema::install(&cfg.state_dir)
             .map_err(|e| format!("cannot install the domain schema: {e}"))?;
         let d = Arc::new(Driver {
@@ -239,6 +246,7 @@ impl Driver {
             next_id: AtomicI32::new(1),
             events: EventBus::new(),
             hostname,
+            secrets,
             schema,
         });
         d.load().await?;
@@ -427,7 +435,7 @@ impl Driver {
             }
         });
         match live {
-            None => Ok(def.inactive_xml(secure).to_string()),
+            None => Ok(def.inactive_xml(secure)?.into_owned()),
             Some(l) => Ok(l.get(secure).to_string()),
         }
     }
@@ -706,19 +714,8 @@ impl Driver {
         const CONFIG: u32 = 2;
         VirError::check_flags(flags, LIVE | CONFIG, "virDomainSetMetadata")?;
         let _job = obj.job.lock().await;
-        let (active, persistent) = obj.with(|s| (s.active(), s.persistent));
-        let (live, config) = match flags {
-            0 => (active, !active),
-            f => (f & LIVE != 0, f & CONFIG != 0),
-        };
-        if live && !active {
-            return Err(VirError::operation_invalid("domain is not running"));
-        }
-        if config && !persistent {
-            return Err(VirError::operation_invalid(
-                "transient domains do not have any persistent config",
-            ));
-        }
+        let (live, config) = Self::modification_impact(obj, flags)?;
+        let active = obj.with(|s| s.active());
         let api = |m: &str| {
             VirError::new(
                 crate::error::code::INVALID_ARG,
@@ -788,6 +785,55 @@ impl Driver {
                     s.def = c;
                 }
             }
+        });
+        if active {
+            self.persist_active(obj).await;
+        }
+        Ok(())
+    }
+
+    /// `virDomainObjUpdateModificationImpact`: which definitions a change with
+    /// `VIR_DOMAIN_AFFECT_CURRENT` (0), `LIVE` (1) and/or `CONFIG` (2) applies to.
+    pub(crate) fn modification_impact(obj: &DomainObj, flags: u32) -> VirResult<(bool, bool)> {
+        let (active, persistent, removed, name) = obj.with(|s| {
+            (
+                s.active(),
+                s.persistent,
+                s.removed,
+                s.def.name().to_string(),
+            )
+        });
+        if removed {
+            return Err(VirError::no_domain_uuid(&obj.uuid, Some(&name)));
+        }
+        let (live, config) = match flags & 3 {
+            0 => (active, !active),
+            f => (f & 1 != 0, f & 2 != 0),
+        };
+        if live && !active {
+            return Err(VirError::operation_invalid("domain is not running"));
+        }
+        if config && !persistent {
+            return Err(VirError::operation_invalid(
+                "transient domains do not have any persistent config",
+            ));
+        }
+        Ok((live, config))
+    }
+
+    /// Makes a new persistent definition durable and current.
+    async fn commit_config(&self, obj: &DomainObj, def: Arc<StoredDef>) -> VirResult<()> {
+        self.store
+            .save_config(def.name(), def.config_xml_shared())
+            .await
+            .map_err(|e| io_err("cannot save domain definition", e))?;
+        let active = obj.with(|s| {
+            if s.active() {
+                s.new_def = Some(def);
+            } else {
+                s.def = def;
+            }
+            s.active()
         });
         if active {
             self.persist_active(obj).await;

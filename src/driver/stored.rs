@@ -3,6 +3,7 @@
 //! need. The element tree is rebuilt only when something needs it (a start, an edit, live XML),
 //! which keeps a defined domain at about 1 KiB instead of a full tree.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -25,6 +26,8 @@ pub struct StoredDef {
     max_vcpus: u32,
     current_vcpus: u32,
     os_type: Box<str>,
+    /// A live definition (device aliases are part of it).
+    live: bool,
 }
 
 fn opts(secure: bool, live: Option<LiveInfo>) -> FormatOpts {
@@ -38,8 +41,21 @@ fn opts(secure: bool, live: Option<LiveInfo>) -> FormatOpts {
 impl StoredDef {
     /// Compacts a parsed definition.
     pub fn new(def: &DomainDef) -> Arc<StoredDef> {
-        let xml = def.to_xml(&opts(true, None));
-        let public = def.to_xml(&opts(false, None));
+        let live = def.is_live();
+        // A live definition is kept as it is, aliases included.
+        let raw = |secure: bool| FormatOpts {
+            inactive: false,
+            live: None,
+            secure,
+        };
+        let (xml, public) = if live {
+            (def.to_xml(&raw(true)), def.to_xml(&raw(false)))
+        } else {
+            (
+                def.to_xml(&opts(true, None)),
+                def.to_xml(&opts(false, None)),
+            )
+        };
         Arc::new(StoredDef {
             public_xml: (public != xml).then(|| public.into_boxed_str()),
             xml: Arc::from(xml),
@@ -50,7 +66,19 @@ impl StoredDef {
             max_vcpus: def.max_vcpus(),
             current_vcpus: def.current_vcpus(),
             os_type: def.os_type().into(),
+            live,
         })
+    }
+
+    /// Parses and compacts the live definition of a run (a status file).
+    pub fn parse_live_xml(xml: &str) -> VirResult<Arc<StoredDef>> {
+        let def = DomainDef::parse_live(xml).map_err(|e| VirError::xml(&e.to_string()))?;
+        Ok(Self::new(&def))
+    }
+
+    /// Whether this is the live definition of a run.
+    pub fn is_live(&self) -> bool {
+        self.live
     }
 
     /// Parses and compacts XML (client input or a saved file).
@@ -60,7 +88,12 @@ impl StoredDef {
 
     /// Rebuilds the element tree.
     pub fn tree(&self) -> VirResult<DomainDef> {
-        DomainDef::parse(&self.xml).map_err(|e| {
+        let parsed = if self.live {
+            DomainDef::parse_live(&self.xml)
+        } else {
+            DomainDef::parse(&self.xml)
+        };
+        parsed.map_err(|e| {
             VirError::internal(&format!(
                 "stored definition of '{}' no longer parses: {e}",
                 self.name
@@ -68,12 +101,16 @@ impl StoredDef {
         })
     }
 
-    /// The persistent XML; secrets only when `secure`.
-    pub fn inactive_xml(&self, secure: bool) -> &str {
-        match (&self.public_xml, secure) {
+    /// The persistent XML; secrets only when `secure`. A live definition (a transient domain's)
+    /// is formatted without its generated aliases.
+    pub fn inactive_xml(&self, secure: bool) -> VirResult<Cow<'_, str>> {
+        if self.live {
+            return Ok(Cow::Owned(self.tree()?.to_xml(&opts(secure, None))));
+        }
+        Ok(Cow::Borrowed(match (&self.public_xml, secure) {
             (Some(p), false) => p,
             _ => &self.xml,
-        }
+        }))
     }
 
     /// What the config file and the live status hold.
@@ -155,8 +192,8 @@ mod tests {
     fn keeps_secrets_for_the_config_only() {
         let s = StoredDef::parse_xml(XML).unwrap();
         assert!(s.config_xml().contains("passwd='hunter2'"));
-        assert!(!s.inactive_xml(false).contains("hunter2"));
-        assert!(s.inactive_xml(true).contains("hunter2"));
+        assert!(!s.inactive_xml(false).unwrap().contains("hunter2"));
+        assert!(s.inactive_xml(true).unwrap().contains("hunter2"));
         assert_eq!(
             (s.max_vcpus(), s.current_vcpus(), s.memory_kib()),
             (2, 1, 512 * 1024)

@@ -127,6 +127,27 @@ procs! {
     CONNECT_REGISTER_CLOSE_CALLBACK = 360, "virConnectRegisterCloseCallback", Read;
     CONNECT_UNREGISTER_CLOSE_CALLBACK = 361, "virConnectUnregisterCloseCallback", Read;
     DOMAIN_GET_MESSAGES = 426, "virDomainGetMessages", Read;
+    DOMAIN_ATTACH_DEVICE = 8, "virDomainAttachDevice", Write;
+    DOMAIN_DETACH_DEVICE = 13, "virDomainDetachDevice", Write;
+    DOMAIN_BLOCK_STATS = 64, "virDomainBlockStats", Read;
+    DOMAIN_INTERFACE_STATS = 65, "virDomainInterfaceStats", Read;
+    CONNECT_NUM_OF_SECRETS = 139, "virConnectNumOfSecrets", Read;
+    CONNECT_LIST_SECRETS = 140, "virConnectListSecrets", Read;
+    SECRET_LOOKUP_BY_UUID = 141, "virSecretLookupByUUID", Read;
+    SECRET_DEFINE_XML = 142, "virSecretDefineXML", Write;
+    SECRET_GET_XML_DESC = 143, "virSecretGetXMLDesc", Read;
+    SECRET_SET_VALUE = 144, "virSecretSetValue", Write;
+    SECRET_GET_VALUE = 145, "virSecretGetValue", Write;
+    SECRET_UNDEFINE = 146, "virSecretUndefine", Write;
+    SECRET_LOOKUP_BY_USAGE = 147, "virSecretLookupByUsage", Read;
+    DOMAIN_ATTACH_DEVICE_FLAGS = 160, "virDomainAttachDeviceFlags", Write;
+    DOMAIN_DETACH_DEVICE_FLAGS = 161, "virDomainDetachDeviceFlags", Write;
+    DOMAIN_UPDATE_DEVICE_FLAGS = 174, "virDomainUpdateDeviceFlags", Write;
+    DOMAIN_GET_BLOCK_INFO = 194, "virDomainGetBlockInfo", Read;
+    DOMAIN_BLOCK_STATS_FLAGS = 243, "virDomainBlockStatsFlags", Read;
+    DOMAIN_BLOCK_RESIZE = 251, "virDomainBlockResize", Write;
+    CONNECT_LIST_ALL_SECRETS = 287, "virConnectListAllSecrets", Read;
+    DOMAIN_DETACH_DEVICE_ALIAS = 392, "virDomainDetachDeviceAlias", Write;
     // Impossible for bare metal: answered with VIR_ERR_OPERATION_UNSUPPORTED (see `impossible`).
     DOMAIN_CORE_DUMP = 53, "virDomainCoreDump", Write;
     DOMAIN_RESTORE = 54, "virDomainRestore", Write;

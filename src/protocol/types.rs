@@ -235,6 +235,47 @@ impl super::xdr::Xdr for TypedParam {
     }
 }
 
+// ---- devices, blocks, interfaces ----
+
+xdr_struct! { /// `attach_device` / `detach_device`.
+pub struct DomXml { pub dom: Domain, pub xml: String } }
+xdr_struct! { /// `*_device_flags`.
+pub struct DomXmlFlags { pub dom: Domain, pub xml: String, pub flags: u32 } }
+xdr_struct! { pub struct DomainDetachDeviceAliasArgs { pub dom: Domain, pub alias: String, pub flags: u32 } }
+xdr_struct! { pub struct DomainBlockResizeArgs { pub dom: Domain, pub disk: String, pub size: u64, pub flags: u32 } }
+xdr_struct! { pub struct DomainGetBlockInfoArgs { pub dom: Domain, pub path: String, pub flags: u32 } }
+xdr_struct! { pub struct DomainGetBlockInfoRet { pub allocation: u64, pub capacity: u64, pub physical: u64 } }
+xdr_struct! { pub struct DomainBlockStatsArgs { pub dom: Domain, pub path: String } }
+xdr_struct! {
+    pub struct DomainBlockStatsRet {
+        pub rd_req: i64, pub rd_bytes: i64, pub wr_req: i64, pub wr_bytes: i64, pub errs: i64,
+    }
+}
+xdr_struct! { pub struct DomainBlockStatsFlagsArgs { pub dom: Domain, pub path: String, pub nparams: i32, pub flags: u32 } }
+xdr_struct! { /// Two-phase typed-parameter results.
+pub struct TypedParamsRet { pub params: Vec<TypedParam>, pub nparams: i32 } }
+xdr_struct! { pub struct DomainInterfaceStatsArgs { pub dom: Domain, pub device: String } }
+xdr_struct! {
+    pub struct DomainInterfaceStatsRet {
+        pub rx_bytes: i64, pub rx_packets: i64, pub rx_errs: i64, pub rx_drop: i64,
+        pub tx_bytes: i64, pub tx_packets: i64, pub tx_errs: i64, pub tx_drop: i64,
+    }
+}
+
+// ---- secrets ----
+
+xdr_struct! {
+    /// `remote_nonnull_secret`.
+    pub struct Secret { pub uuid: RawUuid, pub usage_type: i32, pub usage_id: String }
+}
+xdr_struct! { pub struct SecretArg { pub secret: Secret } }
+xdr_struct! { pub struct SecretFlags { pub secret: Secret, pub flags: u32 } }
+xdr_struct! { pub struct SecretSetValueArgs { pub secret: Secret, pub value: Opaque, pub flags: u32 } }
+xdr_struct! { pub struct SecretGetValueRet { pub value: Opaque } }
+xdr_struct! { pub struct SecretLookupByUsageArgs { pub usage_type: i32, pub usage_id: String } }
+xdr_struct! { pub struct ListAllSecretsArgs { pub need_results: i32, pub flags: u32 } }
+xdr_struct! { pub struct ListAllSecretsRet { pub secrets: Vec<Secret>, pub ret: u32 } }
+
 // ---- events ----
 
 xdr_struct! { pub struct EventCallbackRegisterAnyArgs { pub event_id: i32, pub dom: Option<Domain> } }

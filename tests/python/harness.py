@@ -87,7 +87,8 @@ class Daemon:
     (its keys win inside the same section).
     """
 
-    def __init__(self, sim=None, extra=""):
+    def __init__(self, sim=None, extra="", ceph_secret=True):
+        self.ceph_secret = ceph_secret
         self.binary = os.environ.get("METALVIRTD")
         if not self.binary:
             raise DaemonError("set METALVIRTD to the path of the metalvirtd binary")
@@ -106,6 +107,14 @@ class Daemon:
             with open(self.path("metalvirtd.toml"), "w") as f:
                 f.write(to_toml(self.config))
             self._spawn()
+            if self.ceph_secret:
+                # What an operator does once per compute host (nova references this uuid
+                # as rbd_secret_uuid in every RBD disk's <auth>).
+                conn = libvirt.open(self.uri)
+                try:
+                    define_ceph_secret(conn)
+                finally:
+                    conn.close()
         except BaseException:
             self._kill()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -377,6 +386,20 @@ class EventCollector:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
+
+
+CEPH_SECRET_UUID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+CEPH_KEY = b"AQBvbWV0YWx2aXJ0LXRlc3Qta2V5LS0tLS0tLS0tLQ=="
+
+
+def define_ceph_secret(conn, uuid=CEPH_SECRET_UUID, key=CEPH_KEY):
+    """Defines the cinder user's Ceph key as a libvirt secret, as operators do."""
+    sec = conn.secretDefineXML(f"""<secret ephemeral='no' private='yes'>
+  <uuid>{uuid}</uuid>
+  <usage type='ceph'><name>client.cinder secret</name></usage>
+</secret>""")
+    sec.setValue(key)
+    return sec
 
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"

@@ -469,9 +469,6 @@ class NovaLifecycle(unittest.TestCase):
         self.assertEqual(dom.info()[0], L.VIR_DOMAIN_RUNNING)
         self.assertEqual(bound_node(dom.XMLDesc(0)), node)
 
-    # DAEMON BUG: secretLookupByUsage (proc 147) is unimplemented ("unknown procedure: 147",
-    # code 3) instead of answering VIR_ERR_NO_SECRET (66) for an absent secret.
-    @unittest.expectedFailure
     def test_volume_secret_lookup_reports_no_secret(self):
         # nova's find_secret('volume', volume_id) on spawn/delete with volumes: 66 = absent.
         e = expect_error(self.conn.secretLookupByUsage, L.VIR_SECRET_USAGE_TYPE_VOLUME, VOLUME)

@@ -1,0 +1,606 @@
+//! Devices of a domain: attach, detach and update (live through the backends, config through
+//! the persistent definition), block resize, and block/interface statistics.
+//!
+//! A live change is journaled like a start (DESIGN §3): a hot-plug records its step before the
+//! backend call and only then adds the device to the live definition; a hot-unplug removes the
+//! device from the live definition first and drops the step after the backend call. A crash in
+//! between leaves a step the live definition does not own, which recovery undoes.
+
+use std::sync::Arc;
+
+use super::lifecycle::{disk_handle, disk_spec, nic_handle, nic_spec, set_device};
+use super::store::Step;
+use super::stored::StoredDef;
+use super::{DomainObj, Driver};
+use crate::backend::{BlockInfo, BlockStats, IfStats, Node};
+use crate::domain::devices::{self, parse_mac};
+use crate::domain::hotplug::{check_config_change, is_hotpluggable, parse_device};
+use crate::domain::{DomainDef, Element};
+use crate::error::{VirError, VirResult};
+use crate::events::EventKind;
+
+const AFFECT_LIVE: u32 = 1;
+const AFFECT_CONFIG: u32 = 2;
+const DEVICE_MODIFY_FORCE: u32 = 4;
+const BLOCK_RESIZE_BYTES: u32 = 1;
+
+/// A device reduced to what a live update may not change.
+fn live_identity(dev: &Element) -> String {
+    let mut d = dev.clone();
+    d.remove_children_named("alias");
+    d.remove_children_named("address");
+    if d.name == "interface" {
+        d.remove_children_named("target");
+    }
+    d.to_xml()
+}
+
+fn not_live(kind: &str, what: &str) -> VirError {
+    VirError::config_unsupported(&format!(
+        "live {what} of device '{kind}' is not supported: a bare-metal server can only gain or lose disks and interfaces while it runs"
+    ))
+}
+
+/// Finds a disk by target or source, like `virDomainDiskByName`.
+fn disk_by_name(def: &DomainDef, path: &str) -> Option<crate::domain::DiskDef> {
+    def.disks().into_iter().find(|d| {
+        d.target_dev.as_deref() == Some(path)
+            || [&d.source.file, &d.source.dev, &d.source.name]
+                .iter()
+                .any(|s| s.as_deref() == Some(path))
+    })
+}
+
+impl Driver {
+    fn live_node(&self, obj: &DomainObj) -> VirResult<Node> {
+        let n = obj.with(|s| s.node.clone());
+        n.and_then(|n| self.node(&n).cloned())
+            .ok_or_else(|| VirError::internal("active domain has no node"))
+    }
+
+    /// The live definition as a tree.
+    fn live_tree(obj: &DomainObj) -> VirResult<DomainDef> {
+        obj.with(|s| s.def.clone()).tree()
+    }
+
+    /// The persistent definition as a tree.
+    fn config_tree(obj: &DomainObj) -> VirResult<DomainDef> {
+        obj.with(|s| s.persistent_def().clone()).tree()
+    }
+
+    /// Installs a new live definition (formatted once) and writes the status.
+    async fn commit_live(&self, obj: &DomainObj, tree: &DomainDef) -> VirResult<()> {
+        let def = StoredDef::new(tree);
+        let info = obj
+            .with(|s| s.live_info())
+            .ok_or_else(|| VirError::internal("active domain has no node"))?;
+        let x = Arc::new(def.live_xml(&info)?);
+        obj.with(|s| s.set_live_def(def, x));
+        self.persist_active(obj).await;
+        Ok(())
+    }
+
+    fn check_device_flags(flags: u32, allowed: u32, api: &str) -> VirResult<()> {
+        VirError::check_flags(flags, allowed, api)
+    }
+
+    // ------------------------------------------------------------------ attach
+
+    /// `virDomainAttachDevice(Flags)`.
+    pub async fn attach_device(
+        &self,
+        obj: &Arc<DomainObj>,
+        xml: &str,
+        flags: u32,
+    ) -> VirResult<()> {
+        Self::check_device_flags(
+            flags,
+            AFFECT_LIVE | AFFECT_CONFIG,
+            "virDomainAttachDeviceFlags",
+        )?;
+        let _job = obj.job.lock().await;
+        let (live, config) = Self::modification_impact(obj, flags)?;
+        let dev = parse_device(xml, false)?;
+        // Prepare the config change first: it fails without side effects.
+        let new_config = if config {
+            check_config_change(&dev, "attach")?;
+            let mut t = Self::config_tree(obj)?;
+            t.insert_device(dev.clone(), false)?;
+            Some(StoredDef::new(&t))
+        } else {
+            None
+        };
+        if live {
+            if !is_hotpluggable(&dev) {
+                return Err(not_live(&dev.name, "attach"));
+            }
+            self.hot_attach(obj, dev).await?;
+        }
+        if let Some(c) = new_config {
+            self.commit_config(obj, c).await?;
+        }
+        Ok(())
+    }
+
+    async fn hot_attach(&self, obj: &Arc<DomainObj>, dev: Element) -> VirResult<()> {
+        let node = self.live_node(obj)?;
+        let mut tree = Self::live_tree(obj)?;
+        let index = tree.insert_device(dev, true)?;
+        let alias = tree
+            .device(index)
+            .and_then(devices::alias_of)
+            .unwrap_or_default()
+            .to_string();
+        let r = obj.dom_ref();
+        let n = &node.spec.name;
+        let step = match tree.device(index).map(|d| d.name.clone()).as_deref() {
+            Some("disk") => {
+                let view = tree
+                    .disks()
+                    .into_iter()
+                    .find(|d| d.index == index)
+                    .ok_or_else(|| VirError::internal("attached disk vanished"))?;
+                match disk_spec(&obj.uuid, &view, Some(&self.secrets))? {
+                    None => None,
+                    Some(spec) => {
+                        let step = Step::Disk {
+                            handle: spec.handle.clone(),
+                            target: spec.target.clone(),
+                            device: None,
+                        };
+                        self.journal_add(obj, step).await;
+                        match node.disks.attach(&spec).await {
+                            Ok(dev) => Some((spec.handle, dev)),
+                            Err(e) => {
+                                let _ = node.disks.detach(&spec.handle).await;
+                                self.journal_drop(obj, &spec.handle).await;
+                                return Err(VirError::operation_failed(&format!(
+                                    "cannot map disk {} ({}) on {n}: {e}",
+                                    spec.target, spec.source
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let view = tree
+                    .interfaces()
+                    .into_iter()
+                    .find(|i| i.index == index)
+                    .ok_or_else(|| VirError::internal("attached interface vanished"))?;
+                let spec = nic_spec(&obj.uuid, &view)
+                    .ok_or_else(|| VirError::internal("interface has no MAC address"))?;
+                let step = Step::Nic {
+                    handle: spec.handle.clone(),
+                    mac: spec.mac.clone(),
+                    representor: None,
+                };
+                self.journal_add(obj, step).await;
+                match node.nics.plug(&spec).await {
+                    Ok(rep) => {
+                        if view.target_dev.is_none() {
+                            tree.set_interface_target(index, &rep);
+                        }
+                        Some((spec.handle, rep))
+                    }
+                    Err(e) => {
+                        let _ = node.nics.unplug(&spec.handle).await;
+                        self.journal_drop(obj, &spec.handle).await;
+                        return Err(VirError::operation_failed(&format!(
+                            "cannot plug NIC {} on {n}: {e}",
+                            spec.mac
+                        )));
+                    }
+                }
+            }
+        };
+        if let Some((handle, dev)) = step {
+            obj.with(|s| set_device(&mut s.journal, &handle, dev));
+        }
+        self.commit_live(obj, &tree).await?;
+        tracing::info!(domain = %r.name, alias = %alias, node = %n, "device attached");
+        self.emit(&obj.dom_ref(), EventKind::DeviceAdded(alias));
+        Ok(())
+    }
+
+    async fn journal_add(&self, obj: &DomainObj, step: Step) {
+        obj.with(|s| s.journal.push(step));
+        self.persist_active(obj).await;
+    }
+
+    async fn journal_drop(&self, obj: &DomainObj, handle: &str) {
+        obj.with(|s| {
+            s.journal.retain(|st| match st {
+                Step::Disk { handle: h, .. } | Step::Nic { handle: h, .. } => h != handle,
+                Step::PowerOn => true,
+            })
+        });
+        self.persist_active(obj).await;
+    }
+
+    // ------------------------------------------------------------------ detach
+
+    /// `virDomainDetachDevice(Flags)`.
+    pub async fn detach_device(
+        &self,
+        obj: &Arc<DomainObj>,
+        xml: &str,
+        flags: u32,
+    ) -> VirResult<()> {
+        Self::check_device_flags(
+            flags,
+            AFFECT_LIVE | AFFECT_CONFIG,
+            "virDomainDetachDeviceFlags",
+        )?;
+        let _job = obj.job.lock().await;
+        let (live, config) = Self::modification_impact(obj, flags)?;
+        let dev = parse_device(xml, true)?;
+        let new_config = if config {
+            check_config_change(&dev, "detach")?;
+            let mut t = Self::config_tree(obj)?;
+            let i = t.find_device(&dev, false)?;
+            t.remove_device(i);
+            Some(StoredDef::new(&t))
+        } else {
+            None
+        };
+        if live {
+            let tree = Self::live_tree(obj)?;
+            let i = tree.find_device(&dev, true)?;
+            self.hot_detach(obj, tree, i).await?;
+        }
+        if let Some(c) = new_config {
+            self.commit_config(obj, c).await?;
+        }
+        Ok(())
+    }
+
+    /// `virDomainDetachDeviceAlias`.
+    pub async fn detach_alias(
+        &self,
+        obj: &Arc<DomainObj>,
+        alias: &str,
+        flags: u32,
+    ) -> VirResult<()> {
+        Self::check_device_flags(
+            flags,
+            AFFECT_LIVE | AFFECT_CONFIG,
+            "virDomainDetachDeviceAlias",
+        )?;
+        let _job = obj.job.lock().await;
+        let (live, config) = Self::modification_impact(obj, flags)?;
+        let missing = || VirError::device_missing(&format!("no device found with alias {alias}"));
+        let new_config = if config {
+            let mut t = Self::config_tree(obj)?;
+            let i = t.find_alias(alias).ok_or_else(missing)?;
+            t.remove_device(i);
+            Some(StoredDef::new(&t))
+        } else {
+            None
+        };
+        if live {
+            let tree = Self::live_tree(obj)?;
+            let i = tree.find_alias(alias).ok_or_else(missing)?;
+            self.hot_detach(obj, tree, i).await?;
+        }
+        if let Some(c) = new_config {
+            self.commit_config(obj, c).await?;
+        }
+        Ok(())
+    }
+
+    async fn hot_detach(
+        &self,
+        obj: &Arc<DomainObj>,
+        mut tree: DomainDef,
+        index: usize,
+    ) -> VirResult<()> {
+        let node = self.live_node(obj)?;
+        let el = tree
+            .device(index)
+            .cloned()
+            .ok_or_else(|| VirError::internal("device index out of range"))?;
+        if !is_hotpluggable(&el) {
+            return Err(not_live(&el.name, "detach"));
+        }
+        let alias = devices::alias_of(&el).unwrap_or_default().to_string();
+        let target = el.child("target").and_then(|t| t.attr("dev")).unwrap_or("");
+        let mac = el
+            .child("mac")
+            .and_then(|m| m.attr("address"))
+            .unwrap_or("");
+        let is_disk = el.name == "disk";
+        let handle = if is_disk {
+            disk_handle(&obj.uuid, target)
+        } else {
+            nic_handle(&obj.uuid, mac)
+        };
+        let mapped = obj.with(|s| {
+            s.journal.iter().any(|st| {
+                matches!(st, Step::Disk { handle: h, .. } | Step::Nic { handle: h, .. } if *h == handle)
+            })
+        });
+        tree.remove_device(index);
+        let (old_def, old_xml) = obj.with(|s| (s.def.clone(), s.live_xml.clone()));
+        self.commit_live(obj, &tree).await?;
+        let r = obj.dom_ref();
+        let result = if !mapped {
+            Ok(())
+        } else if is_disk {
+            node.disks.detach(&handle).await
+        } else {
+            node.nics.unplug(&handle).await
+        };
+        match result {
+            Ok(()) => {
+                if mapped {
+                    self.journal_drop(obj, &handle).await;
+                }
+                tracing::info!(domain = %r.name, alias = %alias, node = %node.spec.name, "device detached");
+                self.emit(&r, EventKind::DeviceRemoved(alias));
+                Ok(())
+            }
+            Err(e) => {
+                // Still there: put it back in the live definition.
+                obj.with(|s| {
+                    s.def = old_def;
+                    s.live_xml = old_xml;
+                });
+                self.persist_active(obj).await;
+                tracing::error!(domain = %r.name, alias = %alias, "device removal failed: {e}");
+                self.emit(&r, EventKind::DeviceRemovalFailed(alias.clone()));
+                let what = if is_disk {
+                    format!("cannot unmap disk {target}")
+                } else {
+                    format!("cannot unplug NIC {mac}")
+                };
+                Err(VirError::operation_failed(&format!(
+                    "{what} ({alias}) on {}: {e}",
+                    node.spec.name
+                )))
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ update
+
+    /// `virDomainUpdateDeviceFlags`: the persistent definition takes any change; a running
+    /// server's device can only be "updated" to what it already is (changing a mapped volume or
+    /// a plugged function in place is not something the hardware does: detach and attach).
+    pub async fn update_device(
+        &self,
+        obj: &Arc<DomainObj>,
+        xml: &str,
+        flags: u32,
+    ) -> VirResult<()> {
+        Self::check_device_flags(
+            flags,
+            AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
+            "virDomainUpdateDeviceFlags",
+        )?;
+        let _job = obj.job.lock().await;
+        let (live, config) = Self::modification_impact(obj, flags)?;
+        let dev = parse_device(xml, false)?;
+        let find = |t: &DomainDef, persistent: bool| -> VirResult<usize> {
+            match dev.name.as_str() {
+                "disk" => {
+                    let target = dev
+                        .child("target")
+                        .and_then(|x| x.attr("dev"))
+                        .unwrap_or("");
+                    t.disks()
+                        .iter()
+                        .find(|d| d.target_dev.as_deref() == Some(target))
+                        .map(|d| d.index)
+                        .ok_or_else(|| {
+                            VirError::invalid_arg(&format!("target {target} doesn't exist."))
+                        })
+                }
+                "interface" => t.find_device(&dev, true),
+                kind if persistent => Err(VirError::operation_unsupported(&format!(
+                    "persistent update of device '{kind}' is not supported"
+                ))),
+                kind => Err(VirError::config_unsupported(&format!(
+                    "live update of device '{kind}' is not supported"
+                ))),
+            }
+        };
+        let new_config = if config {
+            let mut t = Self::config_tree(obj)?;
+            let i = find(&t, true)?;
+            t.replace_device(i, dev.clone())?;
+            Some(StoredDef::new(&t))
+        } else {
+            None
+        };
+        if live {
+            let t = Self::live_tree(obj)?;
+            let i = find(&t, false)?;
+            let cur = t
+                .device(i)
+                .ok_or_else(|| VirError::internal("device index out of range"))?;
+            if live_identity(cur) != live_identity(&dev) {
+                return Err(VirError::operation_unsupported(&format!(
+                    "cannot change the {} of a running bare-metal server in place: detach it and attach the new one",
+                    dev.name
+                )));
+            }
+        }
+        if let Some(c) = new_config {
+            self.commit_config(obj, c).await?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ block and interface
+
+    /// The live disk called `path` (target or source) and its backend handle, if mapped.
+    fn live_disk(
+        &self,
+        obj: &DomainObj,
+        path: &str,
+        not_found: impl FnOnce() -> VirError,
+    ) -> VirResult<(crate::domain::DiskDef, Option<String>)> {
+        let tree = Self::live_tree(obj)?;
+        let d = disk_by_name(&tree, path).ok_or_else(not_found)?;
+        let handle = d.target_dev.as_deref().map(|t| disk_handle(&obj.uuid, t));
+        let mapped = handle.filter(|h| {
+            obj.with(|s| {
+                s.journal
+                    .iter()
+                    .any(|st| matches!(st, Step::Disk { handle, .. } if handle == h))
+            })
+        });
+        Ok((d, mapped))
+    }
+
+    fn require_active(obj: &DomainObj) -> VirResult<()> {
+        if obj.with(|s| s.active()) {
+            Ok(())
+        } else {
+            Err(VirError::operation_invalid("domain is not running"))
+        }
+    }
+
+    /// `virDomainBlockResize`: grows the cloud volume; shrinking is refused.
+    pub async fn block_resize(
+        &self,
+        obj: &Arc<DomainObj>,
+        path: &str,
+        size: u64,
+        flags: u32,
+    ) -> VirResult<()> {
+        VirError::check_flags(flags, BLOCK_RESIZE_BYTES, "virDomainBlockResize")?;
+        let bytes = if flags & BLOCK_RESIZE_BYTES != 0 {
+            size
+        } else {
+            size.checked_mul(1024).ok_or_else(|| {
+                VirError::new(
+                    crate::error::code::OVERFLOW,
+                    crate::error::from::QEMU,
+                    format!(
+                        "numerical overflow: size must be less than {}",
+                        u64::MAX / 1024
+                    ),
+                )
+            })?
+        };
+        let _job = obj.job.lock().await;
+        Self::require_active(obj)?;
+        let (d, handle) = self.live_disk(obj, path, || {
+            VirError::invalid_arg(&format!("disk '{path}' was not found in the domain config"))
+        })?;
+        let target = d.target_dev.clone().unwrap_or_default();
+        let handle = match handle {
+            Some(h) if !d.readonly => h,
+            _ => {
+                return Err(VirError::operation_unsupported(&format!(
+                    "can't resize empty or readonly disk '{path}'"
+                )))
+            }
+        };
+        let node = self.live_node(obj)?;
+        let info = node.disks.info(&handle).await.map_err(|e| {
+            VirError::operation_failed(&format!("cannot read the size of disk {target}: {e}"))
+        })?;
+        if bytes < info.capacity {
+            return Err(VirError::invalid_arg(&format!(
+                "cannot shrink disk {target} from {} to {bytes} bytes: cloud volumes can only grow",
+                info.capacity
+            )));
+        }
+        let now = node.disks.resize(&handle, bytes).await.map_err(|e| {
+            VirError::operation_failed(&format!("cannot resize disk {target}: {e}"))
+        })?;
+        tracing::info!(domain = %obj.dom_ref().name, disk = %target, bytes = now, "disk resized");
+        Ok(())
+    }
+
+    /// `virDomainGetBlockInfo`. An inactive domain has nothing mapped: all zero.
+    pub async fn block_info(
+        &self,
+        obj: &Arc<DomainObj>,
+        path: &str,
+        flags: u32,
+    ) -> VirResult<BlockInfo> {
+        VirError::check_flags(flags, 0, "virDomainGetBlockInfo")?;
+        let not_found =
+            || VirError::invalid_arg(&format!("invalid path {path} not assigned to domain"));
+        if !obj.with(|s| s.active()) {
+            let t = obj.with(|s| s.def.clone()).tree()?;
+            disk_by_name(&t, path).ok_or_else(not_found)?;
+            return Ok(BlockInfo::default());
+        }
+        let (d, handle) = self.live_disk(obj, path, not_found)?;
+        let Some(handle) = handle else {
+            return Ok(BlockInfo::default());
+        };
+        let node = self.live_node(obj)?;
+        node.disks.info(&handle).await.map_err(|e| {
+            VirError::operation_failed(&format!(
+                "cannot read the size of disk {}: {e}",
+                d.target_dev.unwrap_or_default()
+            ))
+        })
+    }
+
+    /// `virDomainBlockStats(Flags)`; `""` sums every disk.
+    pub async fn block_stats(&self, obj: &Arc<DomainObj>, path: &str) -> VirResult<BlockStats> {
+        Self::require_active(obj)?;
+        let node = self.live_node(obj)?;
+        let handles: Vec<String> = if path.is_empty() {
+            obj.with(|s| {
+                s.journal
+                    .iter()
+                    .filter_map(|st| match st {
+                        Step::Disk { handle, .. } => Some(handle.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+        } else {
+            let (_, h) = self.live_disk(obj, path, || {
+                VirError::invalid_arg(&format!("invalid path: {path}"))
+            })?;
+            h.into_iter().collect()
+        };
+        let mut sum = BlockStats::default();
+        for h in handles {
+            let s = node.disks.stats(&h).await.map_err(|e| {
+                VirError::operation_failed(&format!("cannot read disk statistics: {e}"))
+            })?;
+            sum.rd_req += s.rd_req;
+            sum.rd_bytes += s.rd_bytes;
+            sum.wr_req += s.wr_req;
+            sum.wr_bytes += s.wr_bytes;
+            sum.flush_req += s.flush_req;
+            sum.rd_total_ns += s.rd_total_ns;
+            sum.wr_total_ns += s.wr_total_ns;
+            sum.flush_total_ns += s.flush_total_ns;
+        }
+        Ok(sum)
+    }
+
+    /// `virDomainInterfaceStats`: `device` is a target dev or a MAC address.
+    pub async fn interface_stats(&self, obj: &Arc<DomainObj>, device: &str) -> VirResult<IfStats> {
+        Self::require_active(obj)?;
+        let tree = Self::live_tree(obj)?;
+        let mac = parse_mac(device).map(|m| devices::format_mac(&m));
+        let nic = tree
+            .interfaces()
+            .into_iter()
+            .find(|i| match &mac {
+                Some(m) => i.mac.as_deref() == Some(m.as_str()),
+                None => i.target_dev.as_deref() == Some(device),
+            })
+            .ok_or_else(|| {
+                VirError::invalid_arg(&format!("'{device}' is not a known interface"))
+            })?;
+        let handle = nic_handle(&obj.uuid, nic.mac.as_deref().unwrap_or(""));
+        let node = self.live_node(obj)?;
+        node.nics.stats(&handle).await.map_err(|e| {
+            VirError::operation_failed(&format!("cannot read interface statistics: {e}"))
+        })
+    }
+}
