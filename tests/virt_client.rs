@@ -160,6 +160,20 @@ fn every_must_fail_fixture_gets_xml_error_through_the_daemon() {
 fn every_xml_the_daemon_returns_passes_virt_xml_validate() {
     let d = Daemon::start("");
     let c = Connect::open(Some(&d.uri())).unwrap();
+    // The secrets the fixtures' disks authenticate with.
+    for (i, xml) in [
+        "<secret><usage type='iscsi'><target>libvirtiscsi</target></usage></secret>",
+        "<secret><uuid>87a5077a-ac75-46d3-b77b-7ba000ab1ce3</uuid><usage type='ceph'><name>client.cinder</name></usage></secret>",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = d.file(&format!("secret{i}.xml"), xml);
+        let out = d.virsh_ok(&["secret-define", f.to_str().unwrap()]);
+        let uuid = out.split_whitespace().nth(1).unwrap().to_string();
+        let v = d.file("v", "s3cret");
+        d.virsh_ok(&["secret-set-value", &uuid, "--file", v.to_str().unwrap(), "--plain"]);
+    }
     let mut checked = 0;
     for p in fixtures("in") {
         // NVMe-oF sources are a metalvirt extension libvirt's schema does not know.

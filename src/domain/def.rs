@@ -861,6 +861,18 @@ impl DomainDef {
         };
         let mut targets: Vec<(String, String)> = Vec::new();
         for (n, disk) in devices.children_named_mut("disk").enumerate() {
+            // libvirt always formats both attributes (virsh domblklist --details needs them).
+            if disk.attr("type").is_none() {
+                disk.set_attr_at(0, "type", "file");
+            }
+            if disk.attr("device").is_none() {
+                let pos = disk
+                    .attrs
+                    .iter()
+                    .position(|(k, _)| k == "type")
+                    .map_or(0, |i| i + 1);
+                disk.set_attr_at(pos, "device", "disk");
+            }
             let source = disk_source_text(disk);
             let floppy = disk.attr("device") == Some("floppy");
             let has_address = disk.child("address").is_some();
