@@ -341,6 +341,17 @@ impl Secrets {
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     }
 
+    /// Deletes a secret's files (value first, like libvirt).
+    async fn remove_files(&self, uuid: &Uuid) -> VirResult<()> {
+        let (x, v) = (self.xml_path(uuid), self.value_path(uuid));
+        self.blocking(move || {
+            persist::remove(&v)?;
+            persist::remove(&x)
+        })
+        .await
+        .map_err(|e| io_err("cannot delete secret", e))
+    }
+
     /// `virSecretLookupByUUID`.
     pub fn lookup_uuid(&self, uuid: &Uuid) -> VirResult<SecretRef> {
         self.with(|m| m.get(uuid).map(|e| e.def.wire()))
@@ -405,13 +416,7 @@ impl Secrets {
         if def.ephemeral {
             // Made ephemeral: forget the files (libvirt does the same).
             if old.as_ref().is_some_and(|o| !o.ephemeral) {
-                let (x, v) = (self.xml_path(&def.uuid), self.value_path(&def.uuid));
-                self.blocking(move || {
-                    persist::remove(&v)?;
-                    persist::remove(&x)
-                })
-                .await
-                .map_err(|e| io_err("cannot delete secret", e))?;
+                self.remove_files(&def.uuid).await?;
             }
         } else {
             // Made persistent: its value goes to disk too.
@@ -519,13 +524,7 @@ impl Secrets {
             .with(|m| m.get(uuid).map(|e| e.def.ephemeral))
             .ok_or_else(|| no_uuid(uuid))?;
         if !ephemeral {
-            let (x, v) = (self.xml_path(uuid), self.value_path(uuid));
-            self.blocking(move || {
-                persist::remove(&v)?;
-                persist::remove(&x)
-            })
-            .await
-            .map_err(|e| io_err("cannot delete secret", e))?;
+            self.remove_files(uuid).await?;
         }
         self.with(|m| m.remove(uuid));
         tracing::info!(uuid = %uuid, "secret undefined");

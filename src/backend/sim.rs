@@ -94,21 +94,9 @@ struct Shared {
 
 impl Shared {
     fn with<T>(&self, node: &str, f: impl FnOnce(&mut SimNodeState) -> BResult<T>) -> BResult<T> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let n = st
-            .nodes
-            .get_mut(node)
-            .ok_or_else(|| BackendError(format!("simulated node {node} is gone")))?;
-        let r = f(n)?;
-        // Written under the lock: the file always reflects the latest state.
-        let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError(e.to_string()))?;
-        crate::persist::write_atomic(&self.file, &json, 0o644)
-            .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;
-        Ok(r)
+        self.with_lab(node, |n, _| f(n))
     }
-}
 
-impl Shared {
     /// Like [`Shared::with`], with the volume sizes too.
     fn with_lab<T>(
         &self,
@@ -121,6 +109,7 @@ impl Shared {
             .get_mut(node)
             .ok_or_else(|| BackendError(format!("simulated node {node} is gone")))?;
         let r = f(n, volumes)?;
+        // Written under the lock: the file always reflects the latest state.
         let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError(e.to_string()))?;
         crate::persist::write_atomic(&self.file, &json, 0o644)
             .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;

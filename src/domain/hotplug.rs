@@ -118,11 +118,15 @@ fn mac_of(dev: &Element) -> Option<&str> {
     dev.child("mac").and_then(|m| m.attr("address"))
 }
 
-/// A device reduced to what identifies it for structural comparison: no alias, no address.
-fn identity(dev: &Element) -> String {
+/// A device reduced to what identifies it for structural comparison: no alias, no address,
+/// and with `live`, no interface target (the host-side name a running interface was given).
+pub fn identity(dev: &Element, live: bool) -> String {
     let mut d = dev.clone();
     d.remove_children_named("alias");
     d.remove_children_named("address");
+    if live && d.name == "interface" {
+        d.remove_children_named("target");
+    }
     d.to_xml()
 }
 
@@ -321,11 +325,11 @@ impl DomainDef {
             }
             "interface" => self.find_interface(dev),
             kind => {
-                let want = identity(dev);
+                let want = identity(dev, false);
                 let mut hits = all
                     .iter()
                     .enumerate()
-                    .filter(|(_, d)| d.name == kind && identity(d) == want)
+                    .filter(|(_, d)| d.name == kind && identity(d, false) == want)
                     .map(|(i, _)| i);
                 hits.next().ok_or_else(|| {
                     VirError::device_missing(&format!("matching {kind} device not found"))

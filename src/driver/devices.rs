@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use super::lifecycle::{disk_handle, disk_spec, nic_handle, nic_spec, set_device};
 use super::store::Step;
-use super::stored::StoredDef;
+use super::stored::{LiveXml, StoredDef};
 use super::{DomainObj, Driver};
 use crate::backend::{BlockInfo, BlockStats, IfStats, Node};
 use crate::domain::devices::{self, parse_mac};
-use crate::domain::hotplug::{check_config_change, is_hotpluggable, parse_device};
+use crate::domain::hotplug::{check_config_change, identity, is_hotpluggable, parse_device};
 use crate::domain::{DomainDef, Element};
 use crate::error::{VirError, VirResult};
 use crate::events::EventKind;
@@ -23,17 +23,6 @@ const AFFECT_LIVE: u32 = 1;
 const AFFECT_CONFIG: u32 = 2;
 const DEVICE_MODIFY_FORCE: u32 = 4;
 const BLOCK_RESIZE_BYTES: u32 = 1;
-
-/// A device reduced to what a live update may not change.
-fn live_identity(dev: &Element) -> String {
-    let mut d = dev.clone();
-    d.remove_children_named("alias");
-    d.remove_children_named("address");
-    if d.name == "interface" {
-        d.remove_children_named("target");
-    }
-    d.to_xml()
-}
 
 fn not_live(kind: &str, what: &str) -> VirError {
     VirError::config_unsupported(&format!(
@@ -74,14 +63,25 @@ impl Driver {
         let info = obj
             .with(|s| s.live_info())
             .ok_or_else(|| VirError::internal("active domain has no node"))?;
-        let x = Arc::new(def.live_xml(&info)?);
+        let x = Arc::new(LiveXml::format(tree, &info));
         obj.with(|s| s.set_live_def(def, x));
         self.persist_active(obj).await;
         Ok(())
     }
 
-    fn check_device_flags(flags: u32, allowed: u32, api: &str) -> VirResult<()> {
-        VirError::check_flags(flags, allowed, api)
+    /// The persistent definition with `edit` applied, when `config` asks for it (built on a
+    /// copy: nothing changes until [`Driver::commit_config`]).
+    fn config_edit(
+        obj: &DomainObj,
+        config: bool,
+        edit: impl FnOnce(&mut DomainDef) -> VirResult<()>,
+    ) -> VirResult<Option<Arc<StoredDef>>> {
+        if !config {
+            return Ok(None);
+        }
+        let mut t = Self::config_tree(obj)?;
+        edit(&mut t)?;
+        Ok(Some(StoredDef::new(&t)))
     }
 
     // ------------------------------------------------------------------ attach
@@ -93,7 +93,7 @@ impl Driver {
         xml: &str,
         flags: u32,
     ) -> VirResult<()> {
-        Self::check_device_flags(
+        VirError::check_flags(
             flags,
             AFFECT_LIVE | AFFECT_CONFIG,
             "virDomainAttachDeviceFlags",
@@ -102,14 +102,10 @@ impl Driver {
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
         // Prepare the config change first: it fails without side effects.
-        let new_config = if config {
+        let new_config = Self::config_edit(obj, config, |t| {
             check_config_change(&dev, "attach")?;
-            let mut t = Self::config_tree(obj)?;
-            t.insert_device(dev.clone(), false)?;
-            Some(StoredDef::new(&t))
-        } else {
-            None
-        };
+            t.insert_device(dev.clone(), false).map(drop)
+        })?;
         if live {
             if !is_hotpluggable(&dev) {
                 return Err(not_live(&dev.name, "attach"));
@@ -210,12 +206,7 @@ impl Driver {
     }
 
     async fn journal_drop(&self, obj: &DomainObj, handle: &str) {
-        obj.with(|s| {
-            s.journal.retain(|st| match st {
-                Step::Disk { handle: h, .. } | Step::Nic { handle: h, .. } => h != handle,
-                Step::PowerOn => true,
-            })
-        });
+        obj.with(|s| s.journal.retain(|st| st.handle() != Some(handle)));
         self.persist_active(obj).await;
     }
 
@@ -228,7 +219,7 @@ impl Driver {
         xml: &str,
         flags: u32,
     ) -> VirResult<()> {
-        Self::check_device_flags(
+        VirError::check_flags(
             flags,
             AFFECT_LIVE | AFFECT_CONFIG,
             "virDomainDetachDeviceFlags",
@@ -236,15 +227,12 @@ impl Driver {
         let _job = obj.job.lock().await;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, true)?;
-        let new_config = if config {
+        let new_config = Self::config_edit(obj, config, |t| {
             check_config_change(&dev, "detach")?;
-            let mut t = Self::config_tree(obj)?;
             let i = t.find_device(&dev, false)?;
             t.remove_device(i);
-            Some(StoredDef::new(&t))
-        } else {
-            None
-        };
+            Ok(())
+        })?;
         if live {
             let tree = Self::live_tree(obj)?;
             let i = tree.find_device(&dev, true)?;
@@ -263,7 +251,7 @@ impl Driver {
         alias: &str,
         flags: u32,
     ) -> VirResult<()> {
-        Self::check_device_flags(
+        VirError::check_flags(
             flags,
             AFFECT_LIVE | AFFECT_CONFIG,
             "virDomainDetachDeviceAlias",
@@ -271,14 +259,11 @@ impl Driver {
         let _job = obj.job.lock().await;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let missing = || VirError::device_missing(&format!("no device found with alias {alias}"));
-        let new_config = if config {
-            let mut t = Self::config_tree(obj)?;
+        let new_config = Self::config_edit(obj, config, |t| {
             let i = t.find_alias(alias).ok_or_else(missing)?;
             t.remove_device(i);
-            Some(StoredDef::new(&t))
-        } else {
-            None
-        };
+            Ok(())
+        })?;
         if live {
             let tree = Self::live_tree(obj)?;
             let i = tree.find_alias(alias).ok_or_else(missing)?;
@@ -316,11 +301,7 @@ impl Driver {
         } else {
             nic_handle(&obj.uuid, mac)
         };
-        let mapped = obj.with(|s| {
-            s.journal.iter().any(|st| {
-                matches!(st, Step::Disk { handle: h, .. } | Step::Nic { handle: h, .. } if *h == handle)
-            })
-        });
+        let mapped = obj.with(|s| s.journal.iter().any(|st| st.handle() == Some(&handle)));
         tree.remove_device(index);
         let (old_def, old_xml) = obj.with(|s| (s.def.clone(), s.live_xml.clone()));
         self.commit_live(obj, &tree).await?;
@@ -374,7 +355,7 @@ impl Driver {
         xml: &str,
         flags: u32,
     ) -> VirResult<()> {
-        Self::check_device_flags(
+        VirError::check_flags(
             flags,
             AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
             "virDomainUpdateDeviceFlags",
@@ -406,21 +387,17 @@ impl Driver {
                 ))),
             }
         };
-        let new_config = if config {
-            let mut t = Self::config_tree(obj)?;
-            let i = find(&t, true)?;
-            t.replace_device(i, dev.clone())?;
-            Some(StoredDef::new(&t))
-        } else {
-            None
-        };
+        let new_config = Self::config_edit(obj, config, |t| {
+            let i = find(t, true)?;
+            t.replace_device(i, dev.clone())
+        })?;
         if live {
             let t = Self::live_tree(obj)?;
             let i = find(&t, false)?;
             let cur = t
                 .device(i)
                 .ok_or_else(|| VirError::internal("device index out of range"))?;
-            if live_identity(cur) != live_identity(&dev) {
+            if identity(cur, true) != identity(&dev, true) {
                 return Err(VirError::operation_unsupported(&format!(
                     "cannot change the {} of a running bare-metal server in place: detach it and attach the new one",
                     dev.name
@@ -445,13 +422,8 @@ impl Driver {
         let tree = Self::live_tree(obj)?;
         let d = disk_by_name(&tree, path).ok_or_else(not_found)?;
         let handle = d.target_dev.as_deref().map(|t| disk_handle(&obj.uuid, t));
-        let mapped = handle.filter(|h| {
-            obj.with(|s| {
-                s.journal
-                    .iter()
-                    .any(|st| matches!(st, Step::Disk { handle, .. } if handle == h))
-            })
-        });
+        let mapped = handle
+            .filter(|h| obj.with(|s| s.journal.iter().any(|st| st.handle() == Some(h.as_str()))));
         Ok((d, mapped))
     }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::state::{reason, st};
 use super::store::{Phase, Status, Step};
-use super::stored::StoredDef;
+use super::stored::{LiveXml, StoredDef};
 use super::{DomRef, DomState, DomainObj, Driver};
 use crate::backend::DiskAuth;
 use crate::backend::{BootDev, DiskSpec, NicSpec, Node, PowerState};
@@ -437,13 +437,13 @@ impl Driver {
         let id = self.fresh_id();
         show_representors(&obj.uuid, &mut tree, &journal);
         let live_def = StoredDef::new(&tree);
-        let live_xml = live_def
-            .live_xml(&LiveInfo {
+        let live_xml = Arc::new(LiveXml::format(
+            &tree,
+            &LiveInfo {
                 id,
                 node: node.spec.name.clone(),
-            })
-            .map(Arc::new)
-            .ok();
+            },
+        ));
         let (state, rsn) = if paused {
             (st::PAUSED, reason::PAUSED_USER)
         } else {
@@ -457,9 +457,7 @@ impl Driver {
             s.journal = journal;
             s.started = Some(Instant::now());
             s.shutdown_requested = false;
-            if let Some(x) = live_xml {
-                s.set_live_def(live_def, x);
-            }
+            s.set_live_def(live_def, live_xml);
         });
         self.set_id(obj, -1, id);
         self.persist_active(obj).await;
@@ -999,13 +997,11 @@ impl Driver {
                     .tree()
                     .map(|t| owned_handles(&status.uuid, &t))
                     .unwrap_or_default();
-                let (kept, stale): (Vec<Step>, Vec<Step>) =
-                    status.journal.iter().cloned().partition(|st| match st {
-                        Step::Disk { handle, .. } | Step::Nic { handle, .. } => {
-                            owned.contains(handle)
-                        }
-                        Step::PowerOn => true,
-                    });
+                let (kept, stale): (Vec<Step>, Vec<Step>) = status
+                    .journal
+                    .iter()
+                    .cloned()
+                    .partition(|st| st.handle().is_none_or(|h| owned.iter().any(|o| o == h)));
                 if !stale.is_empty() {
                     let errors = self.undo(&node, &stale, &status.name).await;
                     tracing::warn!(domain = %status.name, steps = stale.len(), failures = errors.len(), "undid device changes interrupted by a daemon stop");

@@ -41,6 +41,16 @@ pub enum Step {
     PowerOn,
 }
 
+impl Step {
+    /// The backend handle of a disk or NIC step.
+    pub fn handle(&self) -> Option<&str> {
+        match self {
+            Step::Disk { handle, .. } | Step::Nic { handle, .. } => Some(handle),
+            Step::PowerOn => None,
+        }
+    }
+}
+
 /// Where a domain's hardware is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -125,13 +125,7 @@ impl StoredDef {
 
     /// Formats the live XML of a run (id and node fixed for the run).
     pub fn live_xml(&self, live: &LiveInfo) -> VirResult<LiveXml> {
-        let t = self.tree()?;
-        let secure = t.to_xml(&opts(true, Some(live.clone())));
-        let public = t.to_xml(&opts(false, Some(live.clone())));
-        Ok(LiveXml {
-            public: (public != secure).then(|| public.into_boxed_str()),
-            secure: secure.into_boxed_str(),
-        })
+        Ok(LiveXml::format(&self.tree()?, live))
     }
 
     /// Domain name.
@@ -172,6 +166,16 @@ pub struct LiveXml {
 }
 
 impl LiveXml {
+    /// Formats the live XML of a run from its (live) definition's tree.
+    pub fn format(t: &DomainDef, live: &LiveInfo) -> LiveXml {
+        let secure = t.to_xml(&opts(true, Some(live.clone())));
+        let public = t.to_xml(&opts(false, Some(live.clone())));
+        LiveXml {
+            public: (public != secure).then(|| public.into_boxed_str()),
+            secure: secure.into_boxed_str(),
+        }
+    }
+
     /// The live XML; secrets only when `secure`.
     pub fn get(&self, secure: bool) -> &str {
         match (&self.public, secure) {
