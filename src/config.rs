@@ -1,5 +1,6 @@
 //! Daemon configuration: a strict TOML file (unknown keys are errors naming the key) plus the
-//! command-line overrides. With no file at all the daemon runs the simulated lab.
+//! command-line overrides. With no file at all the daemon runs the simulated lab; `[[node]]`
+//! entries (the node inventory) put real servers behind the daemon instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,16 +34,155 @@ pub struct Config {
     pub keepalive_count: u32,
     /// Power watcher settings.
     pub watcher: WatcherConfig,
-    /// The simulated lab.
+    /// The simulated lab (its node count applies only when there is no `[[node]]`).
     pub sim: SimConfig,
+    /// The node inventory: one entry per bare-metal server.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+    /// Directory of the configuration file; relative paths in it are taken from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// One bare-metal server (`[[node]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique name (what `<metalvirt:node>` pins and dumpxml shows).
+    pub name: String,
+    /// CPU sockets.
+    #[serde(default = "one")]
+    pub sockets: u32,
+    /// Cores per socket.
+    pub cores: u32,
+    /// Threads per core.
+    #[serde(default = "one")]
+    pub threads: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// CPU frequency in MHz.
+    #[serde(default = "default_mhz")]
+    pub mhz: u32,
+    /// Architecture.
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// CPU model name.
+    #[serde(default)]
+    pub cpu_model: Option<String>,
+    /// The BMC.
+    pub bmc: BmcConfig,
+}
+
+/// BMC drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BmcDriver {
+    /// DMTF Redfish over HTTP(S).
+    Redfish,
+    /// IPMI 2.0 lanplus (RMCP+), through ipmitool.
+    Ipmi,
+    /// The simulated lab's BMC.
+    Sim,
+}
+
+/// How to reach and drive one BMC (`[node.bmc]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcConfig {
+    /// Driver.
+    pub driver: BmcDriver,
+    /// Redfish: base URL (`https://10.0.0.5`, `http://127.0.0.1:8000`). IPMI: host or
+    /// host:port (default port 623).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Redfish: the ComputerSystem, as its path, Id, UUID or Name; may be left out when the
+    /// BMC has exactly one.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (first line); relative to the configuration file. Never the
+    /// password itself.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Redfish over HTTPS: PEM bundle of the CAs to trust instead of the system's.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Redfish over HTTPS: accept any certificate (warned about at start-up).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Time limit of one BMC call, in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Retries of a call that met a transient failure (connection error, 5xx, UDP loss).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Calls in flight to this BMC at most (default: Redfish 4, IPMI 1).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// IPMI cipher suite (`ipmitool -C`).
+    #[serde(default = "default_cipher")]
+    pub cipher_suite: u8,
+    /// IPMI: the ipmitool binary.
+    #[serde(default)]
+    pub ipmitool: Option<PathBuf>,
+    /// How long a start waits for the BMC to report On, in seconds.
+    #[serde(default = "default_on_timeout")]
+    pub power_on_timeout_s: f64,
+    /// How long a destroy waits for the BMC to report Off, in seconds.
+    #[serde(default = "default_off_timeout")]
+    pub power_off_timeout_s: f64,
+    /// Boot overrides apply to every boot, as a VM's boot order does (false: next boot only).
+    #[serde(default = "yes")]
+    pub boot_persistent: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_mhz() -> u32 {
+    2400
+}
+fn default_arch() -> String {
+    "x86_64".into()
+}
+fn default_timeout() -> f64 {
+    60.0
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_cipher() -> u8 {
+    3
+}
+fn default_on_timeout() -> f64 {
+    300.0
+}
+fn default_off_timeout() -> f64 {
+    120.0
+}
+
+impl BmcConfig {
+    /// Per-call time limit.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_s)
+    }
 }
 
 /// The power watcher.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatcherConfig {
-    /// Poll interval per bound node, in milliseconds.
+    /// Poll interval per bound node, in milliseconds (jittered by up to a tenth).
     pub interval_ms: u64,
+    /// BMC queries in flight at once, over all nodes.
+    pub max_concurrency: usize,
+    /// Longest pause between queries of a BMC that keeps failing, in milliseconds.
+    pub max_backoff_ms: u64,
 }
 
 /// The built-in simulated lab (used when no real nodes are configured).
@@ -96,13 +236,19 @@ impl Default for Config {
             keepalive_count: 5,
             watcher: WatcherConfig::default(),
             sim: SimConfig::default(),
+            nodes: Vec::new(),
+            base_dir: PathBuf::from("."),
         }
     }
 }
 
 impl Default for WatcherConfig {
     fn default() -> Self {
-        WatcherConfig { interval_ms: 5000 }
+        WatcherConfig {
+            interval_ms: 5000,
+            max_concurrency: 32,
+            max_backoff_ms: 60_000,
+        }
     }
 }
 
@@ -140,7 +286,22 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut c = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(c)
+    }
+
+    /// A path from the configuration file, relative ones taken from its directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// Checks values that parse but make no sense.
@@ -154,6 +315,16 @@ impl Config {
         if self.watcher.interval_ms == 0 {
             return Err("watcher.interval_ms must be at least 1".into());
         }
+        if self.watcher.max_concurrency == 0 {
+            return Err("watcher.max_concurrency must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for n in &self.nodes {
+            n.validate()?;
+            if !names.insert(n.name.as_str()) {
+                return Err(format!("node '{}' is listed twice", n.name));
+            }
+        }
         let s = &self.sim;
         if s.sockets == 0 || s.cores == 0 || s.threads == 0 || s.memory_mib == 0 {
             return Err("sim: sockets, cores, threads and memory_mib must be positive".into());
@@ -161,9 +332,75 @@ impl Config {
         Ok(())
     }
 
+    /// The watcher's longest backoff.
+    pub fn watch_max_backoff(&self) -> Duration {
+        Duration::from_millis(self.watcher.max_backoff_ms.max(self.watcher.interval_ms))
+    }
+
     /// The watcher's poll interval.
     pub fn watch_interval(&self) -> Duration {
         Duration::from_millis(self.watcher.interval_ms)
+    }
+}
+
+impl NodeConfig {
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        let e = |m: &str| Err(format!("node '{n}': {m}"));
+        if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!(
+                "node name '{n}' must be non-empty, without spaces or '/'"
+            ));
+        }
+        if self.sockets == 0 || self.cores == 0 || self.threads == 0 || self.memory_mib == 0 {
+            return e("sockets, cores, threads and memory_mib must be positive");
+        }
+        let b = &self.bmc;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(b.timeout_s)
+            || !positive(b.power_on_timeout_s)
+            || !positive(b.power_off_timeout_s)
+        {
+            return e("bmc timeouts must be positive numbers of seconds");
+        }
+        if b.max_concurrency == Some(0) {
+            return e("bmc.max_concurrency must be at least 1");
+        }
+        if b.driver == BmcDriver::Sim {
+            return Ok(());
+        }
+        let Some(addr) = b.address.as_deref().filter(|a| !a.is_empty()) else {
+            return e("bmc.address is required");
+        };
+        if b.username.as_deref().unwrap_or("").is_empty() {
+            return e("bmc.username is required");
+        }
+        if b.password_file.is_none() {
+            return e("bmc.password_file is required (the password is never written inline)");
+        }
+        match b.driver {
+            BmcDriver::Redfish => {
+                if !(addr.starts_with("https://") || addr.starts_with("http://")) {
+                    return e("bmc.address of a Redfish BMC must be an http:// or https:// URL");
+                }
+                if b.insecure && b.ca_bundle.is_some() {
+                    return e("bmc.insecure and bmc.ca_bundle exclude each other");
+                }
+            }
+            BmcDriver::Ipmi => {
+                if addr.contains("://") {
+                    return e("bmc.address of an IPMI BMC is a host or host:port, not a URL");
+                }
+                if b.cipher_suite > 17 {
+                    return e("bmc.cipher_suite must be 0..=17");
+                }
+                if b.insecure || b.ca_bundle.is_some() {
+                    return e("bmc.insecure and bmc.ca_bundle apply to Redfish only");
+                }
+            }
+            BmcDriver::Sim => {}
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +423,71 @@ mod tests {
         assert_eq!(c.sim.power_latency_ms, 0);
         assert_eq!(c.sim.cores, 16);
         assert!(Config::from_toml("max_client_requests = 0").is_err());
+    }
+
+    #[test]
+    fn node_inventory_is_checked() {
+        let good = r#"
+[[node]]
+name = "bm-1"
+cores = 8
+memory_mib = 1024
+[node.bmc]
+driver = "redfish"
+address = "https://10.0.0.5"
+username = "admin"
+password_file = "bm-1.pass"
+
+[[node]]
+name = "bm-2"
+cores = 8
+memory_mib = 1024
+[node.bmc]
+driver = "ipmi"
+address = "10.0.0.6:6230"
+username = "admin"
+password_file = "/etc/metalvirt/bm-2.pass"
+cipher_suite = 17
+"#;
+        let c = Config::from_toml(good).unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[0].bmc.driver, BmcDriver::Redfish);
+        assert_eq!(c.nodes[0].bmc.timeout_s, 60.0);
+        assert!(c.nodes[0].bmc.boot_persistent);
+        assert_eq!(c.nodes[1].bmc.cipher_suite, 17);
+        let bad = |from: &str, to: &str, want: &str| {
+            let text = good.replacen(from, to, 1);
+            assert_ne!(text, good, "{from}");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        };
+        bad("name = \"bm-2\"", "name = \"bm-1\"", "listed twice");
+        bad(
+            "password_file = \"bm-1.pass\"",
+            "password = \"x\"",
+            "unknown field `password`",
+        );
+        bad(
+            "password_file = \"bm-1.pass\"",
+            "",
+            "password_file is required",
+        );
+        bad("https://10.0.0.5", "10.0.0.5", "http:// or https:// URL");
+        bad("driver = \"ipmi\"", "driver = \"smash\"", "unknown variant");
+        bad("10.0.0.6:6230", "http://10.0.0.6", "not a URL");
+        bad("cipher_suite = 17", "insecure = true", "Redfish only");
+        bad("username = \"admin\"\npassword_file = \"bm-1.pass\"", "username = \"admin\"\npassword_file = \"bm-1.pass\"\ninsecure = true\nca_bundle = \"ca.pem\"", "exclude each other");
+        bad("cores = 8", "cores = 0", "must be positive");
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.toml");
+        std::fs::write(&p, "").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.resolve(Path::new("a.pass")), d.path().join("a.pass"));
+        assert_eq!(c.resolve(Path::new("/x/a.pass")), Path::new("/x/a.pass"));
     }
 
     #[test]

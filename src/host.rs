@@ -363,11 +363,16 @@ pub fn domain_capabilities(
 
 /// `virConnectGetSysinfo`: describes the daemon's host, not the servers.
 pub fn sysinfo(d: &Driver) -> String {
-    let sim = d.nodes().iter().filter(|n| n.spec.simulated).count();
-    let lab = if sim > 0 {
-        format!("SIMULATED lab, {sim} simulated nodes")
+    let nodes = d.nodes();
+    let all = nodes.len();
+    let sim_power = nodes.iter().filter(|n| n.spec.simulated.power).count();
+    let sim_dpu = nodes.iter().filter(|n| n.spec.simulated.dpu).count();
+    let lab = if sim_power == all && sim_dpu == all {
+        format!("SIMULATED lab, {all} simulated nodes")
+    } else if sim_power > 0 || sim_dpu > 0 {
+        format!("{all} nodes, {sim_power} with a simulated BMC, {sim_dpu} with simulated disks and NICs")
     } else {
-        format!("{} nodes", d.nodes().len())
+        format!("{all} nodes")
     };
     format!(
         "<sysinfo type='smbios'>

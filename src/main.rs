@@ -84,18 +84,14 @@ async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", cfg.socket_dir.display()))?;
     metalvirt::persist::ensure_dir(&cfg.state_dir, 0o700)
         .map_err(|e| format!("cannot create {}: {e}", cfg.state_dir.display()))?;
-    tracing::warn!(
-        nodes = cfg.sim.nodes,
-        "running the SIMULATED lab: no real BMC, DPU or network is touched"
-    );
-    let nodes = metalvirt::backend::sim::build(&cfg.sim, &cfg.state_dir)?;
+    let nodes = metalvirt::backend::inventory::build(&cfg)?;
     let rw_path = cfg.socket_dir.join(RW_SOCKET);
     let ro_path = cfg.socket_dir.join(RO_SOCKET);
     let rw = server::bind(&rw_path, cfg.rw_socket_mode)
         .map_err(|e| format!("cannot listen on {}: {e}", rw_path.display()))?;
     let ro = server::bind(&ro_path, cfg.ro_socket_mode)
         .map_err(|e| format!("cannot listen on {}: {e}", ro_path.display()))?;
-    let driver = Driver::open(cfg, nodes).await?;
+    let driver = Driver::open(cfg, nodes.clone()).await?;
     driver.start_background();
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -107,5 +103,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
     })
     .await;
+    // Log out of BMC sessions (Redfish BMCs have few session slots).
+    futures::future::join_all(nodes.iter().map(|n| n.power.close())).await;
     Ok(())
 }

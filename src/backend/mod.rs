@@ -1,12 +1,15 @@
 //! Hardware behind a node, as traits. Each node has a BMC ([`Power`]), a DPU that maps cloud
 //! volumes ([`Disks`]) and a DPU that plugs NIC functions ([`Nics`]). Implementations: the
-//! simulated lab ([`sim`]); Redfish/IPMI, SPDK and OVSDB come next.
+//! simulated lab ([`sim`]) and real BMCs ([`bmc`]: Redfish, IPMI); SPDK and OVSDB come next.
+//! [`inventory`] builds the nodes from the configuration.
 //!
 //! Backend calls are named by deterministic handles chosen by the driver (e.g.
 //! `mv-<uuid>-vda`) and recorded in the domain's journal before the call runs, so an
 //! interrupted start can be undone after a crash. `detach`/`unplug` of an unknown handle
 //! succeeds: undo must be idempotent.
 
+pub mod bmc;
+pub mod inventory;
 pub mod sim;
 
 use std::fmt;
@@ -17,13 +20,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::secrets::SecretValue;
 
+/// What kind of failure a backend call met; the driver maps it to a libvirt error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The peer refused or failed the request.
+    Failed,
+    /// The peer rejected our credentials.
+    Auth,
+    /// No answer within the call's time limit.
+    Timeout,
+    /// The peer could not be reached at all.
+    Unreachable,
+    /// The peer does not offer what was asked.
+    Unsupported,
+}
+
 /// A backend failure, carrying the backend's own reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendError(pub String);
+pub struct BackendError {
+    /// Classification.
+    pub kind: ErrorKind,
+    /// The reason, with the peer's own message where it gave one. Never a credential.
+    pub msg: String,
+}
+
+impl BackendError {
+    /// A plain failure.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self::with_kind(ErrorKind::Failed, msg)
+    }
+
+    /// A failure of a given kind.
+    pub fn with_kind(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            msg: msg.into(),
+        }
+    }
+}
 
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.msg)
     }
 }
 
@@ -39,6 +77,46 @@ pub enum PowerState {
     On,
     /// Powered off.
     Off,
+    /// On its way on (Redfish `PoweringOn`): not yet on, not to be taken for off.
+    PoweringOn,
+    /// On its way off (Redfish `PoweringOff`).
+    PoweringOff,
+}
+
+/// One reading of a BMC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerReading {
+    /// Power.
+    pub state: PowerState,
+    /// A fault the BMC reports (IPMI main power fault, Redfish health Critical), if any.
+    pub fault: Option<String>,
+}
+
+impl PowerReading {
+    /// A reading without fault.
+    pub fn ok(state: PowerState) -> Self {
+        PowerReading { state, fault: None }
+    }
+}
+
+/// Firmware boot mode for a boot override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootMode {
+    /// UEFI.
+    Uefi,
+    /// Legacy BIOS.
+    Legacy,
+}
+
+/// A boot override, as derived from the domain's `<os>` and boot order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootRequest {
+    /// Device.
+    pub dev: BootDev,
+    /// For every boot (Redfish `Continuous`, IPMI `persistent`) rather than the next only.
+    pub persistent: bool,
+    /// Firmware mode, when the domain names one (`<os firmware>`, `<loader>`).
+    pub mode: Option<BootMode>,
 }
 
 /// Boot override target.
@@ -71,8 +149,32 @@ pub struct NodeSpec {
     pub arch: String,
     /// CPU model name.
     pub cpu_model: String,
-    /// Part of the simulated lab (no real hardware behind it); shown to clients.
-    pub simulated: bool,
+    /// Which parts are simulated; shown to clients.
+    pub simulated: Simulated,
+    /// How long to wait for the BMC to report On after a power on.
+    pub power_on_timeout: std::time::Duration,
+    /// How long to wait for the BMC to report Off after a forced power off.
+    pub power_off_timeout: std::time::Duration,
+    /// Boot overrides apply to every boot (else to the next boot only).
+    pub boot_persistent: bool,
+    /// Where the BMC is, for messages (`redfish https://10.0.0.5`, never credentials).
+    pub bmc_desc: String,
+}
+
+/// Which parts of a node are the simulated lab's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Simulated {
+    /// The BMC.
+    pub power: bool,
+    /// The DPU (disks and NICs).
+    pub dpu: bool,
+}
+
+impl Simulated {
+    /// Anything simulated.
+    pub fn any(&self) -> bool {
+        self.power || self.dpu
+    }
 }
 
 impl NodeSpec {
@@ -184,8 +286,8 @@ pub struct NicSpec {
 /// A BMC.
 #[async_trait]
 pub trait Power: Send + Sync {
-    /// Current power state.
-    async fn state(&self) -> BResult<PowerState>;
+    /// Current power state (and any fault the BMC reports).
+    async fn state(&self) -> BResult<PowerReading>;
     /// Power on.
     async fn on(&self) -> BResult<()>;
     /// Power off: hard (ForceOff) or graceful (returns at once).
@@ -193,7 +295,9 @@ pub trait Power: Send + Sync {
     /// Restart: hard (ForceRestart) or graceful.
     async fn restart(&self, hard: bool) -> BResult<()>;
     /// Boot override.
-    async fn set_boot(&self, dev: BootDev, persistent: bool) -> BResult<()>;
+    async fn set_boot(&self, req: &BootRequest) -> BResult<()>;
+    /// Releases what the client holds on the BMC (a Redfish session); at daemon shutdown.
+    async fn close(&self) {}
 }
 
 /// Disk mapping on the node's DPU.

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BResult, BackendError, BlockInfo, BlockStats, BootDev, DiskSpec, Disks, IfStats, NicSpec, Nics,
-    Node, NodeSpec, Power, PowerState,
+    BResult, BackendError, BlockInfo, BlockStats, BootDev, BootMode, BootRequest, DiskSpec, Disks,
+    IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Simulated,
 };
 use crate::config::SimConfig;
 
@@ -30,6 +30,12 @@ pub struct SimNodeState {
     pub power: PowerState,
     /// Boot override.
     pub boot: Option<BootDev>,
+    /// The boot override applies to every boot.
+    #[serde(default)]
+    pub boot_persistent: bool,
+    /// Firmware mode of the boot override.
+    #[serde(default)]
+    pub boot_mode: Option<BootMode>,
     /// Times the server was powered on or restarted.
     pub boots: u64,
     /// Mapped disks by handle.
@@ -107,12 +113,12 @@ impl Shared {
         let LabState { nodes, volumes } = &mut *st;
         let n = nodes
             .get_mut(node)
-            .ok_or_else(|| BackendError(format!("simulated node {node} is gone")))?;
+            .ok_or_else(|| BackendError::new(format!("simulated node {node} is gone")))?;
         let r = f(n, volumes)?;
         // Written under the lock: the file always reflects the latest state.
-        let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError::new(e.to_string()))?;
         crate::persist::write_atomic(&self.file, &json, 0o644)
-            .map_err(|e| BackendError(format!("cannot save simulated lab state: {e}")))?;
+            .map_err(|e| BackendError::new(format!("cannot save simulated lab state: {e}")))?;
         Ok(r)
     }
 
@@ -136,24 +142,29 @@ pub struct SimNode {
     shared: Arc<Shared>,
 }
 
-/// Builds the simulated lab, loading its saved hardware state from `state_dir`.
-pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, String> {
+/// Builds the simulated hardware of the named nodes, loading its saved state from
+/// `state_dir` (state of nodes no longer named is dropped).
+pub fn build_named(
+    cfg: &SimConfig,
+    state_dir: &std::path::Path,
+    names: &[String],
+) -> Result<Vec<Arc<SimNode>>, String> {
     let file = state_dir.join("sim-lab.json");
     let mut state: LabState = match std::fs::read(&file) {
         Ok(b) => serde_json::from_slice(&b)
             .map_err(|e| format!("corrupt simulated lab state {}: {e}", file.display()))?,
         Err(_) => LabState::default(),
     };
-    let mut nodes = Vec::new();
-    let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
     state.nodes.retain(|k, _| names.contains(k));
-    for n in &names {
+    for n in names {
         state
             .nodes
             .entry(n.clone())
             .or_insert_with(|| SimNodeState {
                 power: PowerState::Off,
                 boot: None,
+                boot_persistent: false,
+                boot_mode: None,
                 boots: 0,
                 disks: BTreeMap::new(),
                 nics: BTreeMap::new(),
@@ -164,12 +175,25 @@ pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, 
         file,
         state: Mutex::new(state),
     });
-    for name in names {
-        let sim = Arc::new(SimNode {
-            name: name.clone(),
-            shared: shared.clone(),
-        });
-        nodes.push(Node {
+    Ok(names
+        .iter()
+        .map(|name| {
+            Arc::new(SimNode {
+                name: name.clone(),
+                shared: shared.clone(),
+            })
+        })
+        .collect())
+}
+
+/// Builds the default simulated lab: `cfg.nodes` nodes `node-1`… with everything simulated.
+pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, String> {
+    let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
+    let sims = build_named(cfg, state_dir, &names)?;
+    Ok(sims
+        .into_iter()
+        .zip(names)
+        .map(|(sim, name)| Node {
             spec: NodeSpec {
                 name,
                 sockets: cfg.sockets,
@@ -179,26 +203,33 @@ pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, 
                 mhz: 2400,
                 arch: "x86_64".into(),
                 cpu_model: "Simulated Xeon (metalvirt sim)".into(),
-                simulated: true,
+                simulated: Simulated {
+                    power: true,
+                    dpu: true,
+                },
+                power_on_timeout: Duration::from_secs(120),
+                power_off_timeout: Duration::from_secs(120),
+                boot_persistent: true,
+                bmc_desc: "simulated BMC".into(),
             },
             power: sim.clone(),
             disks: sim.clone(),
             nics: sim,
-        });
-    }
-    Ok(nodes)
+        })
+        .collect())
 }
 
 #[async_trait]
 impl Power for SimNode {
-    async fn state(&self) -> BResult<PowerState> {
-        self.shared.with(&self.name, |n| Ok(n.power))
+    async fn state(&self) -> BResult<PowerReading> {
+        self.shared
+            .with(&self.name, |n| Ok(PowerReading::ok(n.power)))
     }
 
     async fn on(&self) -> BResult<()> {
         delay(self.shared.cfg.power_latency_ms).await;
         if self.shared.cfg.fail_power_on_nodes.contains(&self.name) {
-            return Err(BackendError(format!(
+            return Err(BackendError::new(format!(
                 "simulated BMC of {} refused power on (injected failure)",
                 self.name
             )));
@@ -248,9 +279,11 @@ impl Power for SimNode {
         })
     }
 
-    async fn set_boot(&self, dev: BootDev, _persistent: bool) -> BResult<()> {
+    async fn set_boot(&self, req: &BootRequest) -> BResult<()> {
         self.shared.with(&self.name, |n| {
-            n.boot = Some(dev);
+            n.boot = Some(req.dev);
+            n.boot_persistent = req.persistent;
+            n.boot_mode = req.mode;
             Ok(())
         })
     }
@@ -267,7 +300,7 @@ impl Disks for SimNode {
             .iter()
             .find(|f| spec.source.contains(f.as_str()))
         {
-            return Err(BackendError(format!(
+            return Err(BackendError::new(format!(
                 "simulated DPU cannot connect volume '{}': injected failure '{f}'",
                 spec.source
             )));
@@ -277,7 +310,7 @@ impl Disks for SimNode {
             Some(a) => match &a.key {
                 Some(k) if !k.expose().is_empty() => Some(k.expose().len()),
                 _ => {
-                    return Err(BackendError(format!(
+                    return Err(BackendError::new(format!(
                         "simulated DPU cannot connect volume '{}': no key for user {}",
                         spec.source,
                         a.username.as_deref().unwrap_or("(none)")
@@ -313,7 +346,7 @@ impl Disks for SimNode {
         self.shared.with(&self.name, |n| {
             if let Some(d) = n.disks.get(handle) {
                 if let Some(f) = fail.iter().find(|f| d.spec.source.contains(f.as_str())) {
-                    return Err(BackendError(format!(
+                    return Err(BackendError::new(format!(
                         "simulated DPU cannot disconnect volume '{}': injected failure '{f}'",
                         d.spec.source
                     )));
@@ -336,10 +369,10 @@ impl Disks for SimNode {
             let d = n
                 .disks
                 .get(handle)
-                .ok_or_else(|| BackendError(format!("disk {handle} is not mapped")))?;
+                .ok_or_else(|| BackendError::new(format!("disk {handle} is not mapped")))?;
             let cur = shared.volume_bytes(volumes, &d.spec.source);
             if bytes < cur {
-                return Err(BackendError(format!(
+                return Err(BackendError::new(format!(
                     "volume '{}' is {cur} bytes; cloud volumes cannot shrink",
                     d.spec.source
                 )));
@@ -355,7 +388,7 @@ impl Disks for SimNode {
             let d = n
                 .disks
                 .get(handle)
-                .ok_or_else(|| BackendError(format!("disk {handle} is not mapped")))?;
+                .ok_or_else(|| BackendError::new(format!("disk {handle} is not mapped")))?;
             let capacity = shared.volume_bytes(volumes, &d.spec.source);
             // Thin volumes: what has been written so far is allocated.
             let written = (secs_since(d.mapped_at_ms) as u64) * 20 * 4096;
@@ -372,7 +405,7 @@ impl Disks for SimNode {
             let d = n
                 .disks
                 .get(handle)
-                .ok_or_else(|| BackendError(format!("disk {handle} is not mapped")))?;
+                .ok_or_else(|| BackendError::new(format!("disk {handle} is not mapped")))?;
             let s = secs_since(d.mapped_at_ms);
             Ok(BlockStats {
                 rd_req: 50 * s,
@@ -393,7 +426,7 @@ impl Nics for SimNode {
     async fn plug(&self, spec: &NicSpec) -> BResult<String> {
         delay(self.shared.cfg.nic_latency_ms).await;
         if self.shared.cfg.fail_nic_macs.contains(&spec.mac) {
-            return Err(BackendError(format!(
+            return Err(BackendError::new(format!(
                 "simulated DPU cannot plug NIC {}: injected failure",
                 spec.mac
             )));
@@ -407,7 +440,7 @@ impl Nics for SimNode {
             let rep = (0..NIC_FUNCTIONS)
                 .map(|i| format!("pf0vf{i}"))
                 .find(|r| !used.contains(&r.as_str()))
-                .ok_or_else(|| BackendError(format!("no free NIC function on node {node}")))?;
+                .ok_or_else(|| BackendError::new(format!("no free NIC function on node {node}")))?;
             n.nics.insert(
                 spec.handle.clone(),
                 SimNic {
@@ -426,7 +459,7 @@ impl Nics for SimNode {
         self.shared.with(&self.name, |n| {
             if let Some(x) = n.nics.get(handle) {
                 if fail.contains(&x.spec.mac) {
-                    return Err(BackendError(format!(
+                    return Err(BackendError::new(format!(
                         "simulated DPU cannot unplug NIC {}: injected failure",
                         x.spec.mac
                     )));
@@ -447,7 +480,7 @@ impl Nics for SimNode {
             let x = n
                 .nics
                 .get(handle)
-                .ok_or_else(|| BackendError(format!("NIC {handle} is not plugged")))?;
+                .ok_or_else(|| BackendError::new(format!("NIC {handle} is not plugged")))?;
             let s = secs_since(x.plugged_at_ms);
             Ok(IfStats {
                 rx_bytes: 300 * s * 600,
@@ -507,9 +540,9 @@ mod tests {
             .attach(&disk("h3", "rbd:p/broken"))
             .await
             .unwrap_err();
-        assert!(e.0.contains("injected"), "{e}");
+        assert!(e.msg.contains("injected"), "{e}");
         let again = build(&cfg(), d.path()).unwrap();
-        assert_eq!(again[0].power.state().await.unwrap(), PowerState::On);
+        assert_eq!(again[0].power.state().await.unwrap().state, PowerState::On);
         assert_eq!(again[0].disks.list().await.unwrap(), vec!["h1", "h2"]);
         again[0].disks.detach("h1").await.unwrap();
         again[0].disks.detach("h1").await.unwrap();
@@ -530,10 +563,10 @@ mod tests {
         p.off(true).await.unwrap();
         p.on().await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(p.state().await.unwrap(), PowerState::On);
+        assert_eq!(p.state().await.unwrap().state, PowerState::On);
         p.off(false).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(p.state().await.unwrap(), PowerState::Off);
+        assert_eq!(p.state().await.unwrap().state, PowerState::Off);
     }
 
     #[tokio::test]
@@ -561,6 +594,6 @@ mod tests {
             domain_uuid: String::new(),
         };
         let e = nodes[1].nics.plug(&spec).await.unwrap_err();
-        assert_eq!(e.0, "no free NIC function on node node-2");
+        assert_eq!(e.msg, "no free NIC function on node node-2");
     }
 }

@@ -1071,6 +1071,26 @@ impl DomainDef {
             .unwrap_or_default()
     }
 
+    /// The firmware the domain asks for: `efi` (`<os firmware='efi'>`, a pflash or OVMF
+    /// `<loader>`), `bios` (`<os firmware='bios'>`, a rom `<loader>`), or None.
+    pub fn firmware(&self) -> Option<&'static str> {
+        let os = self.root.child("os")?;
+        match os.attr("firmware") {
+            Some("efi") => return Some("efi"),
+            Some("bios") => return Some("bios"),
+            _ => {}
+        }
+        let loader = os.child("loader")?;
+        let path = loader.text().to_ascii_lowercase();
+        if loader.attr("type") == Some("pflash") || path.contains("ovmf") || path.contains("efi") {
+            Some("efi")
+        } else if loader.attr("type") == Some("rom") {
+            Some("bios")
+        } else {
+            None
+        }
+    }
+
     /// The `<title>` text.
     pub fn title(&self) -> Option<String> {
         self.root.child("title").map(Element::text)

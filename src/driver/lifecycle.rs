@@ -18,15 +18,14 @@ use super::store::{Phase, Status, Step};
 use super::stored::{LiveXml, StoredDef};
 use super::{DomRef, DomState, DomainObj, Driver};
 use crate::backend::DiskAuth;
-use crate::backend::{BootDev, DiskSpec, NicSpec, Node, PowerState};
+use crate::backend::{
+    BackendError, BootDev, BootMode, BootRequest, DiskSpec, ErrorKind, NicSpec, Node, PowerState,
+};
 use crate::domain::def::{DomainDef, LiveInfo};
 use crate::domain::devices::{DiskDef, InterfaceDef};
 use crate::error::{VirError, VirResult};
 use crate::events::{lifecycle as ev, EventKind};
 use crate::secrets::Secrets;
-
-/// How long to wait for a BMC to report the power state asked for.
-const POWER_WAIT: Duration = Duration::from_secs(120);
 
 /// `virDomainCreateFlags` accepted by the start APIs.
 const START_PAUSED: u32 = 1;
@@ -217,24 +216,52 @@ fn boot_dev(def: &DomainDef) -> BootDev {
     }
 }
 
-async fn wait_power(node: &Node, want: PowerState) -> Result<(), String> {
-    let deadline = Instant::now() + POWER_WAIT;
+/// The BMC boot override for a definition on a node.
+fn boot_request(def: &DomainDef, node: &Node) -> BootRequest {
+    BootRequest {
+        dev: boot_dev(def),
+        persistent: node.spec.boot_persistent,
+        mode: match def.firmware() {
+            Some("efi") => Some(BootMode::Uefi),
+            Some("bios") => Some(BootMode::Legacy),
+            _ => None,
+        },
+    }
+}
+
+/// Polls the BMC until it reports `want`, within the node's power on/off time limit. Slow
+/// BMCs are normal (a Redfish power on can take a minute): the pause grows to 2 s.
+async fn wait_power(node: &Node, want: PowerState) -> Result<(), BackendError> {
+    let limit = match want {
+        PowerState::Off => node.spec.power_off_timeout,
+        _ => node.spec.power_on_timeout,
+    };
+    let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(20);
+    let mut last;
     loop {
         match node.power.state().await {
-            Ok(s) if s == want => return Ok(()),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(node = %node.spec.name, "power state query failed: {e}"),
+            Ok(r) if r.state == want => return Ok(()),
+            Ok(r) => last = format!("it reports {:?}", r.state),
+            Err(e) => {
+                tracing::warn!(node = %node.spec.name, "power state query failed: {e}");
+                if e.kind == ErrorKind::Auth {
+                    return Err(e);
+                }
+                last = e.to_string();
+            }
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "BMC of {} did not report power {want:?} within {}s",
-                node.spec.name,
-                POWER_WAIT.as_secs()
+            return Err(BackendError::with_kind(
+                ErrorKind::Timeout,
+                format!(
+                    "the BMC did not report power {want:?} within {}s ({last})",
+                    limit.as_secs_f64()
+                ),
             ));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -317,7 +344,7 @@ impl Driver {
             if let Err(e) = node.power.off(true).await {
                 errors.push(format!("power off of {}: {e}", node.spec.name));
             } else if let Err(e) = wait_power(node, PowerState::Off).await {
-                errors.push(e);
+                errors.push(format!("power off of {}: {e}", node.spec.name));
             }
         }
         let undo_disks = journal.iter().rev().filter_map(|s| match s {
@@ -414,7 +441,7 @@ impl Driver {
                 paused,
             )
             .await;
-        if let Err(reason_text) = result {
+        if let Err(err) = result {
             let cleanup = self.undo(&node, &journal, &name).await;
             self.release(&node.spec.name, obj.uuid);
             if let Err(e) = self.store.delete_status(&obj.uuid).await {
@@ -430,8 +457,8 @@ impl Driver {
                     ));
                 }
             });
-            tracing::warn!(domain = %name, "start failed and was rolled back: {reason_text}");
-            return Err(VirError::operation_failed(&reason_text));
+            tracing::warn!(domain = %name, "start failed and was rolled back: {err}");
+            return Err(err);
         }
 
         let id = self.fresh_id();
@@ -457,6 +484,9 @@ impl Driver {
             s.journal = journal;
             s.started = Some(Instant::now());
             s.shutdown_requested = false;
+            s.power_grace_until = None;
+            s.bmc_lost = None;
+            s.staged_seen_on = false;
             s.set_live_def(live_def, live_xml);
         });
         self.set_id(obj, -1, id);
@@ -480,7 +510,7 @@ impl Driver {
         journal: &mut Vec<Step>,
         status: &mut Status,
         paused: bool,
-    ) -> Result<(), String> {
+    ) -> VirResult<()> {
         let n = &node.spec.name;
         let mapped = join_all(disks.iter().map(|d| node.disks.attach(d)));
         let plugged = join_all(nics.iter().map(|x| node.nics.plug(x)));
@@ -506,7 +536,7 @@ impl Driver {
             }
         }
         if let Some(e) = first_err {
-            return Err(e);
+            return Err(VirError::operation_failed(&e));
         }
         if paused {
             return Ok(());
@@ -514,29 +544,41 @@ impl Driver {
         self.power_on(node, def, journal, status).await
     }
 
+    /// Boot device, then power on, then wait for On. A server found already on (left on out
+    /// of band) is force-restarted instead, so it boots as the domain asks.
     async fn power_on(
         &self,
         node: &Node,
         def: &DomainDef,
         journal: &mut Vec<Step>,
         status: &mut Status,
-    ) -> Result<(), String> {
+    ) -> VirResult<()> {
         let n = &node.spec.name;
+        let before = node.power.state().await.map_err(|e| {
+            VirError::backend(&format!("cannot read the power state of node {n}"), &e)
+        })?;
         node.power
-            .set_boot(boot_dev(def), false)
+            .set_boot(&boot_request(def, node))
             .await
-            .map_err(|e| format!("cannot set boot device on {n}: {e}"))?;
+            .map_err(|e| {
+                VirError::backend(&format!("cannot set the boot device of node {n}"), &e)
+            })?;
         journal.push(Step::PowerOn);
         status.journal = journal.clone();
         self.store
             .save_status(status)
             .await
-            .map_err(|e| format!("cannot record power on: {e}"))?;
-        node.power
-            .on()
+            .map_err(|e| VirError::operation_failed(&format!("cannot record power on: {e}")))?;
+        let on = if before.state == PowerState::Off {
+            node.power.on().await
+        } else {
+            tracing::warn!(node = %n, state = ?before.state, "server was already powered on; force-restarting it to boot the domain");
+            node.power.restart(true).await
+        };
+        on.map_err(|e| VirError::backend(&format!("cannot power on node {n}"), &e))?;
+        wait_power(node, PowerState::On)
             .await
-            .map_err(|e| format!("cannot power on {n}: {e}"))?;
-        wait_power(node, PowerState::On).await
+            .map_err(|e| VirError::backend(&format!("power on of node {n}"), &e))
     }
 
     /// `virDomainCreate(WithFlags)`.
@@ -620,7 +662,7 @@ impl Driver {
     // ------------------------------------------------------------------ stop
 
     /// Stops an active domain; the caller holds its job.
-    async fn stop_locked(
+    pub(super) async fn stop_locked(
         &self,
         obj: &Arc<DomainObj>,
         shutoff_reason: i32,
@@ -637,13 +679,16 @@ impl Driver {
         self.persist_status(obj, Phase::Stopping, Some(shutoff_reason))
             .await;
         if power_off {
+            let n = &node.spec.name;
             let r = match node.power.off(true).await {
-                Ok(()) => wait_power(&node, PowerState::Off).await,
-                Err(e) => Err(format!("cannot power off {}: {e}", node.spec.name)),
+                Ok(()) => wait_power(&node, PowerState::Off)
+                    .await
+                    .map_err(|e| VirError::backend(&format!("power off of node {n}"), &e)),
+                Err(e) => Err(VirError::backend(&format!("cannot power off node {n}"), &e)),
             };
             if let Err(e) = r {
                 self.persist_active(obj).await;
-                return Err(VirError::operation_failed(&e));
+                return Err(e);
             }
         }
         let rest: Vec<Step> = journal
@@ -664,6 +709,9 @@ impl Driver {
             s.journal.clear();
             s.started = None;
             s.shutdown_requested = false;
+            s.power_grace_until = None;
+            s.bmc_lost = None;
+            s.staged_seen_on = false;
             s.updated = false;
             s.live_xml = None;
             if let Some(d) = s.new_def.take() {
@@ -756,7 +804,7 @@ impl Driver {
             .and_then(|n| self.node(&n).cloned())
             .ok_or_else(|| VirError::internal("running domain has no node"))?;
         node.power.off(false).await.map_err(|e| {
-            VirError::operation_failed(&format!("graceful shutdown of {}: {e}", node.spec.name))
+            VirError::backend(&format!("graceful shutdown of node {}", node.spec.name), &e)
         })?;
         obj.with(|s| s.shutdown_requested = true);
         Ok(())
@@ -773,8 +821,13 @@ impl Driver {
         let node = node
             .and_then(|n| self.node(&n).cloned())
             .ok_or_else(|| VirError::internal("running domain has no node"))?;
+        // A restarting server reads Off (or PoweringOn) for a while: the watcher must not take
+        // that for a shutdown.
+        let grace = Instant::now() + node.spec.power_on_timeout;
+        obj.with(|s| s.power_grace_until = Some(grace));
         node.power.restart(hard).await.map_err(|e| {
-            VirError::operation_failed(&format!("restart of {}: {e}", node.spec.name))
+            obj.with(|s| s.power_grace_until = None);
+            VirError::backend(&format!("restart of node {}", node.spec.name), &e)
         })?;
         let r = obj.dom_ref();
         self.emit(&r, EventKind::Reboot);
@@ -829,7 +882,7 @@ impl Driver {
         if let Err(e) = self.power_on(&node, &tree, &mut journal, &mut status).await {
             // Leave it staged; make sure it is off again.
             let _ = node.power.off(true).await;
-            return Err(VirError::operation_failed(&e));
+            return Err(e);
         }
         obj.with(|s| {
             s.state = st::RUNNING;
@@ -840,49 +893,6 @@ impl Driver {
         let r = obj.dom_ref();
         self.emit_lifecycle(&r, ev::RESUMED, ev::RESUMED_UNPAUSED);
         Ok(())
-    }
-
-    // ------------------------------------------------------------------ watcher
-
-    /// One pass of the power watcher: a running domain whose server is seen off becomes
-    /// SHUTOFF/SHUTDOWN and its hardware is released.
-    pub async fn watch_once(&self) {
-        let running: Vec<(Arc<DomainObj>, Node)> = self
-            .all()
-            .into_iter()
-            .filter_map(|o| {
-                let n = o.with(|s| (s.state == st::RUNNING).then(|| s.node.clone()).flatten())?;
-                let node = self.node(&n)?.clone();
-                Some((o, node))
-            })
-            .collect();
-        let checks = running.iter().map(|(o, node)| async move {
-            match node.power.state().await {
-                Ok(PowerState::Off) => Some(o.clone()),
-                Ok(PowerState::On) => None,
-                Err(e) => {
-                    tracing::warn!(node = %node.spec.name, "power watcher: BMC query failed: {e}");
-                    None
-                }
-            }
-        });
-        for obj in join_all(checks).await.into_iter().flatten() {
-            let Ok(_job) = obj.job.try_lock() else {
-                continue;
-            };
-            if obj.with(|s| s.state != st::RUNNING || s.removed) {
-                continue;
-            }
-            let r = obj.dom_ref();
-            tracing::info!(domain = %r.name, "server seen powered off");
-            self.emit_lifecycle(&r, ev::SHUTDOWN, ev::SHUTDOWN_FINISHED);
-            if let Err(e) = self
-                .stop_locked(&obj, reason::SHUTOFF_SHUTDOWN, ev::STOPPED_SHUTDOWN, false)
-                .await
-            {
-                tracing::error!(domain = %r.name, "cleanup after power off failed: {e}");
-            }
-        }
     }
 
     /// Starts the power watcher and autostart.
@@ -901,15 +911,7 @@ impl Driver {
                 }
             }
         });
-        let d = self.clone();
-        tokio::spawn(async move {
-            let base = d.cfg.watch_interval();
-            loop {
-                let jitter = rand::random_range(0..=base.as_millis() as u64 / 10);
-                tokio::time::sleep(base + Duration::from_millis(jitter)).await;
-                d.watch_once().await;
-            }
-        });
+        self.start_watcher();
     }
 
     // ------------------------------------------------------------------ recovery

@@ -16,6 +16,7 @@ mod lifecycle;
 pub mod state;
 pub mod store;
 pub mod stored;
+mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -78,6 +79,12 @@ pub struct DomState {
     pub updated: bool,
     /// The live XML of the current run, formatted once per change.
     pub live_xml: Option<Arc<LiveXml>>,
+    /// A restart was asked for: until then, the server reading off is not a shutdown.
+    pub power_grace_until: Option<Instant>,
+    /// The BMC stopped answering the watcher; holds the reason to restore when it answers.
+    pub bmc_lost: Option<i32>,
+    /// The watcher saw the server of a staged domain powered on (reported once).
+    pub staged_seen_on: bool,
 }
 
 impl DomState {
@@ -98,6 +105,9 @@ impl DomState {
             started: None,
             updated: false,
             live_xml: None,
+            power_grace_until: None,
+            bmc_lost: None,
+            staged_seen_on: false,
         }
     }
 
@@ -198,6 +208,8 @@ pub struct Driver {
     pub secrets: Arc<Secrets>,
     /// Our domain schema, installed in the state directory (for the VALIDATE flags).
     schema: std::path::PathBuf,
+    /// The power watcher's per-node schedule.
+    watch: Mutex<HashMap<String, watcher::NodeWatch>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -248,6 +260,7 @@ impl Driver {
             hostname,
             secrets,
             schema,
+            watch: Mutex::new(HashMap::new()),
         });
         d.load().await?;
         Ok(d)

@@ -668,14 +668,24 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
             let o = dom(&a.dom)?;
             let (mut msgs, node) = o.with(|s| (s.messages.clone(), s.node.clone()));
             if let Some(n) = node.and_then(|n| d.nodes().iter().find(|x| x.spec.name == n)) {
-                if n.spec.simulated {
-                    msgs.insert(
-                        0,
-                        format!(
-                            "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
-                            n.spec.name
-                        ),
-                    );
+                let sim = n.spec.simulated;
+                let note = match (sim.power, sim.dpu) {
+                    (true, true) => Some(format!(
+                        "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
+                        n.spec.name
+                    )),
+                    (false, true) => Some(format!(
+                        "runs on {} ({}): its disks and NICs are SIMULATED (no DPU driver yet)",
+                        n.spec.name, n.spec.bmc_desc
+                    )),
+                    (true, false) => Some(format!(
+                        "runs on {} with a SIMULATED BMC: no real server is powered",
+                        n.spec.name
+                    )),
+                    (false, false) => None,
+                };
+                if let Some(note) = note {
+                    msgs.insert(0, note);
                 }
             }
             ret(DomainGetMessagesRet { msgs })

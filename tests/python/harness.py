@@ -84,11 +84,13 @@ class Daemon:
     """A running metalvirtd on its own temp dirs.
 
     `sim` is a dict of extra [sim] keys; `extra` a TOML string merged on top
-    (its keys win inside the same section).
+    (its keys win inside the same section); `raw` TOML text appended as is (for
+    arrays of tables such as the [[node]] inventory).
     """
 
-    def __init__(self, sim=None, extra="", ceph_secret=True):
+    def __init__(self, sim=None, extra="", ceph_secret=True, raw=""):
         self.ceph_secret = ceph_secret
+        self.raw = raw
         self.binary = os.environ.get("METALVIRTD")
         if not self.binary:
             raise DaemonError("set METALVIRTD to the path of the metalvirtd binary")
@@ -104,8 +106,7 @@ class Daemon:
     def __enter__(self):
         self.dir = tempfile.mkdtemp(prefix="metalvirt-pytest")
         try:
-            with open(self.path("metalvirtd.toml"), "w") as f:
-                f.write(to_toml(self.config))
+            self._write_config()
             self._spawn()
             if self.ceph_secret:
                 # What an operator does once per compute host (nova references this uuid
@@ -128,6 +129,12 @@ class Daemon:
         return False
 
     # -- process control ---------------------------------------------------------
+
+    def _write_config(self):
+        with open(self.path("metalvirtd.toml"), "w") as f:
+            f.write(to_toml(self.config))
+            if self.raw:
+                f.write("\n" + self.raw)
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -202,8 +209,7 @@ class Daemon:
                 section.pop(k, None)
             self.config = merge_config(self.config, {})
             self.config["sim"] = section
-            with open(self.path("metalvirtd.toml"), "w") as f:
-                f.write(to_toml(self.config))
+            self._write_config()
         self._spawn()
 
     def kill_and_restart(self):

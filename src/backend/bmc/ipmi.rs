@@ -1,0 +1,346 @@
+//! The IPMI BMC driver: IPMI 2.0 lanplus (RMCP+) through `ipmitool`.
+//!
+//! `ipmitool` is the most widely proven RMCP+ implementation (cipher suites, vendor quirks);
+//! running it keeps cryptography out of metalvirt. The password travels in the child's
+//! environment (`-E`, `IPMI_PASSWORD`), never in its arguments. `-v` makes ipmitool say why a
+//! session failed (`RAKP 2 HMAC is invalid` = wrong password), which separates refused
+//! credentials from a BMC that does not answer. ipmitool's own `-R`/`-N` retransmit lost UDP
+//! packets; the call time limit kills a hung child.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+use crate::backend::{
+    BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading,
+    PowerState,
+};
+use crate::secrets::SecretValue;
+
+/// Settings of one IPMI BMC.
+#[derive(Debug, Clone)]
+pub struct IpmiSettings {
+    /// Node name (for logs).
+    pub node: String,
+    /// Host name or address.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+    /// User.
+    pub username: String,
+    /// Password.
+    pub password: SecretValue,
+    /// Cipher suite (`-C`).
+    pub cipher_suite: u8,
+    /// The ipmitool binary.
+    pub ipmitool: PathBuf,
+    /// Time limit of one call.
+    pub timeout: Duration,
+    /// Retransmissions of a lost request (`-R`).
+    pub retries: u32,
+    /// Calls in flight at most (BMCs have few session slots).
+    pub max_concurrency: usize,
+    /// How long a graceful restart waits for the server to go off before powering it on.
+    pub graceful_restart_wait: Duration,
+}
+
+/// One IPMI BMC.
+pub struct Ipmi {
+    s: IpmiSettings,
+    slots: Semaphore,
+}
+
+/// Splits `host[:port]` (IPv6 in brackets: `[::1]:623`).
+pub fn parse_address(addr: &str) -> Result<(String, u16), String> {
+    let bad = || format!("bad IPMI address '{addr}' (want host or host:port)");
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (h, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if tail.is_empty() => 623,
+            None => return Err(bad()),
+        };
+        return Ok((h.to_string(), port));
+    }
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
+        _ if addr.is_empty() => Err(bad()),
+        _ => Ok((addr.to_string(), 623)),
+    }
+}
+
+/// What ipmitool said went wrong, classified. `out` is its stderr (and stdout).
+fn classify(out: &str) -> BackendError {
+    let lines: Vec<&str> = out
+        .lines()
+        .map(|l| l.trim_start_matches('>').trim())
+        .filter(|l| !l.is_empty() && !l.starts_with("Loading IANA PEN Registry"))
+        .collect();
+    let text = lines.join("; ");
+    let has = |needles: &[&str]| {
+        let low = text.to_ascii_lowercase();
+        needles.iter().any(|n| low.contains(n))
+    };
+    let kind = if has(&[
+        "rakp 2 hmac is invalid",
+        "unauthorized name",
+        "invalid user name",
+        "invalid password",
+        "password is longer",
+        "insufficient privilege",
+        "unauthorized role or privilege",
+    ]) {
+        ErrorKind::Auth
+    } else if has(&[
+        "get auth capabilities error",
+        "no response",
+        "unable to establish",
+        "connection refused",
+    ]) {
+        ErrorKind::Unreachable
+    } else if has(&["invalid command", "invalid data field", "not supported"]) {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Failed
+    };
+    BackendError::with_kind(kind, text)
+}
+
+/// A `chassis status` report: power and faults.
+fn parse_chassis_status(out: &str) -> BResult<PowerReading> {
+    let field = |name: &str| {
+        out.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    let state = match field("System Power").as_deref() {
+        Some("on") => PowerState::On,
+        Some("off") => PowerState::Off,
+        other => {
+            return Err(BackendError::new(format!(
+                "unexpected chassis status (System Power: {})",
+                other.unwrap_or("missing")
+            )))
+        }
+    };
+    let faults: Vec<&str> = [
+        ("Main Power Fault", "main power fault"),
+        ("Power Control Fault", "power control fault"),
+        ("Power Overload", "power overload"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| field(k).as_deref() == Some("true"))
+    .map(|(_, text)| text)
+    .collect();
+    let fault = (!faults.is_empty()).then(|| format!("BMC reports {}", faults.join(", ")));
+    Ok(PowerReading { state, fault })
+}
+
+impl Ipmi {
+    /// A client for one BMC; nothing is sent until the first call.
+    pub fn new(s: IpmiSettings) -> Ipmi {
+        Ipmi {
+            slots: Semaphore::new(s.max_concurrency.max(1)),
+            s,
+        }
+    }
+
+    fn who(&self) -> String {
+        format!("IPMI BMC {}:{}", self.s.host, self.s.port)
+    }
+
+    /// Runs one ipmitool command; returns its standard output.
+    async fn run(&self, args: &[&str]) -> BResult<String> {
+        let deadline = Instant::now() + self.s.timeout;
+        let timed_out = || {
+            BackendError::with_kind(
+                ErrorKind::Timeout,
+                format!(
+                    "{}: '{}' got no answer within {:?}",
+                    self.who(),
+                    args.join(" "),
+                    self.s.timeout
+                ),
+            )
+        };
+        let _slot = tokio::time::timeout_at(deadline.into(), self.slots.acquire())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| BackendError::new("BMC client closed"))?;
+        let port = self.s.port.to_string();
+        let cipher = self.s.cipher_suite.to_string();
+        let retries = self.s.retries.max(1).to_string();
+        let mut cmd = Command::new(&self.s.ipmitool);
+        cmd.args(["-v", "-I", "lanplus", "-H", &self.s.host, "-p", &port])
+            .args(["-U", &self.s.username, "-E", "-C", &cipher])
+            .args(["-R", &retries, "-N", "1"])
+            .args(args)
+            .env("IPMI_PASSWORD", OsStr::from_bytes(self.s.password.expose()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout_at(deadline.into(), cmd.output())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| {
+                BackendError::new(format!("cannot run {}: {e}", self.s.ipmitool.display()))
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // ipmitool exits 0 for some refused boot parameters: look for its "failed" lines too.
+        let failed = !out.status.success()
+            || stderr
+                .lines()
+                .chain(stdout.lines())
+                .any(|l| l.contains(" failed") && !l.contains("Loading"));
+        if failed {
+            let mut e = classify(&format!("{stderr}\n{stdout}"));
+            if e.kind == ErrorKind::Auth {
+                e.msg = format!(
+                    "{} rejected the credentials of user '{}' ({})",
+                    self.who(),
+                    self.s.username,
+                    e.msg
+                );
+            } else {
+                e.msg = format!("{}: '{}': {}", self.who(), args.join(" "), e.msg);
+            }
+            return Err(e);
+        }
+        Ok(stdout)
+    }
+
+    async fn chassis_power(&self, what: &str) -> BResult<()> {
+        self.run(&["chassis", "power", what]).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Power for Ipmi {
+    async fn state(&self) -> BResult<PowerReading> {
+        let out = self.run(&["chassis", "status"]).await?;
+        parse_chassis_status(&out).map_err(|mut e| {
+            e.msg = format!("{}: {}", self.who(), e.msg);
+            e
+        })
+    }
+
+    async fn on(&self) -> BResult<()> {
+        self.chassis_power("on").await
+    }
+
+    async fn off(&self, hard: bool) -> BResult<()> {
+        self.chassis_power(if hard { "off" } else { "soft" }).await
+    }
+
+    /// Hard: `chassis power reset`. Graceful: IPMI has no such command, so a soft power off
+    /// (ACPI), a wait until the server is off, then power on.
+    async fn restart(&self, hard: bool) -> BResult<()> {
+        if hard {
+            return self.chassis_power("reset").await;
+        }
+        self.chassis_power("soft").await?;
+        let deadline = Instant::now() + self.s.graceful_restart_wait;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if self.state().await?.state == PowerState::Off {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::with_kind(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{}: the server did not power off within {:?} of a soft power off",
+                        self.who(),
+                        self.s.graceful_restart_wait
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        self.chassis_power("on").await
+    }
+
+    async fn set_boot(&self, req: &BootRequest) -> BResult<()> {
+        let dev = match req.dev {
+            BootDev::Disk => "disk",
+            BootDev::Network => "pxe",
+            BootDev::Cdrom => "cdrom",
+        };
+        let mut opts = Vec::new();
+        if req.persistent {
+            opts.push("persistent");
+        }
+        if req.mode == Some(BootMode::Uefi) {
+            opts.push("efiboot");
+        }
+        let opts = format!("options={}", opts.join(","));
+        let mut args = vec!["chassis", "bootdev", dev];
+        if opts != "options=" {
+            args.push(&opts);
+        }
+        self.run(&args).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split() {
+        assert_eq!(parse_address("10.0.0.5").unwrap(), ("10.0.0.5".into(), 623));
+        assert_eq!(
+            parse_address("127.0.0.1:9623").unwrap(),
+            ("127.0.0.1".into(), 9623)
+        );
+        assert_eq!(parse_address("[::1]:700").unwrap(), ("::1".into(), 700));
+        assert_eq!(parse_address("[::1]").unwrap(), ("::1".into(), 623));
+        assert_eq!(parse_address("::1").unwrap(), ("::1".into(), 623));
+        assert!(parse_address("h:x").is_err());
+        assert!(parse_address("").is_err());
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        // What ipmitool 1.8.19 -v printed against pyghmi and ipmi_sim (PEERS.md §3).
+        let wrong_pw = "Loading IANA PEN Registry...\n> RAKP 2 HMAC is invalid\nError: Unable to establish IPMI v2 / RMCP+ session\n";
+        assert_eq!(classify(wrong_pw).kind, ErrorKind::Auth);
+        let wrong_user = "RAKP 2 message indicates an error : unauthorized name\nError: Unable to establish IPMI v2 / RMCP+ session";
+        assert_eq!(classify(wrong_user).kind, ErrorKind::Auth);
+        let dead = "Loading IANA PEN Registry...\nGet Auth Capabilities error\nError issuing Get Channel Authentication Capabilities request\nError: Unable to establish IPMI v2 / RMCP+ session\n";
+        let e = classify(dead);
+        assert_eq!(e.kind, ErrorKind::Unreachable);
+        assert!(!e.msg.contains("IANA"), "{}", e.msg);
+        assert_eq!(
+            classify("Chassis Power Control: Invalid data field in request").kind,
+            ErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn chassis_status_parses() {
+        let out = "System Power         : on\nPower Overload       : false\nPower Interlock      : inactive\nMain Power Fault     : false\nPower Control Fault  : false\n";
+        assert_eq!(
+            parse_chassis_status(out).unwrap(),
+            PowerReading::ok(PowerState::On)
+        );
+        let out = out.replace(": on", ": off").replace(
+            "Main Power Fault     : false",
+            "Main Power Fault     : true",
+        );
+        let r = parse_chassis_status(&out).unwrap();
+        assert_eq!(r.state, PowerState::Off);
+        assert_eq!(r.fault.as_deref(), Some("BMC reports main power fault"));
+        assert!(parse_chassis_status("garbage").is_err());
+    }
+}

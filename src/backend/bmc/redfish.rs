@@ -1,0 +1,922 @@
+//! The Redfish BMC driver: a small native client over reqwest and rustls.
+//!
+//! - Discovery: `Systems` collection → the configured ComputerSystem (path, Id, UUID or Name;
+//!   the only one when none is configured), its `#ComputerSystem.Reset` target and
+//!   `ResetType@Redfish.AllowableValues` (or its `@Redfish.ActionInfo`), and the boot override
+//!   targets and modes it advertises. Cached; a failed discovery is retried by the next call.
+//! - Auth: one session per BMC (`POST SessionService/Sessions`, `X-Auth-Token`), shared by all
+//!   calls, logged in again when the BMC expires it (401), deleted at shutdown; basic auth
+//!   when the service root offers no session service.
+//! - Calls: at most `max_concurrency` in flight per BMC; each bounded by the call time limit
+//!   (retries included); retried with backoff only on transient failures (connection errors,
+//!   `503` with its `Retry-After`, other 5xx for reads); errors carry the BMC's own message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, Semaphore};
+
+use super::{backoff, pick_reset_type, Action};
+use crate::backend::{
+    BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading,
+    PowerState,
+};
+use crate::secrets::SecretValue;
+
+/// Where the service root lives.
+const ROOT: &str = "/redfish/v1/";
+/// The longest `Retry-After` honoured (the call time limit still applies).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Settings of one Redfish BMC.
+#[derive(Debug, Clone)]
+pub struct RedfishSettings {
+    /// Node name (for logs).
+    pub node: String,
+    /// Base URL, e.g. `https://10.0.0.5` (no trailing slash needed).
+    pub base_url: String,
+    /// The ComputerSystem to drive (path, Id, UUID or Name).
+    pub system: Option<String>,
+    /// User.
+    pub username: String,
+    /// Password.
+    pub password: SecretValue,
+    /// TLS: `None` = system roots; `Some(pem)` = trust only these CAs.
+    pub ca_bundle_pem: Option<Vec<u8>>,
+    /// TLS: accept any certificate.
+    pub insecure: bool,
+    /// Time limit of one call, retries included.
+    pub timeout: Duration,
+    /// Retries after transient failures.
+    pub retries: u32,
+    /// Calls in flight at most.
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug)]
+enum Auth {
+    /// Not decided yet (service root not read).
+    Unknown,
+    /// HTTP basic auth on every request.
+    Basic,
+    /// A session: its token and its URI (for logout).
+    Session { token: SecretValue, uri: String },
+}
+
+/// What discovery learnt about the ComputerSystem.
+#[derive(Debug, Clone)]
+struct System {
+    path: String,
+    reset_target: String,
+    reset_types: Vec<String>,
+    boot_targets: Vec<String>,
+    boot_modes: Vec<String>,
+    has_mode: bool,
+}
+
+/// A response: status, ETag and JSON body (`Null` when empty or not JSON).
+struct Resp {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Value,
+}
+
+/// One Redfish BMC.
+pub struct Redfish {
+    s: RedfishSettings,
+    http: reqwest::Client,
+    slots: Semaphore,
+    auth: Mutex<Auth>,
+    system: Mutex<Option<Arc<System>>>,
+}
+
+impl std::fmt::Debug for Redfish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redfish({} {})", self.s.node, self.s.base_url)
+    }
+}
+
+fn tls_config(s: &RedfishSettings) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    if s.insecure {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &s.ca_bundle_pem {
+        Some(pem) => {
+            let mut pins = Vec::new();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("CA bundle: {e}"))?;
+                // A self-signed BMC certificate is a CA to webpki; keep it as a pin too.
+                let _ = roots.add(cert.clone());
+                pins.push(cert);
+            }
+            if pins.is_empty() {
+                return Err("CA bundle holds no certificate".into());
+            }
+            let inner = if roots.is_empty() {
+                None
+            } else {
+                Some(
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    )
+                    .build()
+                    .map_err(|e| format!("CA bundle: {e}"))?,
+                )
+            };
+            return Ok(builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedOrCa {
+                    pins,
+                    inner,
+                    provider,
+                }))
+                .with_no_client_auth());
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                tracing::warn!(node = %s.node, "no system CA certificates found; HTTPS to this BMC will fail unless bmc.ca_bundle is set");
+            }
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `ca_bundle`: the server's certificate is one of the bundle's own (a pinned self-signed
+/// BMC certificate, which webpki refuses as "CA used as end entity"), or chains to one of
+/// them with the host name checked.
+#[derive(Debug)]
+struct PinnedOrCa {
+    pins: Vec<rustls::pki_types::CertificateDer<'static>>,
+    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        match &self.inner {
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `insecure = true`: any certificate is accepted (handshake signatures are still checked).
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The BMC's own message from an error body: Redfish `error.@Message.ExtendedInfo[].Message`
+/// and `error.message`, else the text itself (shortened).
+fn bmc_message(body: &Value, raw: &[u8]) -> String {
+    let err = &body["error"];
+    let mut parts: Vec<String> = err["@Message.ExtendedInfo"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["Message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        if let Some(m) = err["message"].as_str() {
+            parts.push(m.to_string());
+        }
+    }
+    if parts.is_empty() {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim();
+        if !text.is_empty() && !text.starts_with('<') {
+            parts.push(text.chars().take(200).collect());
+        }
+    }
+    parts.join("; ")
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn odata_id(v: &Value) -> Option<String> {
+    v["@odata.id"].as_str().map(str::to_string)
+}
+
+fn power_state(s: &str) -> Option<PowerState> {
+    match s {
+        "On" => Some(PowerState::On),
+        "Off" => Some(PowerState::Off),
+        "PoweringOn" => Some(PowerState::PoweringOn),
+        "PoweringOff" => Some(PowerState::PoweringOff),
+        // A paused system is powered (DMTF: "Paused" means on, execution suspended).
+        "Paused" => Some(PowerState::On),
+        _ => None,
+    }
+}
+
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+impl Redfish {
+    /// A client for one BMC; nothing is sent until the first call.
+    pub fn new(s: RedfishSettings) -> Result<Redfish, String> {
+        // reqwest's own TLS set-up (plain-HTTP clients too) needs a process-wide provider;
+        // ring it is (an Err only says one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut s = s;
+        s.base_url = s.base_url.trim_end_matches('/').to_string();
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("metalvirt/", env!("CARGO_PKG_VERSION")));
+        if s.base_url.starts_with("https://") {
+            b = b.tls_backend_preconfigured(tls_config(&s)?);
+        }
+        let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Redfish {
+            slots: Semaphore::new(s.max_concurrency.max(1)),
+            s,
+            http,
+            auth: Mutex::new(Auth::Unknown),
+            system: Mutex::new(None),
+        })
+    }
+
+    fn who(&self) -> String {
+        format!("Redfish BMC {}", self.s.base_url)
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.s.base_url)
+        }
+    }
+
+    fn password(&self) -> String {
+        String::from_utf8_lossy(self.s.password.expose()).into_owned()
+    }
+
+    /// One HTTP exchange, no retries. `auth`: send credentials.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+        auth: Option<&Auth>,
+        limit: Duration,
+    ) -> Result<(Resp, reqwest::header::HeaderMap, Vec<u8>), reqwest::Error> {
+        let mut rb = self
+            .http
+            .request(method.clone(), self.url(path))
+            .timeout(limit)
+            .header("Accept", "application/json");
+        match auth {
+            Some(Auth::Basic) => rb = rb.basic_auth(&self.s.username, Some(self.password())),
+            Some(Auth::Session { token, .. }) => {
+                rb = rb.header(
+                    "X-Auth-Token",
+                    String::from_utf8_lossy(token.expose()).as_ref(),
+                )
+            }
+            _ => {}
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, v);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let r = rb.send().await?;
+        let status = r.status();
+        let hdrs = r.headers().clone();
+        let raw = r.bytes().await?.to_vec();
+        let etag = hdrs
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Ok((Resp { status, etag, body }, hdrs, raw))
+    }
+
+    fn net_error(&self, e: &reqwest::Error) -> BackendError {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        if e.is_timeout() {
+            BackendError::with_kind(ErrorKind::Timeout, format!("{}: {msg}", self.who()))
+        } else {
+            BackendError::with_kind(
+                ErrorKind::Unreachable,
+                format!("{} unreachable: {msg}", self.who()),
+            )
+        }
+    }
+
+    /// Decides basic auth or a session, logging in when the BMC offers sessions.
+    async fn login(&self, auth: &mut Auth, deadline: Instant) -> BResult<()> {
+        let limit = deadline.saturating_duration_since(Instant::now());
+        let (root, _, _) = self
+            .send(&Method::GET, ROOT, None, &[], None, limit)
+            .await
+            .map_err(|e| self.net_error(&e))?;
+        if !root.status.is_success() {
+            return Err(BackendError::new(format!(
+                "{}: service root answered {}",
+                self.who(),
+                root.status
+            )));
+        }
+        let sessions = odata_id(&root.body["Links"]["Sessions"]).or_else(|| {
+            root.body["SessionService"]["@odata.id"]
+                .as_str()
+                .map(|p| format!("{}/Sessions", p.trim_end_matches('/')))
+        });
+        let Some(sessions) = sessions else {
+            *auth = Auth::Basic;
+            return Ok(());
+        };
+        let creds = json!({"UserName": self.s.username, "Password": self.password()});
+        let limit = deadline.saturating_duration_since(Instant::now());
+        let (r, hdrs, raw) = self
+            .send(&Method::POST, &sessions, Some(&creds), &[], None, limit)
+            .await
+            .map_err(|e| self.net_error(&e))?;
+        match r.status {
+            s if s.is_success() => {
+                let token = hdrs
+                    .get("X-Auth-Token")
+                    .map(|v| SecretValue::new(v.as_bytes().to_vec()))
+                    .ok_or_else(|| {
+                        BackendError::new(format!(
+                            "{}: session created without an X-Auth-Token",
+                            self.who()
+                        ))
+                    })?;
+                let uri = hdrs
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| odata_id(&r.body))
+                    .unwrap_or_default();
+                tracing::debug!(node = %self.s.node, session = %uri, "Redfish session opened");
+                *auth = Auth::Session { token, uri };
+                Ok(())
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(self.auth_error(r.status, &r.body, &raw))
+            }
+            // Advertised but not really there: basic auth it is.
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => {
+                *auth = Auth::Basic;
+                Ok(())
+            }
+            s => Err(BackendError::new(format!(
+                "{}: session login answered {s}: {}",
+                self.who(),
+                bmc_message(&r.body, &raw)
+            ))),
+        }
+    }
+
+    fn auth_error(&self, status: StatusCode, body: &Value, raw: &[u8]) -> BackendError {
+        let m = bmc_message(body, raw);
+        BackendError::with_kind(
+            ErrorKind::Auth,
+            format!(
+                "{} rejected the credentials of user '{}' ({status}{}{m})",
+                self.who(),
+                self.s.username,
+                if m.is_empty() { "" } else { ": " }
+            ),
+        )
+    }
+
+    /// A call that succeeds only with a 2xx answer.
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> BResult<Resp> {
+        let (r, raw) = self.call_with(method.clone(), path, body, &[]).await?;
+        self.check(&method, path, r, &raw)
+    }
+
+    /// A non-2xx answer as an error with the BMC's message.
+    fn check(&self, method: &Method, path: &str, r: Resp, raw: &[u8]) -> BResult<Resp> {
+        let st = r.status;
+        if st.is_success() {
+            return Ok(r);
+        }
+        let m = bmc_message(&r.body, raw);
+        let kind = if st == StatusCode::NOT_IMPLEMENTED {
+            ErrorKind::Unsupported
+        } else {
+            ErrorKind::Failed
+        };
+        Err(BackendError::with_kind(
+            kind,
+            format!(
+                "{}: {method} {path} answered {st}{}{m}",
+                self.who(),
+                if m.is_empty() { "" } else { ": " }
+            ),
+        ))
+    }
+
+    /// A call: bounded concurrency, one time limit for all attempts, retries on transient
+    /// failures, a new session when the old one expired. Credentials refused are an error;
+    /// any other final answer is returned with its raw body.
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> BResult<(Resp, Vec<u8>)> {
+        let deadline = Instant::now() + self.s.timeout;
+        let timed_out = || {
+            BackendError::with_kind(
+                ErrorKind::Timeout,
+                format!(
+                    "{}: {method} {path} got no answer within {:?}",
+                    self.who(),
+                    self.s.timeout
+                ),
+            )
+        };
+        let _slot = tokio::time::timeout_at(deadline.into(), self.slots.acquire())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| BackendError::new("BMC client closed"))?;
+        let mut attempt = 0;
+        let mut relogged = false;
+        let idempotent = method == Method::GET || method == Method::DELETE;
+        loop {
+            let mut auth = self.auth.lock().await;
+            if matches!(*auth, Auth::Unknown) {
+                match self.login(&mut auth, deadline).await {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::Timeout)
+                            && attempt < self.s.retries
+                            && Instant::now() < deadline =>
+                    {
+                        drop(auth);
+                        self.pause(attempt, None, deadline).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let limit = deadline.saturating_duration_since(Instant::now());
+            if limit.is_zero() {
+                return Err(timed_out());
+            }
+            // The lock is held only to read the credentials; a second login waits for the
+            // first instead of racing it.
+            let sent = {
+                let a = &*auth;
+                let creds = match a {
+                    Auth::Basic => Auth::Basic,
+                    Auth::Session { token, uri } => Auth::Session {
+                        token: token.clone(),
+                        uri: uri.clone(),
+                    },
+                    Auth::Unknown => Auth::Unknown,
+                };
+                drop(auth);
+                self.send(&method, path, body, headers, Some(&creds), limit)
+                    .await
+            };
+            match sent {
+                Err(e) => {
+                    let transient = e.is_connect() || (e.is_timeout() && idempotent);
+                    if transient && attempt < self.s.retries && Instant::now() < deadline {
+                        tracing::debug!(node = %self.s.node, attempt, "Redfish {method} {path}: {e}; retrying");
+                        self.pause(attempt, None, deadline).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(if e.is_timeout() {
+                        timed_out()
+                    } else {
+                        self.net_error(&e)
+                    });
+                }
+                Ok((r, hdrs, raw)) => {
+                    let st = r.status;
+                    if st.is_success() {
+                        return Ok((r, raw));
+                    }
+                    if st == StatusCode::UNAUTHORIZED && !relogged {
+                        let mut a = self.auth.lock().await;
+                        if matches!(*a, Auth::Session { .. }) {
+                            tracing::info!(node = %self.s.node, "Redfish session expired; logging in again");
+                            *a = Auth::Unknown;
+                            relogged = true;
+                            continue;
+                        }
+                    }
+                    if st == StatusCode::UNAUTHORIZED || st == StatusCode::FORBIDDEN {
+                        return Err(self.auth_error(st, &r.body, &raw));
+                    }
+                    let retryable = st == StatusCode::SERVICE_UNAVAILABLE
+                        || (idempotent
+                            && st.is_server_error()
+                            && st != StatusCode::NOT_IMPLEMENTED);
+                    if retryable && attempt < self.s.retries && Instant::now() < deadline {
+                        tracing::debug!(node = %self.s.node, attempt, "Redfish {method} {path}: {st}; retrying");
+                        self.pause(attempt, retry_after(&hdrs), deadline).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Ok((r, raw));
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, attempt: u32, hint: Option<Duration>, deadline: Instant) {
+        let d = hint.unwrap_or_else(|| backoff(attempt));
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(d.min(left)).await;
+    }
+
+    /// The ComputerSystem, discovered on first use.
+    async fn system(&self) -> BResult<Arc<System>> {
+        let mut cached = self.system.lock().await;
+        if let Some(s) = &*cached {
+            return Ok(s.clone());
+        }
+        let path = self.find_system().await?;
+        let sys = self.call(Method::GET, &path, None).await?.body;
+        let reset = &sys["Actions"]["#ComputerSystem.Reset"];
+        let reset_target = reset["target"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
+        let mut reset_types = str_list(&reset["ResetType@Redfish.AllowableValues"]);
+        if reset_types.is_empty() {
+            if let Some(info) = reset["@Redfish.ActionInfo"].as_str() {
+                if let Ok(r) = self.call(Method::GET, info, None).await {
+                    if let Some(p) = r.body["Parameters"]
+                        .as_array()
+                        .and_then(|ps| ps.iter().find(|p| p["Name"] == "ResetType"))
+                    {
+                        reset_types = str_list(&p["AllowableValues"]);
+                    }
+                }
+            }
+        }
+        let boot = &sys["Boot"];
+        let s = Arc::new(System {
+            path: odata_id(&sys).unwrap_or(path),
+            reset_target,
+            reset_types,
+            boot_targets: str_list(&boot["BootSourceOverrideTarget@Redfish.AllowableValues"]),
+            boot_modes: str_list(&boot["BootSourceOverrideMode@Redfish.AllowableValues"]),
+            has_mode: boot.get("BootSourceOverrideMode").is_some(),
+        });
+        tracing::info!(node = %self.s.node, system = %s.path, reset_types = ?s.reset_types, boot_targets = ?s.boot_targets, "Redfish system discovered");
+        *cached = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn find_system(&self) -> BResult<String> {
+        if let Some(h) = self.s.system.as_deref().filter(|h| h.starts_with('/')) {
+            return Ok(h.trim_end_matches('/').to_string());
+        }
+        let coll = self.call(Method::GET, "/redfish/v1/Systems", None).await?;
+        let members: Vec<String> = coll.body["Members"]
+            .as_array()
+            .map(|a| a.iter().filter_map(odata_id).collect())
+            .unwrap_or_default();
+        let Some(want) = self.s.system.as_deref() else {
+            return match members.as_slice() {
+                [one] => Ok(one.clone()),
+                [] => Err(BackendError::new(format!(
+                    "{} lists no ComputerSystem",
+                    self.who()
+                ))),
+                many => Err(BackendError::new(format!(
+                    "{} has {} systems ({}); set bmc.system to one of them",
+                    self.who(),
+                    many.len(),
+                    many.join(", ")
+                ))),
+            };
+        };
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.trim_end_matches('/').rsplit('/').next() == Some(want))
+        {
+            return Ok(m.clone());
+        }
+        for m in &members {
+            let s = self.call(Method::GET, m, None).await?.body;
+            let hit = |k: &str| s[k].as_str().is_some_and(|v| v.eq_ignore_ascii_case(want));
+            if hit("Id") || hit("UUID") || hit("Name") {
+                return Ok(m.clone());
+            }
+        }
+        Err(BackendError::new(format!(
+            "{} has no ComputerSystem '{want}' (it has: {})",
+            self.who(),
+            members.join(", ")
+        )))
+    }
+
+    async fn reset(&self, action: Action) -> BResult<()> {
+        let sys = self.system().await?;
+        let Some(kind) = pick_reset_type(action, &sys.reset_types) else {
+            return Err(BackendError::with_kind(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} offers none of the reset types {} (it offers: {})",
+                    self.who(),
+                    action.reset_types().join(", "),
+                    sys.reset_types.join(", ")
+                ),
+            ));
+        };
+        tracing::debug!(node = %self.s.node, reset = kind, "Redfish reset");
+        self.call(
+            Method::POST,
+            &sys.reset_target,
+            Some(&json!({ "ResetType": kind })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// PATCHes the boot override; returns the final answer whatever its status.
+    async fn patch_boot(
+        &self,
+        sys: &System,
+        boot: &Value,
+        etag: Option<&String>,
+    ) -> BResult<(Resp, Vec<u8>)> {
+        let headers: Vec<(&str, String)> =
+            etag.map(|e| ("If-Match", e.clone())).into_iter().collect();
+        self.call_with(
+            Method::PATCH,
+            &sys.path,
+            Some(&json!({ "Boot": boot })),
+            &headers,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Power for Redfish {
+    async fn state(&self) -> BResult<PowerReading> {
+        let sys = self.system().await?;
+        let r = self.call(Method::GET, &sys.path, None).await?;
+        let ps = r.body["PowerState"].as_str().unwrap_or("");
+        let state = power_state(ps).ok_or_else(|| {
+            BackendError::new(format!(
+                "{} reports an unknown PowerState '{ps}'",
+                self.who()
+            ))
+        })?;
+        let health = r.body["Status"]["Health"].as_str().unwrap_or("OK");
+        let fault = (health == "Critical").then(|| {
+            let st = r.body["Status"]["State"].as_str().unwrap_or("unknown");
+            format!("BMC reports health Critical (state {st})")
+        });
+        Ok(PowerReading { state, fault })
+    }
+
+    async fn on(&self) -> BResult<()> {
+        self.reset(Action::On).await
+    }
+
+    async fn off(&self, hard: bool) -> BResult<()> {
+        self.reset(if hard {
+            Action::ForceOff
+        } else {
+            Action::GracefulOff
+        })
+        .await
+    }
+
+    async fn restart(&self, hard: bool) -> BResult<()> {
+        self.reset(if hard {
+            Action::ForceRestart
+        } else {
+            Action::GracefulRestart
+        })
+        .await
+    }
+
+    async fn set_boot(&self, req: &BootRequest) -> BResult<()> {
+        let sys = self.system().await?;
+        let target = match req.dev {
+            BootDev::Disk => "Hdd",
+            BootDev::Network => "Pxe",
+            BootDev::Cdrom => "Cd",
+        };
+        if !sys.boot_targets.is_empty() && !sys.boot_targets.iter().any(|t| t == target) {
+            return Err(BackendError::with_kind(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} cannot boot from {target} (it offers: {})",
+                    self.who(),
+                    sys.boot_targets.join(", ")
+                ),
+            ));
+        }
+        let mut boot = json!({
+            "BootSourceOverrideTarget": target,
+            "BootSourceOverrideEnabled": if req.persistent { "Continuous" } else { "Once" },
+        });
+        let mode = req.mode.map(|m| match m {
+            BootMode::Uefi => "UEFI",
+            BootMode::Legacy => "Legacy",
+        });
+        let mode = mode.filter(|m| {
+            sys.has_mode && (sys.boot_modes.is_empty() || sys.boot_modes.iter().any(|x| x == m))
+        });
+        if let Some(m) = mode {
+            boot["BootSourceOverrideMode"] = json!(m);
+        }
+        let mut etag: Option<String> = None;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (r, raw) = self.patch_boot(&sys, &boot, etag.as_ref()).await?;
+            match r.status {
+                st if st.is_success() => return Ok(()),
+                // Some BMCs reject the Mode property (or this mode): boot without it.
+                StatusCode::BAD_REQUEST
+                    if boot
+                        .as_object_mut()
+                        .and_then(|o| o.remove("BootSourceOverrideMode"))
+                        .is_some() =>
+                {
+                    tracing::warn!(node = %self.s.node, "BMC refused BootSourceOverrideMode ({}); setting the boot device without it", bmc_message(&r.body, &raw));
+                }
+                // The BMC wants If-Match: fetch the ETag and try again.
+                StatusCode::PRECONDITION_FAILED | StatusCode::PRECONDITION_REQUIRED
+                    if tries < 3 =>
+                {
+                    let g = self.call(Method::GET, &sys.path, None).await?;
+                    etag = g
+                        .etag
+                        .or_else(|| g.body["@odata.etag"].as_str().map(str::to_string));
+                }
+                _ => return self.check(&Method::PATCH, &sys.path, r, &raw).map(|_| ()),
+            }
+        }
+    }
+
+    async fn close(&self) {
+        let mut a = self.auth.lock().await;
+        if let Auth::Session { token, uri } = &*a {
+            if !uri.is_empty() {
+                let r = self
+                    .http
+                    .delete(self.url(uri))
+                    .timeout(Duration::from_secs(5))
+                    .header(
+                        "X-Auth-Token",
+                        String::from_utf8_lossy(token.expose()).as_ref(),
+                    )
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => {
+                        tracing::debug!(node = %self.s.node, status = %r.status(), "Redfish session closed")
+                    }
+                    Err(e) => tracing::warn!(node = %self.s.node, "Redfish logout failed: {e}"),
+                }
+            }
+        }
+        *a = Auth::Unknown;
+    }
+}

@@ -1,0 +1,164 @@
+//! Builds the nodes from the configuration: the `[[node]]` inventory with each node's BMC
+//! driver, or the default simulated lab when there is no inventory.
+//!
+//! Disks and NICs of inventory nodes are still the simulated lab's until the SPDK and OVSDB
+//! drivers exist; every such node says so at start-up and in `virDomainGetMessages`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::bmc::ipmi::{self, Ipmi, IpmiSettings};
+use super::bmc::read_password;
+use super::bmc::redfish::{Redfish, RedfishSettings};
+use super::{sim, Node, NodeSpec, Power, Simulated};
+use crate::config::{BmcDriver, Config, NodeConfig};
+
+/// The nodes the daemon serves.
+pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
+    if cfg.nodes.is_empty() {
+        tracing::warn!(
+            nodes = cfg.sim.nodes,
+            "running the SIMULATED lab: no real BMC, DPU or network is touched"
+        );
+        return sim::build(&cfg.sim, &cfg.state_dir);
+    }
+    let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+    let sims = sim::build_named(&cfg.sim, &cfg.state_dir, &names)?;
+    let mut nodes = Vec::with_capacity(names.len());
+    for (nc, sim) in cfg.nodes.iter().zip(sims) {
+        let (power, desc): (Arc<dyn Power>, String) = match nc.bmc.driver {
+            BmcDriver::Sim => (sim.clone(), "simulated BMC".into()),
+            BmcDriver::Redfish => (Arc::new(redfish(cfg, nc)?), bmc_desc(nc)),
+            BmcDriver::Ipmi => (Arc::new(ipmi(cfg, nc)?), bmc_desc(nc)),
+        };
+        tracing::info!(node = %nc.name, bmc = %desc, "node configured; its disks and NICs are SIMULATED (no DPU driver yet)");
+        nodes.push(Node {
+            spec: NodeSpec {
+                name: nc.name.clone(),
+                sockets: nc.sockets,
+                cores: nc.cores,
+                threads: nc.threads,
+                memory_kib: nc.memory_mib * 1024,
+                mhz: nc.mhz,
+                arch: nc.arch.clone(),
+                cpu_model: nc
+                    .cpu_model
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_string()),
+                simulated: Simulated {
+                    power: nc.bmc.driver == BmcDriver::Sim,
+                    dpu: true,
+                },
+                power_on_timeout: Duration::from_secs_f64(nc.bmc.power_on_timeout_s),
+                power_off_timeout: Duration::from_secs_f64(nc.bmc.power_off_timeout_s),
+                boot_persistent: nc.bmc.boot_persistent,
+                bmc_desc: desc,
+            },
+            power,
+            disks: sim.clone(),
+            nics: sim,
+        });
+    }
+    Ok(nodes)
+}
+
+fn bmc_desc(nc: &NodeConfig) -> String {
+    let kind = match nc.bmc.driver {
+        BmcDriver::Redfish => "redfish",
+        BmcDriver::Ipmi => "ipmi",
+        BmcDriver::Sim => "sim",
+    };
+    format!("{kind} {}", nc.bmc.address.as_deref().unwrap_or(""))
+}
+
+fn password(cfg: &Config, nc: &NodeConfig) -> Result<crate::secrets::SecretValue, String> {
+    let file = nc
+        .bmc
+        .password_file
+        .as_deref()
+        .ok_or_else(|| format!("node '{}': bmc.password_file is required", nc.name))?;
+    read_password(&nc.name, &cfg.resolve(file))
+}
+
+fn redfish(cfg: &Config, nc: &NodeConfig) -> Result<Redfish, String> {
+    let b = &nc.bmc;
+    if b.insecure {
+        tracing::warn!(node = %nc.name, "bmc.insecure = true: the BMC's TLS certificate is NOT verified");
+    }
+    let ca_bundle_pem = match &b.ca_bundle {
+        Some(p) => {
+            let p = cfg.resolve(p);
+            Some(std::fs::read(&p).map_err(|e| {
+                format!(
+                    "node '{}': cannot read CA bundle {}: {e}",
+                    nc.name,
+                    p.display()
+                )
+            })?)
+        }
+        None => None,
+    };
+    Redfish::new(RedfishSettings {
+        node: nc.name.clone(),
+        base_url: b.address.clone().unwrap_or_default(),
+        system: b.system.clone(),
+        username: b.username.clone().unwrap_or_default(),
+        password: password(cfg, nc)?,
+        ca_bundle_pem,
+        insecure: b.insecure,
+        timeout: b.timeout(),
+        retries: b.retries,
+        max_concurrency: b.max_concurrency.unwrap_or(4),
+    })
+    .map_err(|e| format!("node '{}': {e}", nc.name))
+}
+
+fn ipmi(cfg: &Config, nc: &NodeConfig) -> Result<Ipmi, String> {
+    let b = &nc.bmc;
+    let (host, port) = ipmi::parse_address(b.address.as_deref().unwrap_or(""))
+        .map_err(|e| format!("node '{}': {e}", nc.name))?;
+    let password = password(cfg, nc)?;
+    if password.expose().len() > 20 {
+        return Err(format!(
+            "node '{}': IPMI passwords are at most 20 bytes",
+            nc.name
+        ));
+    }
+    // A bare name is looked up in PATH; a path is taken from the configuration's directory.
+    let tool = match &b.ipmitool {
+        Some(p) if p.components().count() > 1 => cfg.resolve(p),
+        Some(p) => p.clone(),
+        None => "ipmitool".into(),
+    };
+    if !tool.is_absolute() && find_in_path(&tool).is_none() {
+        return Err(format!(
+            "node '{}': {} not found in PATH (install the ipmitool package or set bmc.ipmitool)",
+            nc.name,
+            tool.display()
+        ));
+    }
+    Ok(Ipmi::new(IpmiSettings {
+        node: nc.name.clone(),
+        host,
+        port,
+        username: b.username.clone().unwrap_or_default(),
+        password,
+        cipher_suite: b.cipher_suite,
+        ipmitool: tool,
+        timeout: b.timeout(),
+        retries: b.retries,
+        max_concurrency: b.max_concurrency.unwrap_or(1),
+        graceful_restart_wait: Duration::from_secs_f64(b.power_off_timeout_s),
+    }))
+}
+
+fn find_in_path(name: &std::path::Path) -> Option<std::path::PathBuf> {
+    if name.components().count() > 1 {
+        return name.exists().then(|| name.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}

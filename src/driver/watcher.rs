@@ -1,0 +1,203 @@
+//! The power watcher: notices what happens to servers out of band.
+//!
+//! Every bound node (running or staged domain) is polled once per interval (jittered by up
+//! to a tenth), at most `watcher.max_concurrency` BMCs at a time. A BMC that fails is polled
+//! less often (interval × 2ⁿ up to `watcher.max_backoff_ms`) and the domain's state reason
+//! becomes UNKNOWN (restored when the BMC answers again) — the domain is never turned off
+//! for a BMC that does not answer. What it acts on:
+//!
+//! | domain  | server reads | action                                                        |
+//! |---------|--------------|---------------------------------------------------------------|
+//! | running | Off          | release disks/NICs; SHUTOFF/SHUTDOWN (FAILED with a BMC fault) |
+//! | running | On           | ends a restart's grace period                                  |
+//! | staged  | On           | reported once in the log and GET_MESSAGES; never forced off    |
+//!
+//! A domain whose job is busy (a start, stop or restart in progress) is left for the next
+//! round, and a server reading Off within a restart's grace period is restarting, not off.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+
+use super::state::{reason, st};
+use super::{DomainObj, Driver};
+use crate::backend::{BResult, Node, PowerReading, PowerState};
+use crate::events::lifecycle as ev;
+
+/// The schedule of one node.
+#[derive(Debug, Clone)]
+pub(super) struct NodeWatch {
+    /// Consecutive failed queries.
+    fails: u32,
+    /// Not polled before this.
+    next_due: Instant,
+}
+
+/// `VIR_DOMAIN_PAUSED_UNKNOWN`.
+const PAUSED_UNKNOWN: i32 = 0;
+
+impl Driver {
+    /// Starts the watcher task.
+    pub(super) fn start_watcher(self: &Arc<Self>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let base = d.cfg.watch_interval();
+            loop {
+                let jitter = rand::random_range(0..=base.as_millis() as u64 / 10);
+                tokio::time::sleep(base + Duration::from_millis(jitter)).await;
+                d.watch_once().await;
+            }
+        });
+    }
+
+    /// One pass: polls every bound node that is due and acts on what it reads.
+    pub async fn watch_once(&self) {
+        let now = Instant::now();
+        let bound: Vec<(Arc<DomainObj>, Node)> = self
+            .all()
+            .into_iter()
+            .filter_map(|o| {
+                let n = o.with(|s| {
+                    (s.state == st::RUNNING || s.state == st::PAUSED)
+                        .then(|| s.node.clone())
+                        .flatten()
+                })?;
+                let node = self.node(&n)?.clone();
+                Some((o, node))
+            })
+            .collect();
+        let due: Vec<_> = {
+            let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+            w.retain(|name, _| bound.iter().any(|(_, n)| &n.spec.name == name));
+            bound
+                .into_iter()
+                .filter(|(_, n)| w.get(&n.spec.name).is_none_or(|x| x.next_due <= now))
+                .collect()
+        };
+        let slots = Semaphore::new(self.cfg.watcher.max_concurrency);
+        let slots = &slots;
+        let readings = join_all(due.into_iter().map(|(obj, node)| async move {
+            let _slot = slots.acquire().await;
+            let r = node.power.state().await;
+            (obj, node, r)
+        }))
+        .await;
+        for (obj, node, r) in readings {
+            self.schedule(&node.spec.name, r.is_ok());
+            self.observe(&obj, &node, r).await;
+        }
+    }
+
+    fn schedule(&self, node: &str, ok: bool) {
+        let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let e = w.entry(node.to_string()).or_insert(NodeWatch {
+            fails: 0,
+            next_due: Instant::now(),
+        });
+        if ok {
+            e.fails = 0;
+            e.next_due = Instant::now();
+        } else {
+            e.fails += 1;
+            let pause = self
+                .cfg
+                .watch_interval()
+                .saturating_mul(1 << e.fails.min(10))
+                .min(self.cfg.watch_max_backoff());
+            e.next_due = Instant::now() + pause;
+        }
+    }
+
+    async fn observe(&self, obj: &Arc<DomainObj>, node: &Node, r: BResult<PowerReading>) {
+        // State changes need the job: a start, stop or restart in progress owns the domain.
+        let Ok(_job) = obj.job.try_lock() else {
+            return;
+        };
+        let n = &node.spec.name;
+        let reading = match r {
+            Err(e) => {
+                let first = obj.with(|s| {
+                    if s.removed || !s.active() || s.bmc_lost.is_some() {
+                        return false;
+                    }
+                    s.bmc_lost = Some(s.reason);
+                    s.reason = if s.state == st::PAUSED {
+                        PAUSED_UNKNOWN
+                    } else {
+                        reason::RUNNING_UNKNOWN
+                    };
+                    s.messages.push(format!(
+                        "the BMC of node {n} stopped answering; the server's power state is unknown: {e}"
+                    ));
+                    true
+                });
+                if first {
+                    tracing::warn!(node = %n, "power watcher: BMC not answering; domain state reason set to unknown: {e}");
+                } else {
+                    tracing::debug!(node = %n, "power watcher: BMC still not answering: {e}");
+                }
+                return;
+            }
+            Ok(r) => r,
+        };
+        let (state, back) = obj.with(|s| {
+            let back = s.bmc_lost.take().map(|old| {
+                s.reason = old;
+                s.messages
+                    .push(format!("the BMC of node {n} answers again"));
+            });
+            (s.state, back.is_some())
+        });
+        if back {
+            tracing::info!(node = %n, "power watcher: BMC answers again");
+        }
+        match (state, reading.state) {
+            (st::RUNNING, PowerState::Off) => {
+                let restarting =
+                    obj.with(|s| s.power_grace_until.is_some_and(|t| t > Instant::now()));
+                if restarting || obj.with(|s| s.removed) {
+                    return;
+                }
+                let r = obj.dom_ref();
+                let (rsn, detail) = match &reading.fault {
+                    Some(f) => {
+                        tracing::warn!(domain = %r.name, node = %n, "server seen powered off with a fault: {f}");
+                        obj.with(|s| {
+                            s.messages
+                                .push(format!("server of node {n} went off with a fault: {f}"))
+                        });
+                        (reason::SHUTOFF_FAILED, ev::STOPPED_FAILED)
+                    }
+                    None => {
+                        tracing::info!(domain = %r.name, node = %n, "server seen powered off");
+                        self.emit_lifecycle(&r, ev::SHUTDOWN, ev::SHUTDOWN_FINISHED);
+                        (reason::SHUTOFF_SHUTDOWN, ev::STOPPED_SHUTDOWN)
+                    }
+                };
+                if let Err(e) = self.stop_locked(obj, rsn, detail, false).await {
+                    tracing::error!(domain = %r.name, "cleanup after power off failed: {e}");
+                }
+            }
+            (st::RUNNING, PowerState::On) => obj.with(|s| s.power_grace_until = None),
+            (st::PAUSED, PowerState::On | PowerState::PoweringOn) => {
+                let first = obj.with(|s| {
+                    let first = !s.staged_seen_on;
+                    if first {
+                        s.staged_seen_on = true;
+                        s.messages.push(format!(
+                            "the server of node {n} was powered on out of band while the domain is staged; metalvirt leaves it on"
+                        ));
+                    }
+                    first
+                });
+                if first {
+                    tracing::warn!(node = %n, "power watcher: server of a staged domain is powered on (out of band); leaving it");
+                }
+            }
+            (st::PAUSED, PowerState::Off) => obj.with(|s| s.staged_seen_on = false),
+            _ => {}
+        }
+    }
+}

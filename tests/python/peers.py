@@ -1,0 +1,337 @@
+"""Real BMC peers for the black-box tests: sushy-tools' Redfish emulator (fake driver, HTTP or
+HTTPS with basic auth), OpenIPMI's ipmi_sim and pyghmi's IPMI BMC, each on loopback in its
+own temp dir, started and stopped by context managers. The peers come from
+scripts/install-deps.sh (apt: openipmi, ipmitool; venv: sushy-tools, pyghmi).
+"""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PEERS = os.path.join(REPO, "tests", "peers")
+VENV = os.environ.get("METALVIRT_PEERS_VENV", os.path.join(REPO, "target", "peers-venv"))
+PY = os.path.join(VENV, "bin", "python")
+
+USER = "admin"
+# A password no log line may ever contain (the tests grep the daemon's log for it).
+PASSWORD = "Pw-7f3a9c-nolog"  # IPMI passwords are at most 20 bytes
+
+
+class PeerError(RuntimeError):
+    pass
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until(pred, timeout, what, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(step)
+    raise PeerError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _need_venv():
+    if not os.path.exists(PY):
+        raise PeerError(f"no peers venv at {VENV}: run scripts/install-deps.sh")
+
+
+def write_password_file(path, password=PASSWORD):
+    with open(path, "w") as f:
+        f.write(password + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+class _Process:
+    """A peer process in its own session (killed with its children at stop)."""
+
+    def __init__(self):
+        self.dir = None
+        self.proc = None
+
+    def path(self, *p):
+        return os.path.join(self.dir, *p)
+
+    def _popen(self, argv, env=None, cwd=None):
+        self.log_path = self.path("peer.log")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=env, cwd=cwd or self.dir, start_new_session=True)
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.proc = None
+
+    def __exit__(self, *exc):
+        self.stop()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+
+class Sushy(_Process):
+    """sushy-emulator with the fake driver. `systems`: list of (uuid, name, power)."""
+
+    def __init__(self, systems, tls=False, auth=True, delay="0"):
+        super().__init__()
+        self.systems = systems
+        self.tls = tls
+        self.auth = auth
+        self.delay = delay
+        self.port = None
+
+    def __enter__(self):
+        _need_venv()
+        self.dir = tempfile.mkdtemp(prefix="metalvirt-sushy")
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start(self, fresh=True):
+        if fresh:
+            shutil.rmtree(self.path("state"), ignore_errors=True)
+        if self.port is None:
+            self.port = free_port()
+        conf = [
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'",
+            f"SUSHY_EMULATOR_LISTEN_PORT = {self.port}",
+            "SUSHY_EMULATOR_FAKE_DRIVER = True",
+            f"SUSHY_EMULATOR_STATE_DIR = {self.path('state')!r}",
+            "SUSHY_EMULATOR_FEATURE_SET = 'full'",
+            "SUSHY_EMULATOR_FAKE_SYSTEMS = " + repr([
+                {"uuid": u, "name": n, "power_state": p, "external_notifier": False,
+                 "nics": [{"mac": "52:54:00:00:%02x:01" % i, "ip": "127.0.0.%d" % (100 + i)}]}
+                for i, (u, n, p) in enumerate(self.systems)]),
+        ]
+        if self.auth and not os.path.exists(self.path("htpasswd")):
+            out = subprocess.run(
+                [PY, "-c", "import bcrypt,sys; print(sys.argv[1] + ':' + bcrypt.hashpw("
+                 "sys.argv[2].encode(), bcrypt.gensalt(4)).decode())", USER, PASSWORD],
+                check=True, capture_output=True, text=True).stdout
+            with open(self.path("htpasswd"), "w") as f:
+                f.write(out)
+        if self.auth:
+            conf.append(f"SUSHY_EMULATOR_AUTH_FILE = {self.path('htpasswd')!r}")
+        if self.tls:
+            if not os.path.exists(self.path("cert.pem")):
+                subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                     "-keyout", self.path("key.pem"), "-out", self.path("cert.pem")],
+                    check=True, capture_output=True)
+            conf.append(f"SUSHY_EMULATOR_SSL_CERT = {self.path('cert.pem')!r}")
+            conf.append(f"SUSHY_EMULATOR_SSL_KEY = {self.path('key.pem')!r}")
+        with open(self.path("emulator.conf"), "w") as f:
+            f.write("\n".join(conf) + "\n")
+        env = dict(os.environ, SUSHY_FAKE_POWER_DELAY=self.delay)
+        self._popen([PY, os.path.join(PEERS, "sushy_fast.py"), "--config",
+                     self.path("emulator.conf")], env=env)
+        wait_until(self._ready, 30, "sushy-emulator")
+
+    def _ready(self):
+        if not self.alive():
+            raise PeerError("sushy-emulator exited:\n" + self.log())
+        try:
+            self.get("/redfish/v1/")
+            return True
+        except (OSError, PeerError):
+            return False
+
+    @property
+    def url(self):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def system_path(self, uuid):
+        return f"/redfish/v1/Systems/{uuid}"
+
+    def _request(self, method, path, body=None):
+        req = urllib.request.Request(self.url + path, method=method)
+        if self.auth:
+            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            req.add_header("Authorization", "Basic " + token)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            req.add_header("Content-Type", "application/json")
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=self.path("cert.pem"))
+        try:
+            with urllib.request.urlopen(req, data=data, timeout=10, context=ctx) as r:
+                raw = r.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raise PeerError(f"{method} {path}: {e.code} {e.read()!r}")
+
+    def get(self, path):
+        return self._request("GET", path)
+
+    def system(self, uuid):
+        return self.get(self.system_path(uuid))
+
+    def power(self, uuid):
+        return self.system(uuid)["PowerState"]
+
+    def reset(self, uuid, reset_type):
+        self._request("POST", self.system_path(uuid) + "/Actions/ComputerSystem.Reset",
+                      {"ResetType": reset_type})
+
+    def boot(self, uuid):
+        return self.system(uuid)["Boot"]
+
+
+class Ipmitool:
+    """ipmitool against one lanplus BMC; the password goes through the environment."""
+
+    def __init__(self, port, cipher=3):
+        self.port = port
+        self.cipher = cipher
+
+    def run(self, *args, check=True):
+        argv = ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.port),
+                "-U", USER, "-E", "-C", str(self.cipher), "-R", "2", "-N", "1", *args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, IPMI_PASSWORD=PASSWORD))
+        if check and r.returncode != 0:
+            raise PeerError(f"ipmitool {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def power(self):
+        out = self.run("chassis", "power", "status")
+        return "on" if out.strip().endswith("on") else "off"
+
+    def set_power(self, what):
+        self.run("chassis", "power", what)
+
+    def bootparam(self):
+        return self.run("chassis", "bootparam", "get", "5")
+
+
+class IpmiSim(_Process):
+    """OpenIPMI's ipmi_sim with one LAN channel on a loopback UDP port."""
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="metalvirt-ipmisim")
+        try:
+            self.port = free_port(socket.SOCK_DGRAM)
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start(self):
+        for d in ("state", "power"):
+            shutil.rmtree(self.path(d), ignore_errors=True)
+            os.makedirs(self.path(d))
+        with open(self.path("lan.conf"), "w") as f:
+            f.write(f"""name "bmsim"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {self.port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  chassis_control "{os.path.join(PEERS, 'ipmi_chassis.sh')} {self.path('power')}"
+  user 2 true  "{USER}" "{PASSWORD}" admin 10 none md2 md5 straight
+""")
+        with open(self.path("bmsim.emu"), "w") as f:
+            f.write("mc_setbmc 0x20\n"
+                    "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
+                    "sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n")
+        self._popen(["ipmi_sim", "-c", self.path("lan.conf"), "-f", self.path("bmsim.emu"),
+                     "-s", self.path("state"), "-n"])
+        self.tool = Ipmitool(self.port)
+        wait_until(self._ready, 30, "ipmi_sim", step=0.1)
+
+    def _ready(self):
+        if not self.alive():
+            raise PeerError("ipmi_sim exited:\n" + self.log())
+        return subprocess.run(
+            ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.port), "-U", USER,
+             "-E", "-C", "3", "-R", "1", "-N", "1", "mc", "info"],
+            capture_output=True, env=dict(os.environ, IPMI_PASSWORD=PASSWORD)).returncode == 0
+
+    def boot_file(self):
+        with open(self.path("power", "boot")) as f:
+            return f.read().strip()
+
+
+class Pyghmi(_Process):
+    """pyghmi BMCs, one per port, all in one process."""
+
+    def __init__(self, count=1):
+        super().__init__()
+        self.count = count
+
+    def __enter__(self):
+        _need_venv()
+        self.dir = tempfile.mkdtemp(prefix="metalvirt-pyghmi")
+        try:
+            self.ports = [free_port(socket.SOCK_DGRAM) for _ in range(self.count)]
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start(self):
+        pw = write_password_file(self.path("password"))
+        self._popen([PY, os.path.join(PEERS, "fakebmc.py"), USER, pw, *map(str, self.ports)])
+        self.tools = [Ipmitool(p) for p in self.ports]
+
+        def ready():
+            if not self.alive():
+                raise PeerError("pyghmi BMC exited:\n" + self.log())
+            r = subprocess.run(
+                ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.ports[-1]),
+                 "-U", USER, "-E", "-C", "3", "-R", "1", "-N", "1", "chassis", "power",
+                 "status"], capture_output=True, env=dict(os.environ, IPMI_PASSWORD=PASSWORD))
+            return r.returncode == 0
+        wait_until(ready, 30, "pyghmi BMC", step=0.1)
