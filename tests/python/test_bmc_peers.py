@@ -318,15 +318,13 @@ class Lifecycle(Base):
         name = "vm-slow"
         self.define(name, "rf-slow")
         p = Power("rf-slow")
-        t = time.monotonic()
+        # The emulator applies a reset 0-11 s after it answered; a start or destroy that
+        # returned early would find the server still in its old state.
         virsh("start", name)
-        took_on = time.monotonic() - t
         self.assertEqual(p.state(), "on")
-        self.assertGreaterEqual(took_on, 0.9, "the emulator delays power on by at least 1 s")
-        t = time.monotonic()
+        self.assertEqual(self.conn.lookupByName(name).state()[0], L.VIR_DOMAIN_RUNNING)
         virsh("destroy", name)
         self.assertEqual(p.state(), "off")
-        self.assertGreaterEqual(time.monotonic() - t, 0.9)
 
 
 class OutOfBand(Base):
