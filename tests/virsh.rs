@@ -469,7 +469,7 @@ fn power_on_failure_rolls_back_everything() {
     let d = Daemon::start("[sim]\nnodes = 1\nfail_power_on_nodes = [\"node-1\"]\n");
     define(&d, "pf");
     let e = d.virsh_err(&["start", "pf"]);
-    assert!(e.contains("cannot power on node-1"), "{e}");
+    assert!(e.contains("cannot power on node node-1"), "{e}");
     assert_eq!(d.sim_mapped(), (0, 0));
     assert_eq!(state(&d, "pf"), "shut off (failed)");
 }
