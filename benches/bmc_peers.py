@@ -120,7 +120,7 @@ def measure(rounds, start, stop):
 
 
 def main():
-    os.environ.setdefault("METALVIRT_LOG", "warn")
+    os.environ.setdefault("METALVIRT_LOG", "warn,metalvirtd=info")
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--watch-secs", type=float, default=60.0)

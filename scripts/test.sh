@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite in one command: installs the system packages the black-box tests use
-# (scripts/install-deps.sh) when they are missing, then runs `cargo test`, which builds the
-# daemon and runs unit tests, domain-XML fixtures, wire tests, virsh tests, the libvirt C
-# client (virt crate) tests and the python3-libvirt scripts.
+# and the BMC peers (scripts/install-deps.sh) when they are missing, then runs `cargo test`,
+# which builds the daemon and runs unit tests, domain-XML fixtures, wire tests, virsh tests,
+# the libvirt C client (virt crate) tests and the python3-libvirt scripts (among them the
+# BMC tests against sushy-tools, ipmi_sim and pyghmi).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 # Benchmarks run a few rounds only under `cargo test` (proves they still work) — first, so the
 # closing lines are the test summaries.
 cargo test -q --bench domain_xml
+cargo build -q --bins
+METALVIRTD=$PWD/target/debug/metalvirtd /usr/bin/python3 benches/bmc_peers.py --rounds 2 --watch-secs 3 >/dev/null
 cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"

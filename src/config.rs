@@ -494,5 +494,17 @@ cipher_suite = 17
     fn packaged_example_parses() {
         let p = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/metalvirtd.toml");
         Config::load(Path::new(p)).unwrap();
+        // Its commented node inventory is valid too, once uncommented.
+        let text = std::fs::read_to_string(p).unwrap();
+        let from = text.find("# [[node]]").expect("an inventory example");
+        let inventory: String = text[from..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&inventory).unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[0].bmc.driver, BmcDriver::Redfish);
+        assert_eq!(c.nodes[1].bmc.driver, BmcDriver::Ipmi);
     }
 }
