@@ -497,7 +497,11 @@ cipher_suite = 17
         // Its commented node inventory is valid too, once uncommented.
         let text = std::fs::read_to_string(p).unwrap();
         let from = text.find("# [[node]]").expect("an inventory example");
-        let inventory: String = text[from..]
+        let to = text
+            .find("# The built-in SIMULATED lab")
+            .expect("the [sim] section");
+        assert!(from < to, "the inventory example comes before [sim]");
+        let inventory: String = text[from..to]
             .lines()
             .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
             .collect::<Vec<_>>()

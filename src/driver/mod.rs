@@ -83,7 +83,7 @@ pub struct DomState {
     pub power_grace_until: Option<Instant>,
     /// The BMC stopped answering the watcher; holds the reason to restore when it answers.
     pub bmc_lost: Option<i32>,
-    /// The watcher saw the server of a staged domain powered on (reported once).
+    /// The watcher saw the server of a staged (or shut off) domain powered on (reported once).
     pub staged_seen_on: bool,
 }
 
@@ -119,6 +119,16 @@ impl DomState {
         }
         self.def = def;
         self.live_xml = Some(live_xml);
+    }
+
+    /// Adds a note for `virDomainGetMessages`, keeping the newest 32 (a flapping BMC must
+    /// not grow the list without bound).
+    pub fn note(&mut self, msg: String) {
+        const KEEP: usize = 32;
+        if self.messages.len() >= KEEP {
+            self.messages.drain(..=self.messages.len() - KEEP);
+        }
+        self.messages.push(msg);
     }
 
     /// The id and node of the current run.

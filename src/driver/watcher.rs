@@ -1,7 +1,8 @@
 //! The power watcher: notices what happens to servers out of band.
 //!
-//! Every bound node (running or staged domain) is polled once per interval (jittered by up
-//! to a tenth), at most `watcher.max_concurrency` BMCs at a time. A BMC that fails is polled
+//! Every bound node (running or staged domain), and every free node whose last domain is shut
+//! off, is polled once per interval (jittered by up to a tenth), at most
+//! `watcher.max_concurrency` BMCs at a time. A BMC that fails is polled
 //! less often (interval × 2ⁿ up to `watcher.max_backoff_ms`) and the domain's state reason
 //! becomes UNKNOWN (restored when the BMC answers again) — the domain is never turned off
 //! for a BMC that does not answer. What it acts on:
@@ -11,6 +12,7 @@
 //! | running | Off          | release disks/NICs; SHUTOFF/SHUTDOWN (FAILED with a BMC fault) |
 //! | running | On           | ends a restart's grace period                                  |
 //! | staged  | On           | reported once in the log and GET_MESSAGES; never forced off    |
+//! | shutoff | On           | the same, on the domain that last ran there                    |
 //!
 //! A domain whose job is busy (a start, stop or restart in progress) is left for the next
 //! round, and a server reading Off within a restart's grace period is restarting, not off.
@@ -55,7 +57,7 @@ impl Driver {
     /// One pass: polls every bound node that is due and acts on what it reads.
     pub async fn watch_once(&self) {
         let now = Instant::now();
-        let bound: Vec<(Arc<DomainObj>, Node)> = self
+        let mut bound: Vec<(Arc<DomainObj>, Node)> = self
             .all()
             .into_iter()
             .filter_map(|o| {
@@ -68,6 +70,23 @@ impl Driver {
                 Some((o, node))
             })
             .collect();
+        // Free nodes whose last domain is shut off: a server powered on behind its back.
+        let last: Vec<(String, uuid::Uuid)> = {
+            let p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+            p.history
+                .iter()
+                .filter(|(n, _)| !p.busy.contains_key(*n))
+                .map(|(n, u)| (n.clone(), *u))
+                .collect()
+        };
+        for (n, uuid) in last {
+            let (Ok(obj), Some(node)) = (self.lookup_uuid(&uuid), self.node(&n)) else {
+                continue;
+            };
+            if obj.with(|s| s.state == st::SHUTOFF && !s.removed) {
+                bound.push((obj, node.clone()));
+            }
+        }
         let due: Vec<_> = {
             let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
             w.retain(|name, _| bound.iter().any(|(_, n)| &n.spec.name == name));
@@ -128,7 +147,7 @@ impl Driver {
                     } else {
                         reason::RUNNING_UNKNOWN
                     };
-                    s.messages.push(format!(
+                    s.note(format!(
                         "the BMC of node {n} stopped answering; the server's power state is unknown: {e}"
                     ));
                     true
@@ -145,8 +164,7 @@ impl Driver {
         let (state, back) = obj.with(|s| {
             let back = s.bmc_lost.take().map(|old| {
                 s.reason = old;
-                s.messages
-                    .push(format!("the BMC of node {n} answers again"));
+                s.note(format!("the BMC of node {n} answers again"));
             });
             (s.state, back.is_some())
         });
@@ -165,8 +183,7 @@ impl Driver {
                     Some(f) => {
                         tracing::warn!(domain = %r.name, node = %n, "server seen powered off with a fault: {f}");
                         obj.with(|s| {
-                            s.messages
-                                .push(format!("server of node {n} went off with a fault: {f}"))
+                            s.note(format!("server of node {n} went off with a fault: {f}"))
                         });
                         (reason::SHUTOFF_FAILED, ev::STOPPED_FAILED)
                     }
@@ -181,23 +198,49 @@ impl Driver {
                 }
             }
             (st::RUNNING, PowerState::On) => obj.with(|s| s.power_grace_until = None),
-            (st::PAUSED, PowerState::On | PowerState::PoweringOn) => {
+            (st::PAUSED | st::SHUTOFF, PowerState::On | PowerState::PoweringOn) => {
+                let what = if state == st::PAUSED {
+                    "staged"
+                } else {
+                    "shut off (it last ran there)"
+                };
                 let first = obj.with(|s| {
                     let first = !s.staged_seen_on;
                     if first {
                         s.staged_seen_on = true;
-                        s.messages.push(format!(
-                            "the server of node {n} was powered on out of band while the domain is staged; metalvirt leaves it on"
+                        s.note(format!(
+                            "the server of node {n} was powered on out of band while the domain is {what}; metalvirt leaves it on"
                         ));
                     }
                     first
                 });
                 if first {
-                    tracing::warn!(node = %n, "power watcher: server of a staged domain is powered on (out of band); leaving it");
+                    let name = obj.with(|s| s.def.name().to_string());
+                    tracing::warn!(node = %n, domain = %name, "power watcher: server is powered on (out of band) while its domain is {what}; leaving it");
                 }
             }
-            (st::PAUSED, PowerState::Off) => obj.with(|s| s.staged_seen_on = false),
+            (st::PAUSED | st::SHUTOFF, PowerState::Off) => obj.with(|s| s.staged_seen_on = false),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{stored::StoredDef, DomState};
+
+    #[test]
+    fn notes_keep_the_newest_32() {
+        let def = StoredDef::parse_xml(
+            "<domain type='kvm'><name>n</name><memory>1024</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>",
+        )
+        .unwrap();
+        let mut s = DomState::new(def, true);
+        for i in 0..40 {
+            s.note(format!("m{i}"));
+        }
+        assert_eq!(s.messages.len(), 32);
+        assert_eq!(s.messages[0], "m8");
+        assert_eq!(s.messages[31], "m39");
     }
 }

@@ -344,9 +344,21 @@ class OutOfBand(Base):
         dom = self.conn.lookupByName(name)
         self.assertEqual(dom.state(), [L.VIR_DOMAIN_SHUTOFF, L.VIR_DOMAIN_SHUTOFF_SHUTDOWN])
         self.assertEqual(self.mapped(node), [], "the watcher released disks and NICs")
+        return dom
 
-    def test_redfish_off(self):
-        self.check_off("rf-1")
+    def test_redfish_off_then_on_while_shut_off(self):
+        dom = self.check_off("rf-1")
+        # Someone powers the server back on behind the shut-off domain: reported, left on.
+        Power("rf-1").force_on()
+        wait_until(lambda: any("while the domain is shut off" in m for m in dom.messages(0)),
+                   NOTICE, what="a message about the server powered on behind a shut-off domain")
+        time.sleep(NOTICE)
+        self.assertEqual(Power("rf-1").state(), "on", "never silently forced off")
+        self.assertEqual(dom.state()[0], L.VIR_DOMAIN_SHUTOFF)
+        # Starting it again force-restarts the server so it boots as the domain asks.
+        virsh("start", dom.name())
+        self.assertEqual(dom.state()[0], L.VIR_DOMAIN_RUNNING)
+        self.assertIn("already powered on", self.d.log())
 
     def test_ipmi_sim_off(self):
         self.check_off("ipmi-sim")
@@ -368,7 +380,7 @@ class OutOfBand(Base):
         time.sleep(NOTICE)
         self.assertEqual(p.state(), "on", "never silently forced off")
         self.assertEqual(dom.state()[0], L.VIR_DOMAIN_PAUSED)
-        self.assertTrue("staged domain is powered on" in self.d.log(), "logged as well")
+        self.assertTrue("while its domain is staged" in self.d.log(), "logged as well")
 
 
 class Failures(Base):
