@@ -61,11 +61,31 @@ def write_password_file(path, password=PASSWORD):
 
 
 class _Process:
-    """A peer process in its own session (killed with its children at stop)."""
+    """A peer process in its own session (killed with its children at stop), on a temp dir
+    made at __enter__; subclasses set `prefix`, `needs_venv`, `prepare()` (ports) and
+    `start()`."""
+
+    prefix = "metalvirt-peer"
+    needs_venv = False
 
     def __init__(self):
         self.dir = None
         self.proc = None
+
+    def prepare(self):
+        pass
+
+    def __enter__(self):
+        if self.needs_venv:
+            _need_venv()
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
+        try:
+            self.prepare()
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
     def path(self, *p):
         return os.path.join(self.dir, *p)
@@ -111,6 +131,9 @@ class _Process:
 class Sushy(_Process):
     """sushy-emulator with the fake driver. `systems`: list of (uuid, name, power)."""
 
+    prefix = "metalvirt-sushy"
+    needs_venv = True
+
     def __init__(self, systems, tls=False, auth=True, delay="0"):
         super().__init__()
         self.systems = systems
@@ -118,16 +141,6 @@ class Sushy(_Process):
         self.auth = auth
         self.delay = delay
         self.port = None
-
-    def __enter__(self):
-        _need_venv()
-        self.dir = tempfile.mkdtemp(prefix="metalvirt-sushy")
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
     def start(self, fresh=True):
         if fresh:
@@ -229,14 +242,20 @@ class Ipmitool:
         self.port = port
         self.cipher = cipher
 
-    def run(self, *args, check=True):
+    def run(self, *args, check=True, retries=2):
         argv = ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.port),
-                "-U", USER, "-E", "-C", str(self.cipher), "-R", "2", "-N", "1", *args]
+                "-U", USER, "-E", "-C", str(self.cipher), "-R", str(retries), "-N", "1", *args]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=30,
                            env=dict(os.environ, IPMI_PASSWORD=PASSWORD))
         if check and r.returncode != 0:
             raise PeerError(f"ipmitool {' '.join(args)}: {r.stderr.strip()}")
-        return r.stdout
+        return r.stdout if check else r.returncode == 0
+
+    def answers(self, what, peer):
+        """Readiness probe: True once the BMC answers; raises if its process died."""
+        if not peer.alive():
+            raise PeerError(f"{what} exited:\n" + peer.log())
+        return self.run("chassis", "power", "status", check=False, retries=1)
 
     def power(self):
         out = self.run("chassis", "power", "status")
@@ -252,15 +271,10 @@ class Ipmitool:
 class IpmiSim(_Process):
     """OpenIPMI's ipmi_sim with one LAN channel on a loopback UDP port."""
 
-    def __enter__(self):
-        self.dir = tempfile.mkdtemp(prefix="metalvirt-ipmisim")
-        try:
-            self.port = free_port(socket.SOCK_DGRAM)
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    prefix = "metalvirt-ipmisim"
+
+    def prepare(self):
+        self.port = free_port(socket.SOCK_DGRAM)
 
     def start(self):
         for d in ("state", "power"):
@@ -288,15 +302,7 @@ set_working_mc 0x20
         self._popen(["ipmi_sim", "-c", self.path("lan.conf"), "-f", self.path("bmsim.emu"),
                      "-s", self.path("state"), "-n"])
         self.tool = Ipmitool(self.port)
-        wait_until(self._ready, 30, "ipmi_sim", step=0.1)
-
-    def _ready(self):
-        if not self.alive():
-            raise PeerError("ipmi_sim exited:\n" + self.log())
-        return subprocess.run(
-            ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.port), "-U", USER,
-             "-E", "-C", "3", "-R", "1", "-N", "1", "mc", "info"],
-            capture_output=True, env=dict(os.environ, IPMI_PASSWORD=PASSWORD)).returncode == 0
+        wait_until(lambda: self.tool.answers("ipmi_sim", self), 30, "ipmi_sim", step=0.1)
 
     def boot_file(self):
         with open(self.path("power", "boot")) as f:
@@ -306,32 +312,19 @@ set_working_mc 0x20
 class Pyghmi(_Process):
     """pyghmi BMCs, one per port, all in one process."""
 
+    prefix = "metalvirt-pyghmi"
+    needs_venv = True
+
     def __init__(self, count=1):
         super().__init__()
         self.count = count
 
-    def __enter__(self):
-        _need_venv()
-        self.dir = tempfile.mkdtemp(prefix="metalvirt-pyghmi")
-        try:
-            self.ports = [free_port(socket.SOCK_DGRAM) for _ in range(self.count)]
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def prepare(self):
+        self.ports = [free_port(socket.SOCK_DGRAM) for _ in range(self.count)]
 
     def start(self):
         pw = write_password_file(self.path("password"))
         self._popen([PY, os.path.join(PEERS, "fakebmc.py"), USER, pw, *map(str, self.ports)])
         self.tools = [Ipmitool(p) for p in self.ports]
-
-        def ready():
-            if not self.alive():
-                raise PeerError("pyghmi BMC exited:\n" + self.log())
-            r = subprocess.run(
-                ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.ports[-1]),
-                 "-U", USER, "-E", "-C", "3", "-R", "1", "-N", "1", "chassis", "power",
-                 "status"], capture_output=True, env=dict(os.environ, IPMI_PASSWORD=PASSWORD))
-            return r.returncode == 0
-        wait_until(ready, 30, "pyghmi BMC", step=0.1)
+        wait_until(lambda: self.tools[-1].answers("pyghmi BMC", self), 30, "pyghmi BMC",
+                   step=0.1)

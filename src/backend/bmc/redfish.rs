@@ -106,10 +106,16 @@ fn tls_config(s: &RedfishSettings) -> Result<rustls::ClientConfig, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?;
+    let custom = |trust| {
+        Arc::new(BmcCertVerifier {
+            trust,
+            provider: provider.clone(),
+        })
+    };
     if s.insecure {
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_custom_certificate_verifier(custom(Trust::Any))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -125,7 +131,7 @@ fn tls_config(s: &RedfishSettings) -> Result<rustls::ClientConfig, String> {
             if pins.is_empty() {
                 return Err("CA bundle holds no certificate".into());
             }
-            let inner = if roots.is_empty() {
+            let chain = if roots.is_empty() {
                 None
             } else {
                 Some(
@@ -139,11 +145,7 @@ fn tls_config(s: &RedfishSettings) -> Result<rustls::ClientConfig, String> {
             };
             return Ok(builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedOrCa {
-                    pins,
-                    inner,
-                    provider,
-                }))
+                .with_custom_certificate_verifier(custom(Trust::Bundle { pins, chain }))
                 .with_no_client_auth());
         }
         None => {
@@ -159,17 +161,28 @@ fn tls_config(s: &RedfishSettings) -> Result<rustls::ClientConfig, String> {
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// `ca_bundle`: the server's certificate is one of the bundle's own (a pinned self-signed
-/// BMC certificate, which webpki refuses as "CA used as end entity"), or chains to one of
-/// them with the host name checked.
+/// How the BMC's certificate is checked when it is not plain webpki against system roots.
 #[derive(Debug)]
-struct PinnedOrCa {
-    pins: Vec<rustls::pki_types::CertificateDer<'static>>,
-    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+enum Trust {
+    /// `insecure = true`: any certificate.
+    Any,
+    /// `ca_bundle`: one of the bundle's own certificates (a pinned self-signed BMC
+    /// certificate, which webpki refuses as "CA used as end entity"), or a chain to one of
+    /// them with the host name checked.
+    Bundle {
+        pins: Vec<rustls::pki_types::CertificateDer<'static>>,
+        chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    },
+}
+
+/// Certificate check per [`Trust`]; handshake signatures are always verified.
+#[derive(Debug)]
+struct BmcCertVerifier {
+    trust: Trust,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for PinnedOrCa {
+impl rustls::client::danger::ServerCertVerifier for BmcCertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &rustls::pki_types::CertificateDer<'_>,
@@ -178,14 +191,18 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrCa {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
-            return Ok(rustls::client::danger::ServerCertVerified::assertion());
-        }
-        match &self.inner {
-            Some(v) => {
+        let ok = Ok(rustls::client::danger::ServerCertVerified::assertion());
+        match &self.trust {
+            Trust::Any => ok,
+            Trust::Bundle { pins, .. }
+                if pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                ok
+            }
+            Trust::Bundle { chain: Some(v), .. } => {
                 v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             }
-            None => Err(rustls::Error::InvalidCertificate(
+            Trust::Bundle { chain: None, .. } => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
             )),
         }
@@ -223,55 +240,6 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrCa {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `insecure = true`: any certificate is accepted (handshake signatures are still checked).
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
