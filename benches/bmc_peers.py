@@ -13,6 +13,7 @@ Run: scripts/bench-bmc.sh [--rounds N] [--watch-secs S]   (builds the release da
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,13 @@ def main():
     ap.add_argument("--watch-secs", type=float, default=60.0)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="metalvirt-bmcbench")
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work):
     pw = peers.write_password_file(os.path.join(work, "pw"))
     spy, spy_log = spy_script(work)
     rows = []
