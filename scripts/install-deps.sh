@@ -2,14 +2,15 @@
 # Installs what the test suite needs, when missing, and is quick when all is present:
 # - Debian packages: real libvirt clients (virsh, libvirt's C library for the `virt` crate,
 #   python3-libvirt), the schema validators, a C toolchain for -sys crates, and the IPMI peers
-#   and client (OpenIPMI's ipmi_sim, ipmitool);
+#   and client (OpenIPMI's ipmi_sim, ipmitool), and Open vSwitch + OVN (ovsdb-server, ovs-vswitchd,
+#   northd, ovn-controller) for the NIC plumbing tests;
 # - a Python venv with the Redfish and IPMI BMC peers (sushy-tools, pyghmi), in
 #   $METALVIRT_PEERS_VENV (default target/peers-venv).
 # Root or sudo for apt; idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(libvirt-clients libvirt-dev python3-libvirt libxml2-utils pkg-config gcc
-          openipmi ipmitool openssl curl)
+          openipmi ipmitool openssl curl openvswitch-switch ovn-central ovn-host)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@
 
 pub mod bmc;
 pub mod inventory;
+pub mod ovsdb;
 pub mod sim;
 
 use std::fmt;
