@@ -173,9 +173,9 @@ impl Driver {
         }
         match (state, reading.state) {
             (st::RUNNING, PowerState::Off) => {
-                let restarting =
-                    obj.with(|s| s.power_grace_until.is_some_and(|t| t > Instant::now()));
-                if restarting || obj.with(|s| s.removed) {
+                let restarting_or_gone = obj
+                    .with(|s| s.removed || s.power_grace_until.is_some_and(|t| t > Instant::now()));
+                if restarting_or_gone {
                     return;
                 }
                 let r = obj.dom_ref();

@@ -200,7 +200,7 @@ impl Ipmi {
             || stderr
                 .lines()
                 .chain(stdout.lines())
-                .any(|l| l.contains(" failed") && !l.contains("Loading"));
+                .any(|l| l.contains(" failed"));
         if failed {
             let mut e = classify(&format!("{stderr}\n{stdout}"));
             if e.kind == ErrorKind::Auth {

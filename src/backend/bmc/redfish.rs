@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use base64::Engine;
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Semaphore};
@@ -56,14 +58,14 @@ pub struct RedfishSettings {
     pub max_concurrency: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Auth {
     /// Not decided yet (service root not read).
     Unknown,
     /// HTTP basic auth on every request.
     Basic,
-    /// A session: its token and its URI (for logout).
-    Session { token: SecretValue, uri: String },
+    /// A session: its `X-Auth-Token` (marked sensitive) and its URI (for logout).
+    Session { token: HeaderValue, uri: String },
 }
 
 /// What discovery learnt about the ComputerSystem.
@@ -77,11 +79,26 @@ struct System {
     has_mode: bool,
 }
 
-/// A response: status, ETag and JSON body (`Null` when empty or not JSON).
+/// A response: status, headers, the raw body and its JSON (`Null` when empty or not JSON).
 struct Resp {
     status: StatusCode,
-    etag: Option<String>,
+    headers: HeaderMap,
+    raw: Vec<u8>,
     body: Value,
+}
+
+impl Resp {
+    /// The BMC's own message (for errors).
+    fn message(&self) -> String {
+        bmc_message(&self.body, &self.raw)
+    }
+
+    fn header(&self, name: impl reqwest::header::AsHeaderName) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
 }
 
 /// One Redfish BMC.
@@ -90,6 +107,8 @@ pub struct Redfish {
     http: reqwest::Client,
     slots: Semaphore,
     auth: Mutex<Auth>,
+    /// `Authorization: Basic …`, built once (marked sensitive).
+    basic: HeaderValue,
     system: Mutex<Option<Arc<System>>>,
 }
 
@@ -320,7 +339,18 @@ impl Redfish {
             b = b.tls_backend_preconfigured(tls_config(&s)?);
         }
         let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let mut creds = s.username.as_bytes().to_vec();
+        creds.push(b':');
+        creds.extend_from_slice(s.password.expose());
+        let creds = SecretValue::new(creds);
+        let mut basic = HeaderValue::try_from(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds.expose())
+        ))
+        .map_err(|e| format!("credentials: {e}"))?;
+        basic.set_sensitive(true);
         Ok(Redfish {
+            basic,
             slots: Semaphore::new(s.max_concurrency.max(1)),
             s,
             http,
@@ -341,10 +371,6 @@ impl Redfish {
         }
     }
 
-    fn password(&self) -> String {
-        String::from_utf8_lossy(self.s.password.expose()).into_owned()
-    }
-
     /// One HTTP exchange, no retries. `auth`: send credentials.
     async fn send(
         &self,
@@ -354,20 +380,15 @@ impl Redfish {
         headers: &[(&str, String)],
         auth: Option<&Auth>,
         limit: Duration,
-    ) -> Result<(Resp, reqwest::header::HeaderMap, Vec<u8>), reqwest::Error> {
+    ) -> Result<Resp, reqwest::Error> {
         let mut rb = self
             .http
             .request(method.clone(), self.url(path))
             .timeout(limit)
             .header("Accept", "application/json");
         match auth {
-            Some(Auth::Basic) => rb = rb.basic_auth(&self.s.username, Some(self.password())),
-            Some(Auth::Session { token, .. }) => {
-                rb = rb.header(
-                    "X-Auth-Token",
-                    String::from_utf8_lossy(token.expose()).as_ref(),
-                )
-            }
+            Some(Auth::Basic) => rb = rb.header(reqwest::header::AUTHORIZATION, self.basic.clone()),
+            Some(Auth::Session { token, .. }) => rb = rb.header("X-Auth-Token", token.clone()),
             _ => {}
         }
         for (k, v) in headers {
@@ -378,14 +399,15 @@ impl Redfish {
         }
         let r = rb.send().await?;
         let status = r.status();
-        let hdrs = r.headers().clone();
+        let headers = r.headers().clone();
         let raw = r.bytes().await?.to_vec();
-        let etag = hdrs
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Ok((Resp { status, etag, body }, hdrs, raw))
+        Ok(Resp {
+            status,
+            headers,
+            raw,
+            body,
+        })
     }
 
     fn net_error(&self, e: &reqwest::Error) -> BackendError {
@@ -408,7 +430,7 @@ impl Redfish {
     /// Decides basic auth or a session, logging in when the BMC offers sessions.
     async fn login(&self, auth: &mut Auth, deadline: Instant) -> BResult<()> {
         let limit = deadline.saturating_duration_since(Instant::now());
-        let (root, _, _) = self
+        let root = self
             .send(&Method::GET, ROOT, None, &[], None, limit)
             .await
             .map_err(|e| self.net_error(&e))?;
@@ -428,36 +450,33 @@ impl Redfish {
             *auth = Auth::Basic;
             return Ok(());
         };
-        let creds = json!({"UserName": self.s.username, "Password": self.password()});
+        let creds = json!({
+            "UserName": self.s.username,
+            "Password": String::from_utf8_lossy(self.s.password.expose()),
+        });
         let limit = deadline.saturating_duration_since(Instant::now());
-        let (r, hdrs, raw) = self
+        let r = self
             .send(&Method::POST, &sessions, Some(&creds), &[], None, limit)
             .await
             .map_err(|e| self.net_error(&e))?;
         match r.status {
             s if s.is_success() => {
-                let token = hdrs
-                    .get("X-Auth-Token")
-                    .map(|v| SecretValue::new(v.as_bytes().to_vec()))
-                    .ok_or_else(|| {
-                        BackendError::new(format!(
-                            "{}: session created without an X-Auth-Token",
-                            self.who()
-                        ))
-                    })?;
-                let uri = hdrs
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
+                let mut token = r.headers.get("X-Auth-Token").cloned().ok_or_else(|| {
+                    BackendError::new(format!(
+                        "{}: session created without an X-Auth-Token",
+                        self.who()
+                    ))
+                })?;
+                token.set_sensitive(true);
+                let uri = r
+                    .header(reqwest::header::LOCATION)
                     .or_else(|| odata_id(&r.body))
                     .unwrap_or_default();
                 tracing::debug!(node = %self.s.node, session = %uri, "Redfish session opened");
                 *auth = Auth::Session { token, uri };
                 Ok(())
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(self.auth_error(r.status, &r.body, &raw))
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.auth_error(&r)),
             // Advertised but not really there: basic auth it is.
             StatusCode::NOT_FOUND
             | StatusCode::METHOD_NOT_ALLOWED
@@ -468,13 +487,13 @@ impl Redfish {
             s => Err(BackendError::new(format!(
                 "{}: session login answered {s}: {}",
                 self.who(),
-                bmc_message(&r.body, &raw)
+                r.message()
             ))),
         }
     }
 
-    fn auth_error(&self, status: StatusCode, body: &Value, raw: &[u8]) -> BackendError {
-        let m = bmc_message(body, raw);
+    fn auth_error(&self, r: &Resp) -> BackendError {
+        let (status, m) = (r.status, r.message());
         BackendError::with_kind(
             ErrorKind::Auth,
             format!(
@@ -488,17 +507,17 @@ impl Redfish {
 
     /// A call that succeeds only with a 2xx answer.
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> BResult<Resp> {
-        let (r, raw) = self.call_with(method.clone(), path, body, &[]).await?;
-        self.check(&method, path, r, &raw)
+        let r = self.call_with(method.clone(), path, body, &[]).await?;
+        self.check(&method, path, r)
     }
 
     /// A non-2xx answer as an error with the BMC's message.
-    fn check(&self, method: &Method, path: &str, r: Resp, raw: &[u8]) -> BResult<Resp> {
+    fn check(&self, method: &Method, path: &str, r: Resp) -> BResult<Resp> {
         let st = r.status;
         if st.is_success() {
             return Ok(r);
         }
-        let m = bmc_message(&r.body, raw);
+        let m = r.message();
         let kind = if st == StatusCode::NOT_IMPLEMENTED {
             ErrorKind::Unsupported
         } else {
@@ -523,7 +542,7 @@ impl Redfish {
         path: &str,
         body: Option<&Value>,
         headers: &[(&str, String)],
-    ) -> BResult<(Resp, Vec<u8>)> {
+    ) -> BResult<Resp> {
         let deadline = Instant::now() + self.s.timeout;
         let timed_out = || {
             BackendError::with_kind(
@@ -566,20 +585,11 @@ impl Redfish {
             }
             // The lock is held only to read the credentials; a second login waits for the
             // first instead of racing it.
-            let sent = {
-                let a = &*auth;
-                let creds = match a {
-                    Auth::Basic => Auth::Basic,
-                    Auth::Session { token, uri } => Auth::Session {
-                        token: token.clone(),
-                        uri: uri.clone(),
-                    },
-                    Auth::Unknown => Auth::Unknown,
-                };
-                drop(auth);
-                self.send(&method, path, body, headers, Some(&creds), limit)
-                    .await
-            };
+            let creds = auth.clone();
+            drop(auth);
+            let sent = self
+                .send(&method, path, body, headers, Some(&creds), limit)
+                .await;
             match sent {
                 Err(e) => {
                     let transient = e.is_connect() || (e.is_timeout() && idempotent);
@@ -595,10 +605,10 @@ impl Redfish {
                         self.net_error(&e)
                     });
                 }
-                Ok((r, hdrs, raw)) => {
+                Ok(r) => {
                     let st = r.status;
                     if st.is_success() {
-                        return Ok((r, raw));
+                        return Ok(r);
                     }
                     if st == StatusCode::UNAUTHORIZED && !relogged {
                         let mut a = self.auth.lock().await;
@@ -610,7 +620,7 @@ impl Redfish {
                         }
                     }
                     if st == StatusCode::UNAUTHORIZED || st == StatusCode::FORBIDDEN {
-                        return Err(self.auth_error(st, &r.body, &raw));
+                        return Err(self.auth_error(&r));
                     }
                     let retryable = st == StatusCode::SERVICE_UNAVAILABLE
                         || (idempotent
@@ -618,11 +628,11 @@ impl Redfish {
                             && st != StatusCode::NOT_IMPLEMENTED);
                     if retryable && attempt < self.s.retries && Instant::now() < deadline {
                         tracing::debug!(node = %self.s.node, attempt, "Redfish {method} {path}: {st}; retrying");
-                        self.pause(attempt, retry_after(&hdrs), deadline).await;
+                        self.pause(attempt, retry_after(&r.headers), deadline).await;
                         attempt += 1;
                         continue;
                     }
-                    return Ok((r, raw));
+                    return Ok(r);
                 }
             }
         }
@@ -742,12 +752,7 @@ impl Redfish {
     }
 
     /// PATCHes the boot override; returns the final answer whatever its status.
-    async fn patch_boot(
-        &self,
-        sys: &System,
-        boot: &Value,
-        etag: Option<&String>,
-    ) -> BResult<(Resp, Vec<u8>)> {
+    async fn patch_boot(&self, sys: &System, boot: &Value, etag: Option<&String>) -> BResult<Resp> {
         let headers: Vec<(&str, String)> =
             etag.map(|e| ("If-Match", e.clone())).into_iter().collect();
         self.call_with(
@@ -837,7 +842,7 @@ impl Power for Redfish {
         let mut tries = 0;
         loop {
             tries += 1;
-            let (r, raw) = self.patch_boot(&sys, &boot, etag.as_ref()).await?;
+            let r = self.patch_boot(&sys, &boot, etag.as_ref()).await?;
             match r.status {
                 st if st.is_success() => return Ok(()),
                 // Some BMCs reject the Mode property (or this mode): boot without it.
@@ -847,7 +852,7 @@ impl Power for Redfish {
                         .and_then(|o| o.remove("BootSourceOverrideMode"))
                         .is_some() =>
                 {
-                    tracing::warn!(node = %self.s.node, "BMC refused BootSourceOverrideMode ({}); setting the boot device without it", bmc_message(&r.body, &raw));
+                    tracing::warn!(node = %self.s.node, "BMC refused BootSourceOverrideMode ({}); setting the boot device without it", r.message());
                 }
                 // The BMC wants If-Match: fetch the ETag and try again.
                 StatusCode::PRECONDITION_FAILED | StatusCode::PRECONDITION_REQUIRED
@@ -855,31 +860,25 @@ impl Power for Redfish {
                 {
                     let g = self.call(Method::GET, &sys.path, None).await?;
                     etag = g
-                        .etag
+                        .header(reqwest::header::ETAG)
                         .or_else(|| g.body["@odata.etag"].as_str().map(str::to_string));
                 }
-                _ => return self.check(&Method::PATCH, &sys.path, r, &raw).map(|_| ()),
+                _ => return self.check(&Method::PATCH, &sys.path, r).map(|_| ()),
             }
         }
     }
 
     async fn close(&self) {
         let mut a = self.auth.lock().await;
-        if let Auth::Session { token, uri } = &*a {
+        if let Auth::Session { uri, .. } = &*a {
             if !uri.is_empty() {
-                let r = self
-                    .http
-                    .delete(self.url(uri))
-                    .timeout(Duration::from_secs(5))
-                    .header(
-                        "X-Auth-Token",
-                        String::from_utf8_lossy(token.expose()).as_ref(),
-                    )
-                    .send()
-                    .await;
-                match r {
+                let limit = Duration::from_secs(5);
+                match self
+                    .send(&Method::DELETE, uri, None, &[], Some(&a), limit)
+                    .await
+                {
                     Ok(r) => {
-                        tracing::debug!(node = %self.s.node, status = %r.status(), "Redfish session closed")
+                        tracing::debug!(node = %self.s.node, status = %r.status, "Redfish session closed")
                     }
                     Err(e) => tracing::warn!(node = %self.s.node, "Redfish logout failed: {e}"),
                 }
