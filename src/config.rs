@@ -71,6 +71,159 @@ pub struct NodeConfig {
     pub cpu_model: Option<String>,
     /// The BMC.
     pub bmc: BmcConfig,
+    /// NIC plumbing on the node's DPU (absent: the simulated lab's).
+    #[serde(default)]
+    pub nics: Option<NicsConfig>,
+}
+
+/// What a NIC plug waits for before it is reported done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NicWait {
+    /// The OVSDB commit only.
+    None,
+    /// ovs-vswitchd assigned the port an OpenFlow port number.
+    Ofport,
+    /// ovn-controller set `external_ids:ovn-installed=true` on the interface.
+    OvnInstalled,
+}
+
+/// NIC plumbing drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicsDriver {
+    /// Representors plugged into the DPU's Open vSwitch over OVSDB.
+    Ovs,
+    /// The simulated lab's.
+    Sim,
+}
+
+/// A node's pool of host-facing NIC functions and the OVSDB of its DPU (`[node.nics]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicsConfig {
+    /// Driver.
+    #[serde(default = "default_nics_driver")]
+    pub driver: NicsDriver,
+    /// The DPU's OVSDB: `unix:/var/run/openvswitch/db.sock` or `tcp:192.0.2.10:6640`.
+    #[serde(default)]
+    pub ovsdb: Option<String>,
+    /// Bridge for interfaces that name none (`type='ethernet'`).
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// Representor names in the order they are handed out; `pf0vf{0..15}` expands.
+    #[serde(default)]
+    pub representors: Vec<String>,
+    /// The host-facing function of each representor, same order (default: its name), as
+    /// the MAC programming step names it.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// OVS Interface type of the representors ("" = a system netdev, the DPU's case).
+    #[serde(default)]
+    pub interface_type: String,
+    /// What a plug waits for.
+    #[serde(default = "default_wait")]
+    pub wait: NicWait,
+    /// How long a plug waits for it, in seconds.
+    #[serde(default = "default_plug_timeout")]
+    pub plug_timeout_s: f64,
+    /// Time limit of one OVSDB call (and of connecting), in seconds.
+    #[serde(default = "default_ovsdb_timeout")]
+    pub timeout_s: f64,
+    /// MAC programming command, as argv (no shell): `{mac}`, `{function}`, `{representor}`
+    /// and `{node}` are replaced. Runs before the port is added.
+    #[serde(default)]
+    pub mac_command: Option<Vec<String>>,
+    /// MAC programming by writing the MAC to this file (same placeholders), e.g. a
+    /// `smart_nic/vfN/mac` sysfs attribute.
+    #[serde(default)]
+    pub mac_sysfs: Option<String>,
+}
+
+fn default_nics_driver() -> NicsDriver {
+    NicsDriver::Ovs
+}
+fn default_bridge() -> String {
+    "br-int".into()
+}
+fn default_wait() -> NicWait {
+    NicWait::Ofport
+}
+fn default_plug_timeout() -> f64 {
+    30.0
+}
+fn default_ovsdb_timeout() -> f64 {
+    10.0
+}
+
+impl NicsConfig {
+    /// The pool: (function, representor) pairs, patterns expanded.
+    pub fn pool(&self) -> Result<Vec<(String, String)>, String> {
+        let expand = |v: &[String]| -> Result<Vec<String>, String> {
+            let mut out = Vec::new();
+            for p in v {
+                out.extend(crate::backend::ovs::expand(p)?);
+            }
+            Ok(out)
+        };
+        let reps = expand(&self.representors)?;
+        let funcs = expand(&self.functions)?;
+        if !funcs.is_empty() && funcs.len() != reps.len() {
+            return Err(format!(
+                "nics.functions names {} functions for {} representors",
+                funcs.len(),
+                reps.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = reps.iter().find(|r| !seen.insert(r.as_str())) {
+            return Err(format!("nics.representors lists '{d}' twice"));
+        }
+        Ok(reps
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (funcs.get(i).unwrap_or(r).clone(), r.clone()))
+            .collect())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.driver == NicsDriver::Sim {
+            return Ok(());
+        }
+        match self.ovsdb.as_deref() {
+            Some(a) if a.starts_with("unix:") || a.starts_with("tcp:") => {}
+            Some(a) => {
+                return Err(format!(
+                    "nics.ovsdb '{a}' must be unix:/path or tcp:host:port"
+                ))
+            }
+            None => return Err("nics.ovsdb is required".into()),
+        }
+        let pool = self.pool()?;
+        if pool.is_empty() {
+            return Err("nics.representors is empty: the node has no NIC functions".into());
+        }
+        if let Some(r) = pool
+            .iter()
+            .find(|(_, r)| r.is_empty() || r.len() > 15 || r.contains(['/', ' ']))
+        {
+            return Err(format!(
+                "nics.representors: '{}' is not a network device name",
+                r.1
+            ));
+        }
+        if self.bridge.is_empty() {
+            return Err("nics.bridge must not be empty".into());
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.plug_timeout_s) || !positive(self.timeout_s) {
+            return Err("nics timeouts must be positive numbers of seconds".into());
+        }
+        if self.mac_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("nics.mac_command must name a program".into());
+        }
+        Ok(())
+    }
 }
 
 /// BMC drivers.
@@ -319,10 +472,24 @@ impl Config {
             return Err("watcher.max_concurrency must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
+        // Nodes sharing one OVSDB must not share representors.
+        let mut reps: std::collections::HashMap<(String, String), &str> = Default::default();
         for n in &self.nodes {
             n.validate()?;
             if !names.insert(n.name.as_str()) {
                 return Err(format!("node '{}' is listed twice", n.name));
+            }
+            let Some(nics) = n.nics.as_ref().filter(|x| x.driver == NicsDriver::Ovs) else {
+                continue;
+            };
+            for (_, r) in nics.pool()? {
+                let key = (nics.ovsdb.clone().unwrap_or_default(), r);
+                if let Some(other) = reps.insert(key.clone(), &n.name) {
+                    return Err(format!(
+                        "nodes '{other}' and '{}' both list representor '{}' on OVSDB {}",
+                        n.name, key.1, key.0
+                    ));
+                }
             }
         }
         let s = &self.sim;
@@ -365,6 +532,9 @@ impl NodeConfig {
         }
         if b.max_concurrency == Some(0) {
             return e("bmc.max_concurrency must be at least 1");
+        }
+        if let Some(nics) = &self.nics {
+            nics.validate().map_err(|m| format!("node '{n}': {m}"))?;
         }
         if b.driver == BmcDriver::Sim {
             return Ok(());

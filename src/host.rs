@@ -366,11 +366,12 @@ pub fn sysinfo(d: &Driver) -> String {
     let nodes = d.nodes();
     let all = nodes.len();
     let sim_power = nodes.iter().filter(|n| n.spec.simulated.power).count();
-    let sim_dpu = nodes.iter().filter(|n| n.spec.simulated.dpu).count();
-    let lab = if sim_power == all && sim_dpu == all {
+    let sim_disks = nodes.iter().filter(|n| n.spec.simulated.disks).count();
+    let sim_nics = nodes.iter().filter(|n| n.spec.simulated.nics).count();
+    let lab = if nodes.iter().all(|n| n.spec.simulated.all()) {
         format!("SIMULATED lab, {all} simulated nodes")
-    } else if sim_power > 0 || sim_dpu > 0 {
-        format!("{all} nodes, {sim_power} with a simulated BMC, {sim_dpu} with simulated disks and NICs")
+    } else if nodes.iter().any(|n| n.spec.simulated.any()) {
+        format!("{all} nodes, {sim_power} with a simulated BMC, {sim_disks} with simulated disks, {sim_nics} with simulated NICs")
     } else {
         format!("{all} nodes")
     };

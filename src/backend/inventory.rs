@@ -1,17 +1,20 @@
 //! Builds the nodes from the configuration: the `[[node]]` inventory with each node's BMC
-//! driver, or the default simulated lab when there is no inventory.
+//! driver and NIC plumbing, or the default simulated lab when there is no inventory.
 //!
-//! Disks and NICs of inventory nodes are still the simulated lab's until the SPDK and OVSDB
-//! drivers exist; every such node says so at start-up and in `virDomainGetMessages`.
+//! Disks of inventory nodes are still the simulated lab's until the SPDK driver exists, as are
+//! the NICs of nodes without `[node.nics]`; every such node says so at start-up and in
+//! `virDomainGetMessages`. Nodes naming the same OVSDB share one connection to it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::bmc::ipmi::{self, Ipmi, IpmiSettings};
 use super::bmc::read_password;
 use super::bmc::redfish::{Redfish, RedfishSettings};
-use super::{sim, Node, NodeSpec, Power, Simulated};
-use crate::config::{BmcDriver, Config, NodeConfig};
+use super::ovs::{Function, OvsNics, OvsSettings, Session, WaitFor};
+use super::{sim, Nics, Node, NodeSpec, Power, Simulated};
+use crate::config::{BmcDriver, Config, NicWait, NicsConfig, NicsDriver, NodeConfig};
 
 /// The nodes the daemon serves.
 pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
@@ -25,13 +28,24 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
     let sims = sim::build_named(&cfg.sim, &cfg.state_dir, &names)?;
     let mut nodes = Vec::with_capacity(names.len());
+    let mut sessions: HashMap<String, Arc<Session>> = HashMap::new();
     for (nc, sim) in cfg.nodes.iter().zip(sims) {
         let (power, desc): (Arc<dyn Power>, String) = match nc.bmc.driver {
             BmcDriver::Sim => (sim.clone(), "simulated BMC".into()),
             BmcDriver::Redfish => (Arc::new(redfish(cfg, nc)?), bmc_desc(nc)),
             BmcDriver::Ipmi => (Arc::new(ipmi(cfg, nc)?), bmc_desc(nc)),
         };
-        tracing::info!(node = %nc.name, bmc = %desc, "node configured; its disks and NICs are SIMULATED (no DPU driver yet)");
+        let real_nics = nc.nics.as_ref().filter(|n| n.driver == NicsDriver::Ovs);
+        let nics: Arc<dyn Nics> = match real_nics {
+            Some(n) => Arc::new(ovs_nics(nc, n, &mut sessions)?),
+            None => sim.clone(),
+        };
+        let simulated = Simulated {
+            power: nc.bmc.driver == BmcDriver::Sim,
+            disks: true,
+            nics: real_nics.is_none(),
+        };
+        tracing::info!(node = %nc.name, bmc = %desc, nics = real_nics.and_then(|n| n.ovsdb.as_deref()).unwrap_or("simulated"), "node configured; its {} SIMULATED", match simulated.parts().as_str() { "disks" => "disks are".to_string(), p => format!("{p} are") });
         nodes.push(Node {
             spec: NodeSpec {
                 name: nc.name.clone(),
@@ -45,21 +59,58 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
                     .cpu_model
                     .clone()
                     .unwrap_or_else(|| "unknown".to_string()),
-                simulated: Simulated {
-                    power: nc.bmc.driver == BmcDriver::Sim,
-                    dpu: true,
-                },
+                simulated,
                 power_on_timeout: Duration::from_secs_f64(nc.bmc.power_on_timeout_s),
                 power_off_timeout: Duration::from_secs_f64(nc.bmc.power_off_timeout_s),
                 boot_persistent: nc.bmc.boot_persistent,
                 bmc_desc: desc,
             },
             power,
-            disks: sim.clone(),
-            nics: sim,
+            disks: sim,
+            nics,
         });
     }
     Ok(nodes)
+}
+
+fn ovs_nics(
+    nc: &NodeConfig,
+    n: &NicsConfig,
+    sessions: &mut HashMap<String, Arc<Session>>,
+) -> Result<OvsNics, String> {
+    let addr = n.ovsdb.clone().unwrap_or_default();
+    let timeout = Duration::from_secs_f64(n.timeout_s);
+    let session = sessions
+        .entry(addr.clone())
+        .or_insert_with(|| Session::start(&addr, timeout))
+        .clone();
+    let functions = n
+        .pool()
+        .map_err(|e| format!("node '{}': {e}", nc.name))?
+        .into_iter()
+        .map(|(function, representor)| Function {
+            function,
+            representor,
+        })
+        .collect();
+    Ok(OvsNics::new(
+        OvsSettings {
+            node: nc.name.clone(),
+            bridge: n.bridge.clone(),
+            functions,
+            interface_type: n.interface_type.clone(),
+            wait: match n.wait {
+                NicWait::None => WaitFor::Commit,
+                NicWait::Ofport => WaitFor::Ofport,
+                NicWait::OvnInstalled => WaitFor::OvnInstalled,
+            },
+            plug_timeout: Duration::from_secs_f64(n.plug_timeout_s),
+            mac_command: n.mac_command.clone(),
+            mac_sysfs: n.mac_sysfs.clone(),
+            step_timeout: timeout,
+        },
+        session,
+    ))
 }
 
 fn bmc_desc(nc: &NodeConfig) -> String {

@@ -10,7 +10,7 @@
 
 pub mod bmc;
 pub mod inventory;
-pub mod ovsdb;
+pub mod ovs;
 pub mod sim;
 
 use std::fmt;
@@ -167,14 +167,39 @@ pub struct NodeSpec {
 pub struct Simulated {
     /// The BMC.
     pub power: bool,
-    /// The DPU (disks and NICs).
-    pub dpu: bool,
+    /// Disk mapping on the DPU.
+    pub disks: bool,
+    /// NIC plumbing on the DPU.
+    pub nics: bool,
 }
 
 impl Simulated {
     /// Anything simulated.
     pub fn any(&self) -> bool {
-        self.power || self.dpu
+        self.power || self.disks || self.nics
+    }
+
+    /// Everything simulated.
+    pub fn all(&self) -> bool {
+        self.power && self.disks && self.nics
+    }
+
+    /// The simulated parts, for messages: "BMC, disks and NICs".
+    pub fn parts(&self) -> String {
+        let parts: Vec<&str> = [
+            (self.power, "BMC"),
+            (self.disks, "disks"),
+            (self.nics, "NICs"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, p)| *p)
+        .collect();
+        match parts.as_slice() {
+            [] => String::new(),
+            [one] => one.to_string(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        }
     }
 }
 
@@ -282,6 +307,10 @@ pub struct NicSpec {
     pub interface_id: Option<String>,
     /// Owning domain.
     pub domain_uuid: String,
+    /// The representor it had before (re-plugging after a crash keeps the same function
+    /// when it is free).
+    #[serde(default)]
+    pub representor: Option<String>,
 }
 
 /// A BMC.

@@ -205,7 +205,8 @@ pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, 
                 cpu_model: "Simulated Xeon (metalvirt sim)".into(),
                 simulated: Simulated {
                     power: true,
-                    dpu: true,
+                    disks: true,
+                    nics: true,
                 },
                 power_on_timeout: Duration::from_secs(120),
                 power_off_timeout: Duration::from_secs(120),
@@ -437,9 +438,12 @@ impl Nics for SimNode {
                 return Ok(x.representor.clone());
             }
             let used: Vec<&str> = n.nics.values().map(|x| x.representor.as_str()).collect();
-            let rep = (0..NIC_FUNCTIONS)
-                .map(|i| format!("pf0vf{i}"))
-                .find(|r| !used.contains(&r.as_str()))
+            let free = |r: &String| !used.contains(&r.as_str());
+            let rep = spec
+                .representor
+                .clone()
+                .filter(free)
+                .or_else(|| (0..NIC_FUNCTIONS).map(|i| format!("pf0vf{i}")).find(free))
                 .ok_or_else(|| BackendError::new(format!("no free NIC function on node {node}")))?;
             n.nics.insert(
                 spec.handle.clone(),
@@ -580,6 +584,7 @@ mod tests {
                 bridge: None,
                 interface_id: None,
                 domain_uuid: String::new(),
+                representor: None,
             };
             assert_eq!(
                 nodes[1].nics.plug(&spec).await.unwrap(),
@@ -592,6 +597,7 @@ mod tests {
             bridge: None,
             interface_id: None,
             domain_uuid: String::new(),
+            representor: None,
         };
         let e = nodes[1].nics.plug(&spec).await.unwrap_err();
         assert_eq!(e.msg, "no free NIC function on node node-2");

@@ -242,6 +242,11 @@ pub(super) fn disk_view(index: usize, el: &Element, live_alias: Option<String>) 
     }
 }
 
+/// The view of a lone `<interface>` element (e.g. one being attached).
+pub fn interface_of(el: &Element) -> InterfaceDef {
+    interface_view(0, el, None)
+}
+
 pub(super) fn interface_view(
     index: usize,
     el: &Element,
@@ -267,6 +272,35 @@ pub(super) fn interface_view(
         alias: user_alias(el).map(str::to_string),
         live_alias,
         boot_order: boot_order(el),
+    }
+}
+
+/// Checks that an interface can be a bare-metal NIC: a DPU function plugged into Open vSwitch,
+/// i.e. `type='bridge'` (an OVS bridge, `<virtualport type='openvswitch'>` or none) or
+/// `type='ethernet'`. Anything else is `VIR_ERR_CONFIG_UNSUPPORTED` naming the type.
+pub fn check_interface(i: &InterfaceDef) -> crate::error::VirResult<()> {
+    use crate::error::VirError;
+    let mac = i.mac.as_deref().unwrap_or("");
+    match i.iface_type.as_str() {
+        "bridge" => {
+            if i.source.bridge.as_deref().is_none_or(str::is_empty) {
+                return Err(VirError::xml(&format!(
+                    "No <source> 'bridge' attribute specified with <interface type='bridge'/> (interface {mac})"
+                )));
+            }
+        }
+        "ethernet" => {}
+        other => {
+            return Err(VirError::config_unsupported(&format!(
+                "interface type '{other}' is not supported on bare metal: NICs are DPU functions plugged into Open vSwitch; use type='bridge' (with <virtualport type='openvswitch'/>) or type='ethernet'"
+            )))
+        }
+    }
+    match i.virtualport_type.as_deref() {
+        None | Some("openvswitch") => Ok(()),
+        Some(other) => Err(VirError::config_unsupported(&format!(
+            "virtualport type '{other}' is not supported (interface {mac}): only 'openvswitch'"
+        ))),
     }
 }
 

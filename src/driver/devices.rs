@@ -101,6 +101,9 @@ impl Driver {
         let _job = obj.job.lock().await;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
+        if dev.name == "interface" {
+            devices::check_interface(&devices::interface_of(&dev))?;
+        }
         // Prepare the config change first: it fails without side effects.
         let new_config = Self::config_edit(obj, config, |t| {
             check_config_change(&dev, "attach")?;
@@ -575,4 +578,116 @@ impl Driver {
             VirError::operation_failed(&format!("cannot read interface statistics: {e}"))
         })
     }
+
+    // ------------------------------------------------------------------ reconcile
+
+    /// Makes a node's plugged NICs match its live domain (start-up, after recovery): ports
+    /// the backend holds for this node that no live domain owns are removed, and NICs a live
+    /// domain owns that the backend lacks (lost while the daemon was down) are plugged again,
+    /// on the same function when it is free. Each domain is examined under its job, so
+    /// operations running meanwhile are never undone. Returns (removed, re-plugged).
+    pub(super) async fn reconcile_nics(&self, node: &Node) -> Result<(usize, usize), String> {
+        let n = node.spec.name.as_str();
+        let owns = |obj: &DomainObj, h: &str| {
+            obj.with(|s| {
+                s.active()
+                    && s.node.as_deref() == Some(n)
+                    && s.journal.iter().any(|st| st.handle() == Some(h))
+            })
+        };
+        let listed = node.nics.list().await.map_err(|e| e.to_string())?;
+        let mut removed = 0;
+        for h in listed {
+            let owner = handle_domain(&h).and_then(|u| self.lookup_uuid(&u).ok());
+            let _job = match &owner {
+                Some(obj) => Some(obj.job.lock().await),
+                None => None,
+            };
+            if owner.as_ref().is_some_and(|o| owns(o, &h)) {
+                continue;
+            }
+            match node.nics.unplug(&h).await {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::warn!(node = n, handle = %h, "reconcile: removed a NIC port no live domain owns");
+                }
+                Err(e) => {
+                    tracing::error!(node = n, handle = %h, "reconcile: cannot remove an orphaned NIC port: {e}")
+                }
+            }
+        }
+        let mut replugged = 0;
+        for obj in self.all() {
+            let _job = obj.job.lock().await;
+            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n)) {
+                continue;
+            }
+            let listed = node.nics.list().await.map_err(|e| e.to_string())?;
+            let steps: Vec<(String, String, Option<String>)> = obj.with(|s| {
+                s.journal
+                    .iter()
+                    .filter_map(|st| match st {
+                        Step::Nic {
+                            handle,
+                            mac,
+                            representor,
+                        } if !listed.contains(handle) => {
+                            Some((handle.clone(), mac.clone(), representor.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            });
+            if steps.is_empty() {
+                continue;
+            }
+            let Ok(mut tree) = Self::live_tree(&obj) else {
+                continue;
+            };
+            let name = obj.with(|s| s.def.name().to_string());
+            let mut changed = false;
+            for (handle, mac, old) in steps {
+                let Some(view) = tree
+                    .interfaces()
+                    .into_iter()
+                    .find(|i| i.mac.as_deref() == Some(mac.as_str()))
+                else {
+                    continue;
+                };
+                let Some(mut spec) = nic_spec(&obj.uuid, &view) else {
+                    continue;
+                };
+                spec.representor = old.clone();
+                match node.nics.plug(&spec).await {
+                    Ok(rep) => {
+                        replugged += 1;
+                        tracing::warn!(domain = %name, node = n, mac = %mac, representor = %rep, "reconcile: re-plugged a NIC missing from the backend");
+                        if old.as_deref() != Some(rep.as_str()) {
+                            obj.with(|s| set_device(&mut s.journal, &handle, rep.clone()));
+                            if view.target_dev.is_none() || view.target_dev == old {
+                                tree.set_interface_target(view.index, &rep);
+                            }
+                            changed = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(domain = %name, node = n, mac = %mac, "reconcile: cannot re-plug a missing NIC: {e}");
+                        obj.with(|s| {
+                            s.note(format!("NIC {mac} was lost while the daemon was down and could not be plugged again: {e}"))
+                        });
+                    }
+                }
+            }
+            if changed {
+                let _ = self.commit_live(&obj, &tree).await;
+            }
+        }
+        Ok((removed, replugged))
+    }
+}
+
+/// The domain a backend handle (`mv-<uuid>-…`) belongs to.
+fn handle_domain(handle: &str) -> Option<uuid::Uuid> {
+    let rest = handle.strip_prefix("mv-")?;
+    uuid::Uuid::try_parse(rest.get(..32)?).ok()
 }

@@ -141,14 +141,24 @@ fn source_desc(d: &DiskDef) -> Option<String> {
 }
 
 /// What to plug for one interface (every interface has a MAC once defaults are filled).
+/// An interface without `interfaceid` gets an `iface-id` derived from the domain and MAC, so
+/// the same interface keeps the same id across restarts and re-plugs.
 pub(super) fn nic_spec(uuid: &Uuid, i: &InterfaceDef) -> Option<NicSpec> {
     let mac = i.mac.clone()?;
+    let interface_id = i
+        .interface_id
+        .clone()
+        .unwrap_or_else(|| Uuid::new_v5(uuid, mac.as_bytes()).to_string());
     Some(NicSpec {
         handle: nic_handle(uuid, &mac),
         mac,
-        bridge: i.source.bridge.clone(),
-        interface_id: i.interface_id.clone(),
+        bridge: match i.iface_type.as_str() {
+            "bridge" => i.source.bridge.clone(),
+            _ => None,
+        },
+        interface_id: Some(interface_id),
         domain_uuid: uuid.to_string(),
+        representor: None,
     })
 }
 
@@ -158,6 +168,13 @@ fn nic_plan(uuid: &Uuid, def: &DomainDef) -> Vec<NicSpec> {
         .iter()
         .filter_map(|i| nic_spec(uuid, i))
         .collect()
+}
+
+/// Checks that every interface of a definition can be plugged on bare metal.
+pub(super) fn check_nics(def: &DomainDef) -> VirResult<()> {
+    def.interfaces()
+        .iter()
+        .try_for_each(crate::domain::devices::check_interface)
 }
 
 /// Handles a live definition owns: what its journal may hold.
@@ -394,6 +411,7 @@ impl Driver {
         tree.make_live();
         // Secrets first: a disk whose key is missing fails the start before anything moves.
         let disks = disk_plan(&obj.uuid, &tree, Some(&self.secrets))?;
+        check_nics(&tree)?;
         let nics = nic_plan(&obj.uuid, &tree);
         let node = self.place(obj.uuid, &tree)?;
         let mut journal: Vec<Step> = disks
@@ -616,6 +634,7 @@ impl Driver {
             })?;
         }
         let def = StoredDef::parse_xml(xml)?;
+        check_nics(&def.tree()?)?;
         let paused = flags & START_PAUSED != 0;
         match self.check_unique(&def, true)? {
             Some(obj) => {
@@ -895,8 +914,34 @@ impl Driver {
         Ok(())
     }
 
-    /// Starts the power watcher and autostart.
+    /// Starts the power watcher, NIC reconciliation and autostart.
     pub fn start_background(self: &Arc<Self>) {
+        for node in self.nodes.iter().cloned() {
+            let d = self.clone();
+            tokio::spawn(async move {
+                // The backend may not be reachable yet: retry until it answers once.
+                let mut pause = Duration::from_millis(500);
+                let mut tries = 0u32;
+                loop {
+                    match d.reconcile_nics(&node).await {
+                        Ok((removed, replugged)) => {
+                            if removed + replugged > 0 {
+                                tracing::warn!(node = %node.spec.name, removed, replugged, "reconciled NIC ports");
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            tries += 1;
+                            if tries == 1 {
+                                tracing::warn!(node = %node.spec.name, "cannot reconcile NIC ports yet: {e}; retrying");
+                            }
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            });
+        }
         let d = self.clone();
         tokio::spawn(async move {
             for obj in d.all() {

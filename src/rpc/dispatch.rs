@@ -669,20 +669,23 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
             let (mut msgs, node) = o.with(|s| (s.messages.clone(), s.node.clone()));
             if let Some(n) = node.and_then(|n| d.nodes().iter().find(|x| x.spec.name == n)) {
                 let sim = n.spec.simulated;
-                let note = match (sim.power, sim.dpu) {
-                    (true, true) => Some(format!(
+                let note = if sim.all() {
+                    Some(format!(
                         "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
                         n.spec.name
-                    )),
-                    (false, true) => Some(format!(
-                        "runs on {} ({}): its disks and NICs are SIMULATED (no DPU driver yet)",
-                        n.spec.name, n.spec.bmc_desc
-                    )),
-                    (true, false) => Some(format!(
-                        "runs on {} with a SIMULATED BMC: no real server is powered",
-                        n.spec.name
-                    )),
-                    (false, false) => None,
+                    ))
+                } else if sim.any() {
+                    Some(format!(
+                        "runs on {} ({}): its {} SIMULATED",
+                        n.spec.name,
+                        n.spec.bmc_desc,
+                        match sim.parts().as_str() {
+                            "BMC" => "BMC is".to_string(),
+                            p => format!("{p} are"),
+                        }
+                    ))
+                } else {
+                    None
                 };
                 if let Some(note) = note {
                     msgs.insert(0, note);

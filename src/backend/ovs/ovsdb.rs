@@ -1,11 +1,14 @@
 //! An OVSDB client (RFC 7047 JSON-RPC) over unix and tcp sockets: the transport for NIC
-//! plumbing on a DPU's Open vSwitch (issue 5; the NIC backend builds on it).
+//! plumbing on a DPU's Open vSwitch.
 //!
 //! Messages are JSON objects back to back with no framing; the reader task splits them with
 //! serde_json's streaming deserializer, answers the server's `echo` keepalives itself and
 //! hands replies to their callers by `id` (replies may come in any order). Every call has a
-//! time limit. When the connection drops, calls in flight fail at once with
-//! [`OvsdbError::Disconnected`]; reconnecting is the caller's decision.
+//! time limit. `monitor` results and later `update` notifications both go, in the order the
+//! server sent them, to one callback run by the reader, so a replica built from them never
+//! applies an old initial state over a newer update. When the connection drops, calls in
+//! flight fail at once with [`OvsdbError::Disconnected`]; reconnecting is the caller's
+//! decision ([`super::Session`] does it with backoff).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// What can go wrong talking to OVSDB.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,10 +41,20 @@ pub enum OvsdbError {
         /// The limit.
         limit: Duration,
     },
-    /// The server answered with an error (RFC 7047 `error`, or an operation's error).
+    /// The server answered the call with an error (RFC 7047 `error`).
     #[error("OVSDB error: {error}{}", if details.is_empty() { String::new() } else { format!(" ({details})") })]
     Server {
-        /// The error string (e.g. `constraint violation`).
+        /// The error string (e.g. `unknown database`).
+        error: String,
+        /// Its details.
+        details: String,
+    },
+    /// One operation of a transaction failed (RFC 7047 §5.2); nothing was committed.
+    #[error("OVSDB operation {index} failed: {error}{}", if details.is_empty() { String::new() } else { format!(" ({details})") })]
+    Operation {
+        /// Position of the failed operation in the transaction.
+        index: usize,
+        /// The error string (e.g. `constraint violation`, `timed out` for a `wait`).
         error: String,
         /// Its details.
         details: String,
@@ -53,9 +66,16 @@ pub enum OvsdbError {
 
 type Reply = Result<Value, OvsdbError>;
 
+/// Receives monitor contents: the monitor's id and a `<table-updates>` object (RFC 7047
+/// §4.1.6). Runs on the reader task: it must not block.
+pub type UpdateFn = Arc<dyn Fn(&Value, &Value) + Send + Sync>;
+
 struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    closed: std::sync::atomic::AtomicBool,
+    /// Request ids of monitors in flight, with the monitor id each was given.
+    monitors: Mutex<HashMap<u64, Value>>,
+    on_update: Option<UpdateFn>,
+    closed: watch::Sender<bool>,
 }
 
 /// One connection to an ovsdb-server.
@@ -93,6 +113,15 @@ fn server_error(v: &Value) -> Option<OvsdbError> {
 impl Ovsdb {
     /// Connects to `unix:/path` or `tcp:host:port` (ovs-vsctl's `--db` syntax).
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Ovsdb, OvsdbError> {
+        Self::connect_with(addr, timeout, None).await
+    }
+
+    /// Like [`Ovsdb::connect`], handing monitor contents to `on_update`.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        on_update: Option<UpdateFn>,
+    ) -> Result<Ovsdb, OvsdbError> {
         let fail = |reason: String| OvsdbError::Connect {
             addr: addr.to_string(),
             reason,
@@ -103,14 +132,14 @@ impl Ovsdb {
                     .await
                     .map_err(|e| fail(e.to_string()))?;
                 let (r, w) = s.into_split();
-                Ok(Self::start(r, w, timeout))
+                Ok(Self::start(r, w, timeout, on_update.clone()))
             } else if let Some(hp) = addr.strip_prefix("tcp:") {
                 let s = tokio::net::TcpStream::connect(hp)
                     .await
                     .map_err(|e| fail(e.to_string()))?;
                 s.set_nodelay(true).ok();
                 let (r, w) = s.into_split();
-                Ok(Self::start(r, w, timeout))
+                Ok(Self::start(r, w, timeout, on_update.clone()))
             } else {
                 Err(fail("the address must start with unix: or tcp:".into()))
             }
@@ -120,14 +149,16 @@ impl Ovsdb {
             .map_err(|_| fail(format!("no connection within {timeout:?}")))?
     }
 
-    fn start<R, W>(r: R, w: W, timeout: Duration) -> Ovsdb
+    fn start<R, W>(r: R, w: W, timeout: Duration, on_update: Option<UpdateFn>) -> Ovsdb
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            monitors: Mutex::new(HashMap::new()),
+            on_update,
+            closed: watch::Sender::new(false),
         });
         let (out, rx) = mpsc::unbounded_channel();
         tokio::spawn(Self::write_loop(w, rx));
@@ -182,7 +213,7 @@ impl Ovsdb {
             let used = stream.byte_offset();
             buf.drain(..used);
         }
-        shared.closed.store(true, Ordering::SeqCst);
+        shared.closed.send_replace(true);
         let pending: Vec<_> = shared
             .pending
             .lock()
@@ -201,11 +232,27 @@ impl Ovsdb {
                 let reply = json!({"id": v["id"], "result": v["params"], "error": null});
                 let _ = out.send(reply.to_string().into_bytes());
             }
+            Some("update") => {
+                if let (Some(f), Some(p)) = (&shared.on_update, v["params"].as_array()) {
+                    if let [mon, updates] = p.as_slice() {
+                        f(mon, updates);
+                    }
+                }
+            }
             Some(other) => tracing::debug!(method = other, "OVSDB notification ignored"),
             None => {
                 let Some(id) = v.get("id").and_then(Value::as_u64) else {
                     return;
                 };
+                let monitor = shared
+                    .monitors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let (Some(mon), Some(f), None) = (&monitor, &shared.on_update, server_error(&v))
+                {
+                    f(mon, &v["result"]);
+                }
                 let tx = shared
                     .pending
                     .lock()
@@ -224,15 +271,32 @@ impl Ovsdb {
 
     /// Whether the connection has dropped.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::SeqCst)
+        *self.shared.closed.borrow()
+    }
+
+    /// Returns when the connection has dropped.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// One JSON-RPC call.
     pub async fn call(&self, method: &str, params: Value) -> Reply {
+        self.call_inner(method, params, None).await
+    }
+
+    async fn call_inner(&self, method: &str, params: Value, monitor: Option<Value>) -> Reply {
         if self.is_closed() {
             return Err(OvsdbError::Disconnected);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(mon) = monitor {
+            self.shared
+                .monitors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, mon);
+        }
         let (tx, rx) = oneshot::channel();
         self.shared
             .pending
@@ -263,6 +327,20 @@ impl Ovsdb {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.shared
+            .monitors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Starts monitor `id` on `db` (RFC 7047 §4.1.5) with `requests` (table → monitor
+    /// request). The initial contents and every later change go to the connection's update
+    /// callback, in order.
+    pub async fn monitor(&self, db: &str, id: Value, requests: Value) -> Result<(), OvsdbError> {
+        self.call_inner("monitor", json!([db, id.clone(), requests]), Some(id))
+            .await
+            .map(|_| ())
     }
 
     /// The databases the server holds.
@@ -289,8 +367,14 @@ impl Ovsdb {
             .as_array()
             .cloned()
             .ok_or_else(|| OvsdbError::Protocol(format!("transact answered {v}")))?;
-        if let Some(e) = results.iter().find_map(server_error) {
-            return Err(e);
+        for (index, r) in results.iter().enumerate() {
+            if let Some(OvsdbError::Server { error, details }) = server_error(r) {
+                return Err(OvsdbError::Operation {
+                    index,
+                    error,
+                    details,
+                });
+            }
         }
         if results.len() < n {
             return Err(OvsdbError::Protocol(format!(
@@ -306,69 +390,8 @@ impl Ovsdb {
 mod tests {
     //! Against a real ovsdb-server on a private database (Open vSwitch's own schema).
 
+    use super::super::testing::Server;
     use super::*;
-    use std::process::Command;
-
-    struct Server {
-        dir: tempfile::TempDir,
-        pid: Option<u32>,
-    }
-
-    impl Server {
-        fn start() -> Server {
-            let dir = tempfile::tempdir().unwrap();
-            let db = dir.path().join("conf.db");
-            let ok = Command::new("ovsdb-tool")
-                .arg("create")
-                .arg(&db)
-                .arg("/usr/share/openvswitch/vswitch.ovsschema")
-                .status()
-                .expect("ovsdb-tool from openvswitch-switch (scripts/install-deps.sh)");
-            assert!(ok.success());
-            let sock = dir.path().join("db.sock");
-            let pidfile = dir.path().join("ovsdb-server.pid");
-            let ok = Command::new("ovsdb-server")
-                .arg(&db)
-                .arg(format!("--remote=punix:{}", sock.display()))
-                .arg(format!("--pidfile={}", pidfile.display()))
-                .arg(format!("--unixctl={}", dir.path().join("ctl").display()))
-                .arg(format!("--log-file={}", dir.path().join("log").display()))
-                .args(["--detach", "--no-chdir", "-vconsole:off"])
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            let pid = std::fs::read_to_string(&pidfile)
-                .ok()
-                .and_then(|p| p.trim().parse().ok());
-            Server { dir, pid }
-        }
-
-        fn addr(&self) -> String {
-            format!("unix:{}", self.dir.path().join("db.sock").display())
-        }
-
-        fn stop(&mut self) {
-            if let Some(pid) = self.pid.take() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                for _ in 0..100 {
-                    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err()
-                    {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.stop();
-        }
-    }
 
     fn port_ops(name: &str, iface_id: &str) -> Vec<Value> {
         vec![
@@ -386,7 +409,7 @@ mod tests {
     async fn messages_split_across_reads_and_echo_answered() {
         let (client, mut server) = tokio::io::duplex(4096);
         let (r, w) = tokio::io::split(client);
-        let db = Ovsdb::start(r, w, Duration::from_secs(5));
+        let db = Ovsdb::start(r, w, Duration::from_secs(5), None);
         let call = tokio::spawn(async move { db.list_dbs().await });
         let mut buf = vec![0u8; 4096];
         let n = server.read(&mut buf).await.unwrap();
@@ -461,7 +484,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&e, OvsdbError::Server { error, .. } if error == "constraint violation"),
+            matches!(&e, OvsdbError::Operation { error, .. } if error == "constraint violation"),
             "{e:?}"
         );
         let e = db.transact("No_Such_Db", vec![]).await.unwrap_err();
