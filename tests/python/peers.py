@@ -328,3 +328,204 @@ class Pyghmi(_Process):
         self.tools = [Ipmitool(p) for p in self.ports]
         wait_until(lambda: self.tools[-1].answers("pyghmi BMC", self), 30, "pyghmi BMC",
                    step=0.1)
+
+
+def _stop_popen(proc, timeout=5):
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class OvsLab:
+    """Open vSwitch and OVN as ../shared/PEERS.md §4 runs them, on a temp dir: ovsdb-server
+    on a private database with br-int (netdev datapath), ovs-vswitchd in its own network
+    namespace where each representor `pf0vfN` is one end of a veth pair whose other end
+    `hostvfN` stands for the host-facing function, and optionally OVN (NB/SB ovsdb-servers,
+    ovn-northd, ovn-controller with this OVS as chassis `chassis-bm`). Every daemon runs in
+    the foreground as our child and is stopped at exit. `representors`: how many pairs."""
+
+    def __init__(self, representors=4, ovn=True):
+        self.count = representors
+        self.with_ovn = ovn
+        self.dir = None
+        self.procs = {}
+
+    def path(self, *p):
+        return os.path.join(self.dir, *p)
+
+    @property
+    def db_addr(self):
+        return "unix:" + self.path("db.sock")
+
+    @property
+    def vswitchd_pid(self):
+        return self.procs["vswitchd"].pid
+
+    def env(self):
+        e = dict(os.environ)
+        e.update(OVS_RUNDIR=self.dir, OVS_LOGDIR=self.dir, OVS_DBDIR=self.dir,
+                 OVN_RUNDIR=self.path("ovn"), OVN_LOGDIR=self.path("ovn"))
+        return e
+
+    def _spawn(self, key, argv):
+        log = open(self.path(f"{key}.out"), "ab")
+        self.procs[key] = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env(),
+            cwd=self.dir, start_new_session=True)
+        log.close()
+
+    def _check_alive(self, key):
+        p = self.procs.get(key)
+        if p is None or p.poll() is not None:
+            with open(self.path(f"{key}.out"), errors="replace") as f:
+                raise PeerError(f"{key} exited: {f.read()[-2000:]}")
+        return True
+
+    def _ovsdb_server(self, key, db, sock):
+        self._spawn(key, ["ovsdb-server", db, f"--remote=punix:{sock}",
+                          f"--pidfile={self.path(key + '.pid')}",
+                          f"--unixctl={self.path(key + '.ctl')}",
+                          f"--log-file={self.path(key + '.log')}", "--no-chdir",
+                          "-vconsole:off"])
+        wait_until(lambda: self._check_alive(key) and _connects(sock), 10, f"{key} socket")
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="metalvirt-ovs")
+        os.makedirs(self.path("ovn"))
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self):
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True, env=self.env())  # noqa: E731
+        run("ovsdb-tool", "create", self.path("conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema")
+        self.start_ovsdb()
+        self.vsctl("init", "--", "add-br", "br-int", "--", "set", "Bridge", "br-int",
+                   "datapath_type=netdev", "fail_mode=secure", wait=False)
+        pairs = " && ".join(
+            f"ip link add pf0vf{i} type veth peer name hostvf{i} && ip link set pf0vf{i} up"
+            f" && ip link set hostvf{i} up" for i in range(self.count))
+        script = (f"ip link set lo up && {pairs} && exec ovs-vswitchd {self.db_addr}"
+                  f" --pidfile={self.path('vswitchd.pid')} --unixctl={self.path('vswitchd.ctl')}"
+                  f" --log-file={self.path('vswitchd.log')} --no-chdir -vconsole:off")
+        self._spawn("vswitchd", ["unshare", "--net", "--", "sh", "-c", script])
+        wait_until(lambda: self._check_alive("vswitchd") and self.vsctl(
+            "get", "Interface", "br-int", "ofport", wait=False) == "65534", 10, "ovs-vswitchd")
+        if not self.with_ovn:
+            return
+        n = self.path("ovn")
+        for db in ("nb", "sb"):
+            run("ovsdb-tool", "create", os.path.join(n, f"{db}.db"),
+                f"/usr/share/ovn/ovn-{db}.ovsschema")
+            self._ovsdb_server(db, os.path.join(n, f"{db}.db"), os.path.join(n, f"{db}.sock"))
+        self._spawn("northd", ["ovn-northd", f"--ovnnb-db=unix:{n}/nb.sock",
+                               f"--ovnsb-db=unix:{n}/sb.sock", f"--pidfile={n}/northd.pid",
+                               f"--unixctl={n}/northd.ctl", f"--log-file={n}/northd.log",
+                               "--no-chdir", "-vconsole:off"])
+        self.vsctl("set", "Open_vSwitch", ".", "external_ids:system-id=chassis-bm",
+                   f"external_ids:ovn-remote=unix:{n}/sb.sock",
+                   "external_ids:ovn-encap-type=geneve", "external_ids:ovn-encap-ip=127.0.0.1",
+                   "external_ids:ovn-bridge=br-int")
+        # (ovn-controller rejects --unixctl: its socket is $OVN_RUNDIR/ovn-controller.PID.ctl)
+        self._spawn("controller", ["ovn-controller", self.db_addr,
+                                   f"--pidfile={n}/controller.pid",
+                                   f"--log-file={n}/controller.log", "--no-chdir",
+                                   "-vconsole:off"])
+        wait_until(lambda: self._check_alive("controller") and "chassis-bm" in self.sbctl(
+            "--columns=name", "list", "Chassis"), 15, "ovn-controller's chassis")
+        self.nbctl("ls-add", "net1")
+
+    def start_ovsdb(self):
+        self._ovsdb_server("ovsdb", self.path("conf.db"), self.path("db.sock"))
+
+    def stop_ovsdb(self):
+        _stop_popen(self.procs.pop("ovsdb", None))
+
+    def _ctl(self, tool, db, args, check=True):
+        r = subprocess.run([tool, f"--db={db}", "--timeout=10", *args], capture_output=True,
+                           text=True, env=self.env())
+        if check and r.returncode != 0:
+            raise PeerError(f"{tool} {' '.join(args)}: {r.stderr}")
+        return r.stdout.strip()
+
+    def vsctl(self, *args, wait=None, check=True):
+        """ovs-vsctl; waits for ovs-vswitchd to apply changes once it runs."""
+        if wait is None:
+            wait = "vswitchd" in self.procs
+        pre = [] if wait else ["--no-wait"]
+        return self._ctl("ovs-vsctl", self.db_addr, [*pre, *args], check)
+
+    def nbctl(self, *args):
+        return self._ctl("ovn-nbctl", "unix:" + self.path("ovn", "nb.sock"), args)
+
+    def sbctl(self, *args):
+        return self._ctl("ovn-sbctl", "unix:" + self.path("ovn", "sb.sock"), args)
+
+    def interfaces(self):
+        """{name: {ofport, external_ids, error}} of every Interface except bridges'."""
+        out = json.loads(self.vsctl("--format=json", "--columns=name,ofport,external_ids,error,type",
+                                    "list", "Interface", wait=False))
+        rows = {}
+        for r in out["data"]:
+            name, ofport, ids, err, typ = r
+            if typ == "internal":
+                continue
+            rows[name] = {
+                "ofport": ofport if isinstance(ofport, int) else None,
+                "external_ids": dict(ids[1]),
+                "error": err if isinstance(err, str) else None,
+            }
+        return rows
+
+    def ports(self):
+        return sorted(self.vsctl("list-ports", "br-int", wait=False).split())
+
+    def add_lsp(self, port_id, mac):
+        self.nbctl("lsp-add", "net1", port_id)
+        self.nbctl("lsp-set-addresses", port_id, mac)
+
+    def lsp_up(self, port_id):
+        return self.nbctl("get", "Logical_Switch_Port", port_id, "up") in ("true", "[true]")
+
+    def binding_chassis(self, port_id):
+        return self.sbctl("--bare", "--columns=chassis", "find", "Port_Binding",
+                          f"logical_port={port_id}")
+
+    def netns(self, *argv):
+        """Runs a command in ovs-vswitchd's network namespace (where hostvfN live)."""
+        return subprocess.run(["nsenter", f"--net=/proc/{self.vswitchd_pid}/ns/net", *argv],
+                              capture_output=True, text=True, check=True).stdout
+
+    def host_mac(self, function):
+        out = self.netns("ip", "-o", "link", "show", function)
+        return out.split("link/ether")[1].split()[0]
+
+    def __exit__(self, *exc):
+        for key in ("controller", "northd", "vswitchd", "sb", "nb", "ovsdb"):
+            _stop_popen(self.procs.pop(key, None))
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+
+def _connects(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
