@@ -651,6 +651,70 @@ cipher_suite = 17
     }
 
     #[test]
+    fn nic_pools_are_checked() {
+        let node = |name: &str, nics: &str| {
+            format!(
+                "[[node]]\nname = \"{name}\"\ncores = 1\nmemory_mib = 1\n[node.bmc]\ndriver = \"sim\"\n[node.nics]\n{nics}\n"
+            )
+        };
+        let ok = node(
+            "a",
+            "ovsdb = \"unix:/run/db.sock\"\nrepresentors = [\"pf0vf{0..3}\", \"pf1vf0\"]\nfunctions = [\"vf{0..4}\"]",
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        let nics = c.nodes[0].nics.as_ref().unwrap();
+        assert_eq!(nics.bridge, "br-int");
+        assert_eq!(nics.wait, NicWait::Ofport);
+        let pool = nics.pool().unwrap();
+        assert_eq!(pool.len(), 5);
+        assert_eq!(pool[4], ("vf4".to_string(), "pf1vf0".to_string()));
+        let bad = |nics: &str, want: &str| {
+            let e = Config::from_toml(&node("a", nics)).unwrap_err();
+            assert!(e.contains(want), "{nics}: {e}");
+        };
+        bad("representors = [\"pf0vf0\"]", "nics.ovsdb is required");
+        bad(
+            "ovsdb = \"/run/db.sock\"\nrepresentors = [\"x\"]",
+            "unix:/path or tcp:host:port",
+        );
+        bad("ovsdb = \"unix:/s\"", "has no NIC functions");
+        bad(
+            "ovsdb = \"unix:/s\"\nrepresentors = [\"a\", \"a\"]",
+            "lists 'a' twice",
+        );
+        bad(
+            "ovsdb = \"unix:/s\"\nrepresentors = [\"a{0..1}\"]\nfunctions = [\"f\"]",
+            "1 functions for 2 representors",
+        );
+        bad(
+            "ovsdb = \"unix:/s\"\nrepresentors = [\"a-very-long-representor\"]",
+            "not a network device name",
+        );
+        bad(
+            "ovsdb = \"unix:/s\"\nrepresentors = [\"a\"]\nwait = \"forever\"",
+            "unknown variant",
+        );
+        bad(
+            "ovsdb = \"unix:/s\"\nrepresentors = [\"a\"]\nmac_command = []",
+            "must name a program",
+        );
+        // Two nodes on one OVSDB cannot share a representor; on different ones they can.
+        let two = |addr: &str| {
+            node("a", "ovsdb = \"unix:/s\"\nrepresentors = [\"pf0vf{0..3}\"]")
+                + &node(
+                    "b",
+                    &format!("ovsdb = \"{addr}\"\nrepresentors = [\"pf0vf3\"]"),
+                )
+        };
+        let e = Config::from_toml(&two("unix:/s")).unwrap_err();
+        assert!(
+            e.contains("nodes 'a' and 'b' both list representor 'pf0vf3'"),
+            "{e}"
+        );
+        Config::from_toml(&two("tcp:10.0.0.2:6640")).unwrap();
+    }
+
+    #[test]
     fn relative_paths_are_taken_from_the_config_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.toml");
@@ -680,5 +744,6 @@ cipher_suite = 17
         assert_eq!(c.nodes.len(), 2);
         assert_eq!(c.nodes[0].bmc.driver, BmcDriver::Redfish);
         assert_eq!(c.nodes[1].bmc.driver, BmcDriver::Ipmi);
+        assert_eq!(c.nodes[0].nics.as_ref().unwrap().pool().unwrap().len(), 16);
     }
 }

@@ -15,7 +15,7 @@ pub mod ovsdb;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -477,15 +477,25 @@ impl OvsNics {
     }
 
     /// Takes a free function for `handle`: the preferred one when free, else the first free.
-    /// `skip` are representors found taken by someone else meanwhile.
-    fn take(&self, handle: &str, prefer: Option<&str>, skip: &[String]) -> BResult<Function> {
+    /// `skip` are representors found taken by someone else meanwhile; `present`, when given,
+    /// are the Interface names the server holds (else the replica's).
+    fn take(
+        &self,
+        handle: &str,
+        prefer: Option<&str>,
+        skip: &[String],
+        present: Option<&HashSet<String>>,
+    ) -> BResult<Function> {
         let mut taken = self.taken();
         let free = |f: &&Function| {
             !skip.contains(&f.representor)
                 && !taken
                     .iter()
                     .any(|(h, r)| h != handle && *r == f.representor)
-                && !self.session.view(|r| r.has_iface_named(&f.representor))
+                && !match present {
+                    Some(p) => p.contains(&f.representor),
+                    None => self.session.view(|r| r.has_iface_named(&f.representor)),
+                }
         };
         let pick = prefer
             .and_then(|p| self.s.functions.iter().find(|f| f.representor == p))
@@ -501,6 +511,22 @@ impl OvsNics {
             })?;
         taken.insert(handle.to_string(), pick.representor.clone());
         Ok(pick)
+    }
+
+    /// The names of the Interfaces the server holds now.
+    async fn present_names(&self) -> BResult<HashSet<String>> {
+        let res = self
+            .session
+            .transact(vec![
+                json!({"op": "select", "table": "Interface", "where": [], "columns": ["name"]}),
+            ])
+            .await?;
+        Ok(res[0]["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect())
     }
 
     async fn program_mac(&self, spec: &NicSpec, f: &Function) -> BResult<()> {
@@ -651,8 +677,20 @@ impl OvsNics {
         }
         let bridge = spec.bridge.as_deref().unwrap_or(&self.s.bridge);
         let mut skip = Vec::new();
+        let mut present = None;
         loop {
-            let f = self.take(&spec.handle, spec.representor.as_deref(), &skip)?;
+            let prefer = spec.representor.as_deref();
+            let f = match self.take(&spec.handle, prefer, &skip, present.as_ref()) {
+                Ok(f) => f,
+                // The replica trails the server by one notification: before calling the
+                // pool exhausted, ask the server which representors it really holds.
+                Err(_) if present.is_none() => {
+                    present = Some(self.present_names().await?);
+                    skip.clear();
+                    self.take(&spec.handle, prefer, &skip, present.as_ref())?
+                }
+                Err(e) => return Err(e),
+            };
             self.program_mac(spec, &f).await?;
             match self
                 .session
@@ -957,6 +995,31 @@ mod tests {
         assert_eq!(n.plug(&spec(2)).await.unwrap(), "pf0vf1");
         // Someone else's port is never ours to list or remove.
         assert_eq!(n.list().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_function_freed_by_someone_else_is_usable_at_once() {
+        let srv = Server::start().with_bridge("br-int");
+        let n = nics(&srv, "bm-1", &["pf0vf0", "pf0vf1"]);
+        n.plug(&spec(1)).await.unwrap();
+        n.plug(&spec(2)).await.unwrap();
+        // Another client deletes pf0vf0; our replica hears of it a moment later, but the
+        // next plug must not call the pool exhausted meanwhile.
+        let other = ovsdb::Ovsdb::connect(&srv.addr(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let port = srv.vsctl(&["get", "Port", "pf0vf0", "_uuid"]);
+        other
+            .transact(
+                "Open_vSwitch",
+                vec![
+                    json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", "br-int"]],
+                            "mutations": [["ports", "delete", ["set", [["uuid", port]]]]]}),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n.plug(&spec(3)).await.unwrap(), "pf0vf0");
     }
 
     #[tokio::test]
