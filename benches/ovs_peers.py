@@ -168,6 +168,17 @@ def bench_latency(rounds, lab, conn):
     return results
 
 
+def all_at_once(f, items):
+    """Runs f(item) for every item in its own thread, all started together; wall seconds."""
+    threads = [threading.Thread(target=f, args=(x,)) for x in items]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def bench_concurrent(n, lab, conn):
     doms = [conn.defineXML(dom_xml(f"c{i}", f"c{i}", nic(f"52:54:00:30:{i // 256:02x}:{i % 256:02x}")))
             for i in range(n)]
@@ -179,13 +190,7 @@ def bench_concurrent(n, lab, conn):
         except libvirt.libvirtError as e:
             errors.append(str(e))
 
-    threads = [threading.Thread(target=start, args=(d,)) for d in doms]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = all_at_once(start, doms)
     if errors:
         raise RuntimeError(errors[:3])
     plugged = sum(1 for r in lab.interfaces().values()
@@ -200,13 +205,7 @@ def bench_concurrent(n, lab, conn):
     def raw_plug(i):
         ports[i] = raws[i].plug(f"cr{i}", f"52:54:00:40:{i // 256:02x}:{i % 256:02x}", i)
 
-    threads = [threading.Thread(target=raw_plug, args=(i,)) for i in range(n)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    raw_wall = time.perf_counter() - t0
+    raw_wall = all_at_once(raw_plug, range(n))
     for i in range(n):
         raws[i].unplug(ports[i])
     return wall, plugged, raw_wall

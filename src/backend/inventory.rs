@@ -45,7 +45,15 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
             disks: true,
             nics: real_nics.is_none(),
         };
-        tracing::info!(node = %nc.name, bmc = %desc, nics = real_nics.and_then(|n| n.ovsdb.as_deref()).unwrap_or("simulated"), "node configured; its {} SIMULATED", match simulated.parts().as_str() { "disks" => "disks are".to_string(), p => format!("{p} are") });
+        let nics_desc = real_nics.and_then(|n| n.ovsdb.as_deref());
+        match simulated.sentence() {
+            Some(s) => {
+                tracing::info!(node = %nc.name, bmc = %desc, nics = nics_desc.unwrap_or("simulated"), "node configured; its {s}")
+            }
+            None => {
+                tracing::info!(node = %nc.name, bmc = %desc, nics = nics_desc.unwrap_or("simulated"), "node configured")
+            }
+        }
         nodes.push(Node {
             spec: NodeSpec {
                 name: nc.name.clone(),

@@ -184,8 +184,19 @@ impl Simulated {
         self.power && self.disks && self.nics
     }
 
-    /// The simulated parts, for messages: "BMC, disks and NICs".
-    pub fn parts(&self) -> String {
+    /// What is simulated, as a sentence for messages: "BMC is SIMULATED", "disks and NICs
+    /// are SIMULATED"; `None` when nothing is.
+    pub fn sentence(&self) -> Option<String> {
+        let parts = self.parts();
+        match parts.as_str() {
+            "" => None,
+            "BMC" => Some("BMC is SIMULATED".into()),
+            p => Some(format!("{p} are SIMULATED")),
+        }
+    }
+
+    /// The simulated parts: "BMC, disks and NICs".
+    fn parts(&self) -> String {
         let parts: Vec<&str> = [
             (self.power, "BMC"),
             (self.disks, "disks"),

@@ -674,18 +674,9 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
                         "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
                         n.spec.name
                     ))
-                } else if sim.any() {
-                    Some(format!(
-                        "runs on {} ({}): its {} SIMULATED",
-                        n.spec.name,
-                        n.spec.bmc_desc,
-                        match sim.parts().as_str() {
-                            "BMC" => "BMC is".to_string(),
-                            p => format!("{p} are"),
-                        }
-                    ))
                 } else {
-                    None
+                    sim.sentence()
+                        .map(|s| format!("runs on {} ({}): its {s}", n.spec.name, n.spec.bmc_desc))
                 };
                 if let Some(note) = note {
                     msgs.insert(0, note);

@@ -247,6 +247,14 @@ class Daemon:
     def config_dir(self):
         return self.path("etc")
 
+    def virsh(self, *args, check=True):
+        """Runs virsh against this daemon; raises AssertionError on failure when `check`."""
+        r = subprocess.run(["virsh", "-q", "-c", self.uri, *args],
+                           capture_output=True, text=True, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"virsh {' '.join(args)} failed: {r.stderr}")
+        return r
+
     def log(self):
         try:
             with open(self.path("daemon.log"), encoding="utf-8", errors="replace") as f:

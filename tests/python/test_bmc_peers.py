@@ -10,7 +10,6 @@ Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_bmc_p
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 import unittest
@@ -126,11 +125,7 @@ def tearDownModule():
 
 
 def virsh(*args, check=True):
-    r = subprocess.run(["virsh", "-q", "-c", LAB["daemon"].uri, *args],
-                       capture_output=True, text=True, timeout=120)
-    if check and r.returncode != 0:
-        raise AssertionError(f"virsh {' '.join(args)} failed: {r.stderr}")
-    return r
+    return LAB["daemon"].virsh(*args, check=check)
 
 
 def domain_xml(name, node, boot="network", firmware=None, disk=True):

@@ -87,11 +87,7 @@ def tearDownModule():
 
 
 def virsh(*args, check=True):
-    r = subprocess.run(["virsh", "-q", "-c", LAB["daemon"].uri, *args],
-                       capture_output=True, text=True, timeout=120)
-    if check and r.returncode != 0:
-        raise AssertionError(f"virsh {' '.join(args)} failed: {r.stderr}")
-    return r
+    return LAB["daemon"].virsh(*args, check=check)
 
 
 def nic_xml(mac, kind="bridge", iface_id=None, bridge="br-int", vport="openvswitch"):

@@ -195,7 +195,7 @@ impl Replica {
 fn monitor_requests() -> Value {
     json!({
         "Interface": {"columns": ["name", "ofport", "error", "external_ids"]},
-        "Port": {"columns": ["name", "interfaces"]},
+        "Port": {"columns": ["interfaces"]},
         "Bridge": {"columns": ["name", "ports"]},
         "Open_vSwitch": {"columns": ["cur_cfg"]},
     })
