@@ -4,7 +4,9 @@
 #   python3-libvirt), the schema validators, a C toolchain for -sys crates, and the IPMI peers
 #   and client (OpenIPMI's ipmi_sim, ipmitool), and Open vSwitch + OVN (ovsdb-server, ovs-vswitchd,
 #   northd, ovn-controller) for the NIC plumbing tests;
-# - a Python venv with the Redfish and IPMI BMC peers (sushy-tools, pyghmi), in
+# - a Python venv with the Redfish and IPMI BMC peers (sushy-tools, pyghmi) and SPDK's own
+#   JSON-RPC client (PyPI spdk: spdk-rpc, spdk.rpc.client; no SPDK target is packaged, the
+#   tests use tests/python/spdk_double.py and check it against this client), in
 #   $METALVIRT_PEERS_VENV (default target/peers-venv).
 # Root or sudo for apt; idempotent.
 set -euo pipefail
@@ -24,9 +26,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv=${METALVIRT_PEERS_VENV:-target/peers-venv}
-pins=(sushy-tools==2.2.0 pyghmi==1.6.19)
-if ! "$venv/bin/python" -c 'import sushy_tools, pyghmi' 2>/dev/null; then
-  echo "creating the BMC peers' venv in $venv"
+pins=(sushy-tools==2.2.0 pyghmi==1.6.19 spdk==26.9)
+if ! "$venv/bin/python" -c 'import sushy_tools, pyghmi, spdk' 2>/dev/null; then
+  echo "creating the peers' venv in $venv"
   rm -rf "$venv"
   mkdir -p "$(dirname "$venv")"
   python3 -m venv "$venv"

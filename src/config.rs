@@ -74,6 +74,168 @@ pub struct NodeConfig {
     /// NIC plumbing on the node's DPU (absent: the simulated lab's).
     #[serde(default)]
     pub nics: Option<NicsConfig>,
+    /// Disk mapping by the node's DPU (absent: the simulated lab's).
+    #[serde(default)]
+    pub disks: Option<DisksConfig>,
+}
+
+/// Disk mapping drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DisksDriver {
+    /// SPDK on the DPU, over its JSON-RPC socket.
+    Spdk,
+    /// The simulated lab's.
+    Sim,
+}
+
+/// How the DPU presents disks to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFrontend {
+    /// An NVMe-oF subsystem per domain (TCP or RDMA) the host connects to.
+    Nvmf,
+    /// An emulated NVMe controller over vfio-user (a subsystem per domain on the
+    /// VFIOUSER transport).
+    VfioUser,
+    /// A vhost-blk controller per disk.
+    VhostBlk,
+}
+
+/// The SPDK of a node's DPU and how it presents disks (`[node.disks]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisksConfig {
+    /// Driver.
+    #[serde(default = "default_disks_driver")]
+    pub driver: DisksDriver,
+    /// SPDK's JSON-RPC unix socket (`spdk_tgt -r`).
+    #[serde(default)]
+    pub spdk: Option<String>,
+    /// Frontend.
+    #[serde(default = "default_frontend")]
+    pub frontend: DiskFrontend,
+    /// nvmf: where the host connects, `tcp:<addr>:<port>` or `rdma:<addr>:<port>`
+    /// (IPv6 in brackets); vfio-user: the emulated controller's socket directory.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Prefix of the per-domain subsystem NQNs (`<prefix>:mv-<domain>`).
+    #[serde(default = "default_nqn_prefix")]
+    pub nqn_prefix: String,
+    /// iSCSI initiator IQN of the DPU (default `iqn.2026-11.io.metalvirt:<node>`).
+    #[serde(default)]
+    pub initiator_iqn: Option<String>,
+    /// Block size of RBD bdevs.
+    #[serde(default = "default_rbd_block_size")]
+    pub rbd_block_size: u32,
+    /// Time limit of ordinary SPDK calls (and of connecting), in seconds.
+    #[serde(default = "default_spdk_timeout")]
+    pub timeout_s: f64,
+    /// Time limit of calls that connect volumes or change namespaces (tens of seconds on
+    /// a sick target), in seconds.
+    #[serde(default = "default_attach_timeout")]
+    pub attach_timeout_s: f64,
+    /// How long a resize waits for SPDK to see a volume grown on its target, in seconds.
+    #[serde(default = "default_resize_wait")]
+    pub resize_wait_s: f64,
+    /// How often presentations SPDK dropped are looked for, in seconds.
+    #[serde(default = "default_heal_interval")]
+    pub heal_interval_s: f64,
+}
+
+fn default_disks_driver() -> DisksDriver {
+    DisksDriver::Spdk
+}
+fn default_frontend() -> DiskFrontend {
+    DiskFrontend::Nvmf
+}
+fn default_nqn_prefix() -> String {
+    "nqn.2026-11.io.metalvirt".into()
+}
+fn default_rbd_block_size() -> u32 {
+    512
+}
+fn default_spdk_timeout() -> f64 {
+    10.0
+}
+fn default_attach_timeout() -> f64 {
+    60.0
+}
+fn default_resize_wait() -> f64 {
+    10.0
+}
+fn default_heal_interval() -> f64 {
+    2.0
+}
+
+impl DisksConfig {
+    /// nvmf's listener: (trtype, address, port).
+    pub fn fabric_listener(&self) -> Result<(String, String, u16), String> {
+        let l = self.listen.as_deref().unwrap_or("");
+        let (trtype, rest) = l
+            .split_once(':')
+            .filter(|(t, _)| matches!(*t, "tcp" | "rdma"))
+            .ok_or_else(|| {
+                format!("disks.listen '{l}' must be tcp:<addr>:<port> or rdma:<addr>:<port>")
+            })?;
+        let (addr, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("disks.listen '{l}' has no port"))?;
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        if addr.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "disks.listen '{l}': '{addr}' is not an IP address (SPDK listens on addresses)"
+            ));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("disks.listen '{l}': bad port"))?;
+        Ok((trtype.to_ascii_uppercase(), addr.to_string(), port))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.driver == DisksDriver::Sim {
+            return Ok(());
+        }
+        if self.spdk.as_deref().is_none_or(str::is_empty) {
+            return Err("disks.spdk (SPDK's RPC socket path) is required".into());
+        }
+        match self.frontend {
+            DiskFrontend::Nvmf => drop(self.fabric_listener()?),
+            DiskFrontend::VfioUser => {
+                if !self.listen.as_deref().is_some_and(|l| l.starts_with('/')) {
+                    return Err(
+                        "disks.listen of the vfio-user frontend must be the emulated controller's socket directory (an absolute path)".into(),
+                    );
+                }
+            }
+            DiskFrontend::VhostBlk => {}
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if ![
+            self.timeout_s,
+            self.attach_timeout_s,
+            self.resize_wait_s,
+            self.heal_interval_s,
+        ]
+        .into_iter()
+        .all(positive)
+        {
+            return Err("disks timeouts and intervals must be positive numbers of seconds".into());
+        }
+        if !self.nqn_prefix.starts_with("nqn.") || self.nqn_prefix.len() > 180 {
+            return Err(format!(
+                "disks.nqn_prefix '{}' must be an NQN prefix like nqn.2026-11.com.example",
+                self.nqn_prefix
+            ));
+        }
+        if !matches!(self.rbd_block_size, 512 | 4096) {
+            return Err("disks.rbd_block_size must be 512 or 4096".into());
+        }
+        Ok(())
+    }
 }
 
 /// What a NIC plug waits for before it is reported done.
@@ -472,6 +634,19 @@ impl Config {
             return Err("watcher.max_concurrency must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
+        // Each DPU runs its own SPDK: two nodes naming one socket would tidy each other's.
+        let mut sockets: std::collections::HashMap<&str, &str> = Default::default();
+        for n in &self.nodes {
+            let spdk = n.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
+            if let Some(sock) = spdk.and_then(|d| d.spdk.as_deref()) {
+                if let Some(other) = sockets.insert(sock, &n.name) {
+                    return Err(format!(
+                        "nodes '{other}' and '{}' both name SPDK socket {sock}: each DPU has its own SPDK",
+                        n.name
+                    ));
+                }
+            }
+        }
         // Nodes sharing one OVSDB must not share representors.
         let mut reps: std::collections::HashMap<(String, String), &str> = Default::default();
         for n in &self.nodes {
@@ -535,6 +710,9 @@ impl NodeConfig {
         }
         if let Some(nics) = &self.nics {
             nics.validate().map_err(|m| format!("node '{n}': {m}"))?;
+        }
+        if let Some(disks) = &self.disks {
+            disks.validate().map_err(|m| format!("node '{n}': {m}"))?;
         }
         if b.driver == BmcDriver::Sim {
             return Ok(());

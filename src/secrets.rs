@@ -74,6 +74,15 @@ pub fn usage_type(name: &str) -> Option<i32> {
         .map(|(t, _, _, _)| *t)
 }
 
+/// The name of a usage type number (2 → `ceph`); `none` for no usage.
+pub fn usage_name(t: i32) -> &'static str {
+    USAGES
+        .iter()
+        .find(|(n, _, _, _)| *n == t)
+        .map(|(_, name, _, _)| *name)
+        .unwrap_or("none")
+}
+
 /// A secret value: redacted in `Debug`, zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue(Vec<u8>);

@@ -1,9 +1,10 @@
 //! Builds the nodes from the configuration: the `[[node]]` inventory with each node's BMC
-//! driver and NIC plumbing, or the default simulated lab when there is no inventory.
+//! driver, disk mapping and NIC plumbing, or the default simulated lab when there is no
+//! inventory.
 //!
-//! Disks of inventory nodes are still the simulated lab's until the SPDK driver exists, as are
-//! the NICs of nodes without `[node.nics]`; every such node says so at start-up and in
-//! `virDomainGetMessages`. Nodes naming the same OVSDB share one connection to it.
+//! Disks of nodes without `[node.disks]` and NICs of nodes without `[node.nics]` are the
+//! simulated lab's; every such node says so at start-up and in `virDomainGetMessages`. Nodes
+//! naming the same OVSDB share one connection to it; each node has its own SPDK.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +14,12 @@ use super::bmc::ipmi::{self, Ipmi, IpmiSettings};
 use super::bmc::read_password;
 use super::bmc::redfish::{Redfish, RedfishSettings};
 use super::ovs::{Function, OvsNics, OvsSettings, Session, WaitFor};
-use super::{sim, Nics, Node, NodeSpec, Power, Simulated};
-use crate::config::{BmcDriver, Config, NicWait, NicsConfig, NicsDriver, NodeConfig};
+use super::spdk::{rpc::Spdk, Frontend, Listen, Nvmf, SpdkDisks, SpdkSettings, VhostBlk};
+use super::{sim, Disks, Nics, Node, NodeSpec, Power, Simulated};
+use crate::config::{
+    BmcDriver, Config, DiskFrontend, DisksConfig, DisksDriver, NicWait, NicsConfig, NicsDriver,
+    NodeConfig,
+};
 
 /// The nodes the daemon serves.
 pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
@@ -40,18 +45,28 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
             Some(n) => Arc::new(ovs_nics(nc, n, &mut sessions)?),
             None => sim.clone(),
         };
+        let real_disks = nc.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
+        let disks: Arc<dyn Disks> = match real_disks {
+            Some(d) => Arc::new(spdk_disks(nc, d)?),
+            None => sim.clone(),
+        };
         let simulated = Simulated {
             power: nc.bmc.driver == BmcDriver::Sim,
-            disks: true,
+            disks: real_disks.is_none(),
             nics: real_nics.is_none(),
         };
-        let nics_desc = real_nics.and_then(|n| n.ovsdb.as_deref());
+        let nics_desc = real_nics
+            .and_then(|n| n.ovsdb.as_deref())
+            .unwrap_or("simulated");
+        let disks_desc = real_disks
+            .and_then(|d| d.spdk.as_deref())
+            .unwrap_or("simulated");
         match simulated.sentence() {
             Some(s) => {
-                tracing::info!(node = %nc.name, bmc = %desc, nics = nics_desc.unwrap_or("simulated"), "node configured; its {s}")
+                tracing::info!(node = %nc.name, bmc = %desc, disks = disks_desc, nics = nics_desc, "node configured; its {s}")
             }
             None => {
-                tracing::info!(node = %nc.name, bmc = %desc, nics = nics_desc.unwrap_or("simulated"), "node configured")
+                tracing::info!(node = %nc.name, bmc = %desc, disks = disks_desc, nics = nics_desc, "node configured")
             }
         }
         nodes.push(Node {
@@ -74,11 +89,55 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
                 bmc_desc: desc,
             },
             power,
-            disks: sim,
+            disks,
             nics,
         });
     }
     Ok(nodes)
+}
+
+fn spdk_disks(nc: &NodeConfig, d: &DisksConfig) -> Result<SpdkDisks, String> {
+    let secs = Duration::from_secs_f64;
+    let attach_timeout = secs(d.attach_timeout_s);
+    let frontend: Box<dyn Frontend> = match d.frontend {
+        DiskFrontend::Nvmf => {
+            let (trtype, addr, port) = d
+                .fabric_listener()
+                .map_err(|e| format!("node '{}': {e}", nc.name))?;
+            Box::new(Nvmf::new(
+                Listen::Fabric { trtype, addr, port },
+                &d.nqn_prefix,
+                attach_timeout,
+            ))
+        }
+        DiskFrontend::VfioUser => Box::new(Nvmf::new(
+            Listen::VfioUser {
+                path: d.listen.clone().unwrap_or_default(),
+            },
+            &d.nqn_prefix,
+            attach_timeout,
+        )),
+        DiskFrontend::VhostBlk => Box::new(VhostBlk::new(attach_timeout)),
+    };
+    let spdk = Arc::new(Spdk::new(
+        d.spdk.clone().unwrap_or_default(),
+        secs(d.timeout_s),
+    ));
+    Ok(SpdkDisks::new(
+        SpdkSettings {
+            node: nc.name.clone(),
+            initiator_iqn: d
+                .initiator_iqn
+                .clone()
+                .unwrap_or_else(|| format!("iqn.2026-11.io.metalvirt:{}", nc.name)),
+            rbd_block_size: d.rbd_block_size,
+            attach_timeout,
+            resize_wait: secs(d.resize_wait_s),
+            heal_interval: secs(d.heal_interval_s),
+        },
+        spdk,
+        frontend,
+    ))
 }
 
 fn ovs_nics(

@@ -1,6 +1,7 @@
 //! Hardware behind a node, as traits. Each node has a BMC ([`Power`]), a DPU that maps cloud
 //! volumes ([`Disks`]) and a DPU that plugs NIC functions ([`Nics`]). Implementations: the
-//! simulated lab ([`sim`]) and real BMCs ([`bmc`]: Redfish, IPMI); SPDK and OVSDB come next.
+//! simulated lab ([`sim`]), real BMCs ([`bmc`]: Redfish, IPMI), SPDK on the DPU for disks
+//! ([`spdk`]) and the DPU's Open vSwitch for NICs ([`ovs`]).
 //! [`inventory`] builds the nodes from the configuration.
 //!
 //! Backend calls are named by deterministic handles chosen by the driver (e.g.
@@ -10,8 +11,10 @@
 
 pub mod bmc;
 pub mod inventory;
+pub mod jsonstream;
 pub mod ovs;
 pub mod sim;
+pub mod spdk;
 
 use std::fmt;
 use std::sync::Arc;
@@ -250,6 +253,62 @@ pub struct DiskSpec {
     /// `<serial>` (the volume id nova puts there).
     #[serde(default)]
     pub serial: Option<String>,
+    /// The volume, as a backend connects it.
+    #[serde(default)]
+    pub volume: Volume,
+    /// Position on the host's disk controller, 1-based (the boot disk is 1); `None` lets
+    /// the backend choose.
+    #[serde(default)]
+    pub unit: Option<u32>,
+    /// `<target bus>` as the definition asks.
+    #[serde(default)]
+    pub bus: Option<String>,
+}
+
+/// Where a disk's data lives, parsed from its `<disk>` element.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Volume {
+    /// An NVMe-oF namespace: `<source protocol='nvme-tcp|nvme-rdma' name='<subnqn>'>`.
+    Nvmf {
+        /// `tcp` or `rdma`.
+        transport: String,
+        /// Subsystem NQN of the volume.
+        subnqn: String,
+        /// Target address.
+        host: String,
+        /// Target port.
+        port: u16,
+    },
+    /// An iSCSI LUN: `<source protocol='iscsi' name='<iqn>/<lun>'>` or a
+    /// `/dev/disk/by-path/ip-…-iscsi-<iqn>-lun-<n>` block path.
+    Iscsi {
+        /// Target IQN.
+        iqn: String,
+        /// LUN.
+        lun: u32,
+        /// Portal address.
+        host: String,
+        /// Portal port.
+        port: u16,
+    },
+    /// A Ceph RBD image: `<source protocol='rbd' name='<pool>/<image>'>`.
+    Rbd {
+        /// Pool.
+        pool: String,
+        /// Image.
+        image: String,
+        /// Monitors, `host:port`.
+        monitors: Vec<String>,
+    },
+    /// A block device or file on the DPU (`type='block'`, `type='file'`), for labs.
+    Local {
+        /// Path on the DPU.
+        path: String,
+    },
+    /// Anything else (a storage-pool volume): only the simulated lab maps it.
+    #[default]
+    Other,
 }
 
 /// Sizes of a mapped disk, in bytes (`virDomainBlockInfo`).
@@ -356,6 +415,26 @@ pub trait Disks: Send + Sync {
     async fn info(&self, handle: &str) -> BResult<BlockInfo>;
     /// I/O counters of a mapped disk.
     async fn stats(&self, handle: &str) -> BResult<BlockStats>;
+    /// Checks, before anything moves, that this backend can present `spec` (its source and
+    /// bus); `Ok(Some(note))` when it presents it other than the definition says, for
+    /// GET_MESSAGES. An `Unsupported` error means the definition asks for the impossible.
+    fn accepts(&self, _spec: &DiskSpec) -> BResult<Option<String>> {
+        Ok(None)
+    }
+    /// Repairs what the backend undid on its own (SPDK drops a namespace whose remote volume
+    /// blinked and does not add it back); returns what it repaired, for the log.
+    async fn heal(&self) -> BResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// How often [`Disks::heal`] should run; `None`: never.
+    fn heal_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Removes what the backend made for disks that are no longer mapped (an empty
+    /// per-domain subsystem left by a crash); after a reconcile.
+    async fn tidy(&self) -> BResult<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// NIC plumbing on the node's DPU.

@@ -521,6 +521,9 @@ mod tests {
             readonly: false,
             auth: None,
             serial: None,
+            volume: Default::default(),
+            unit: None,
+            bus: None,
         }
     }
 

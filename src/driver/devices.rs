@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::lifecycle::{disk_handle, disk_spec, nic_handle, nic_spec, set_device};
+use super::lifecycle::{disk_handle, disk_notes, disk_spec, nic_handle, nic_spec, set_device};
 use super::store::Step;
 use super::stored::{LiveXml, StoredDef};
 use super::{DomainObj, Driver};
@@ -101,8 +101,10 @@ impl Driver {
         let _job = obj.job.lock().await;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
-        if dev.name == "interface" {
-            devices::check_interface(&devices::interface_of(&dev))?;
+        match dev.name.as_str() {
+            "interface" => devices::check_interface(&devices::interface_of(&dev))?,
+            "disk" => devices::disk_volume(&devices::disk_view(0, &dev, None)).map(drop)?,
+            _ => {}
         }
         // Prepare the config change first: it fails without side effects.
         let new_config = Self::config_edit(obj, config, |t| {
@@ -141,12 +143,29 @@ impl Driver {
                     .ok_or_else(|| VirError::internal("attached disk vanished"))?;
                 match disk_spec(&obj.uuid, &view, Some(&self.secrets))? {
                     None => None,
-                    Some(spec) => {
+                    Some(mut spec) => {
+                        // Next free position on the host's controller.
+                        spec.unit = Some(
+                            obj.with(|s| {
+                                s.journal
+                                    .iter()
+                                    .filter_map(|st| match st {
+                                        Step::Disk { unit, .. } => *unit,
+                                        _ => None,
+                                    })
+                                    .max()
+                            })
+                            .unwrap_or(0)
+                                + 1,
+                        );
+                        let notes = disk_notes(&node, std::slice::from_ref(&spec))?;
                         let step = Step::Disk {
                             handle: spec.handle.clone(),
                             target: spec.target.clone(),
                             device: None,
+                            unit: spec.unit,
                         };
+                        obj.with(|s| notes.into_iter().for_each(|n| s.note(n)));
                         self.journal_add(obj, step).await;
                         match node.disks.attach(&spec).await {
                             Ok(dev) => Some((spec.handle, dev)),
@@ -683,6 +702,117 @@ impl Driver {
             }
         }
         Ok((removed, replugged))
+    }
+}
+
+impl Driver {
+    /// Compares the disks running domains on `node` should have with what its disk backend
+    /// holds: mappings no running domain's journal owns are removed; every journaled disk is
+    /// attached again, which adopts what is there (the backend learns what to keep presenting)
+    /// and maps what was lost while the daemon was down (at the same position on the host's
+    /// controller); then the backend tidies what no disk uses. Returns (removed, remapped).
+    pub(super) async fn reconcile_disks(&self, node: &Node) -> Result<(usize, usize), String> {
+        let n = node.spec.name.as_str();
+        let listed = node.disks.list().await.map_err(|e| e.to_string())?;
+        let mut removed = 0;
+        for h in &listed {
+            let owner = handle_domain(h).and_then(|u| self.lookup_uuid(&u).ok());
+            let _job = match &owner {
+                Some(obj) => Some(obj.job.lock().await),
+                None => None,
+            };
+            let owned = owner.as_ref().is_some_and(|o| {
+                o.with(|s| {
+                    s.active()
+                        && s.node.as_deref() == Some(n)
+                        && s.journal.iter().any(|st| st.handle() == Some(h.as_str()))
+                })
+            });
+            if owned {
+                continue;
+            }
+            match node.disks.detach(h).await {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::warn!(node = n, handle = %h, "reconcile: unmapped a disk no live domain owns");
+                }
+                Err(e) => {
+                    tracing::error!(node = n, handle = %h, "reconcile: cannot unmap an orphaned disk: {e}")
+                }
+            }
+        }
+        let mut remapped = 0;
+        for obj in self.all() {
+            let _job = obj.job.lock().await;
+            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n)) {
+                continue;
+            }
+            let steps: Vec<(String, String, Option<u32>)> = obj.with(|s| {
+                s.journal
+                    .iter()
+                    .filter_map(|st| match st {
+                        Step::Disk {
+                            handle,
+                            target,
+                            unit,
+                            ..
+                        } => Some((handle.clone(), target.clone(), *unit)),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            let Ok(tree) = Self::live_tree(&obj) else {
+                continue;
+            };
+            let name = obj.with(|s| s.def.name().to_string());
+            for (handle, target, unit) in steps {
+                let view = tree
+                    .disks()
+                    .into_iter()
+                    .find(|d| d.target_dev.as_deref() == Some(target.as_str()));
+                let spec = match view.map(|v| disk_spec(&obj.uuid, &v, Some(&self.secrets))) {
+                    Some(Ok(Some(mut spec))) => {
+                        spec.unit = unit;
+                        spec
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(domain = %name, node = n, disk = %target, "reconcile: {e}");
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let lost = !listed.contains(&handle);
+                match node.disks.attach(&spec).await {
+                    Ok(dev) => {
+                        if lost {
+                            remapped += 1;
+                            tracing::warn!(domain = %name, node = n, disk = %target, device = %dev, "reconcile: mapped again a disk missing from the backend");
+                        }
+                        obj.with(|s| set_device(&mut s.journal, &handle, dev));
+                    }
+                    Err(e) => {
+                        tracing::error!(domain = %name, node = n, disk = %target, "reconcile: cannot map a disk again: {e}");
+                        obj.with(|s| {
+                            s.note(format!(
+                                "disk {target} was lost while the daemon was down and could not be mapped again: {e}"
+                            ))
+                        });
+                    }
+                }
+            }
+        }
+        match node.disks.tidy().await {
+            Ok(gone) => {
+                for g in gone {
+                    tracing::warn!(
+                        node = n,
+                        "reconcile: removed {g}, which no mapped disk uses"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(node = n, "reconcile: cannot tidy the disk backend: {e}"),
+        }
+        Ok((removed, remapped))
     }
 }
 

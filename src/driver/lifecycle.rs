@@ -17,10 +17,10 @@ use super::state::{reason, st};
 use super::store::{Phase, Status, Step};
 use super::stored::{LiveXml, StoredDef};
 use super::{DomRef, DomState, DomainObj, Driver};
-use crate::backend::DiskAuth;
 use crate::backend::{
     BackendError, BootDev, BootMode, BootRequest, DiskSpec, ErrorKind, NicSpec, Node, PowerState,
 };
+use crate::backend::{DiskAuth, Volume};
 use crate::domain::def::{DomainDef, LiveInfo};
 use crate::domain::devices::{DiskDef, InterfaceDef};
 use crate::error::{VirError, VirResult};
@@ -102,26 +102,90 @@ pub(super) fn disk_spec(
             })
         }
     };
+    let volume = crate::domain::devices::disk_volume(d)?;
+    if let (Some(s), Some(a)) = (secrets, &auth) {
+        check_secret_usage(s, &volume, a, &target)?;
+    }
     Ok(Some(DiskSpec {
         handle: disk_handle(uuid, &target),
+        bus: d
+            .target_bus
+            .clone()
+            .or_else(|| crate::domain::devices::bus_for_disk_name(&target).map(str::to_string)),
         target,
         source,
         readonly: d.readonly,
         auth,
         serial: d.serial.clone(),
+        volume,
+        unit: None,
     }))
 }
 
-/// Disks to map for a definition, in definition order (the boot disk is mapped first by the
-/// backends that care about order).
+/// Asks the node's disk backend whether it can present each disk (before anything moves);
+/// returns its notes for GET_MESSAGES. A refusal is `VIR_ERR_CONFIG_UNSUPPORTED`.
+pub(super) fn disk_notes(node: &Node, disks: &[DiskSpec]) -> VirResult<Vec<String>> {
+    let mut notes = Vec::new();
+    for d in disks {
+        match node.disks.accepts(d) {
+            Ok(Some(n)) => notes.push(n),
+            Ok(None) => {}
+            Err(e) if e.kind == ErrorKind::Unsupported => {
+                return Err(VirError::config_unsupported(&e.msg))
+            }
+            Err(e) => return Err(VirError::operation_failed(&e.msg)),
+        }
+    }
+    Ok(notes)
+}
+
+/// A disk's secret must be of the kind its protocol uses (libvirt's check, with its
+/// `VIR_ERR_INVALID_ARG`): `ceph` for rbd, `iscsi` for iSCSI CHAP.
+fn check_secret_usage(
+    secrets: &Secrets,
+    volume: &Volume,
+    auth: &DiskAuth,
+    target: &str,
+) -> VirResult<()> {
+    let want = match volume {
+        Volume::Rbd { .. } => "ceph",
+        Volume::Iscsi { .. } => "iscsi",
+        _ => return Ok(()),
+    };
+    let Ok(u) = Uuid::parse_str(&auth.secret_uuid) else {
+        return Ok(());
+    };
+    let Ok(secret) = secrets.lookup_uuid(&u) else {
+        return Ok(());
+    };
+    let kind = crate::secrets::usage_name(secret.usage_type);
+    if kind != want {
+        return Err(VirError::invalid_arg(&format!(
+            "secret with uuid {u} is of type '{kind}' not expected '{want}' type (disk {target})"
+        )));
+    }
+    Ok(())
+}
+
+/// Disks to map for a definition, in boot order: disks with `<boot order>` by that order,
+/// then the others in definition order. Each gets its position on the host's controller
+/// (`unit`, 1-based), so the boot disk is the first namespace.
 fn disk_plan(uuid: &Uuid, def: &DomainDef, secrets: Option<&Secrets>) -> VirResult<Vec<DiskSpec>> {
     let mut out = Vec::new();
     for d in def.disks() {
         if let Some(spec) = disk_spec(uuid, &d, secrets)? {
-            out.push(spec);
+            out.push((d.boot_order.unwrap_or(u32::MAX), spec));
         }
     }
-    Ok(out)
+    out.sort_by_key(|(order, _)| *order);
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, mut spec))| {
+            spec.unit = Some(i as u32 + 1);
+            spec
+        })
+        .collect())
 }
 
 /// A human-readable name of what a disk connects to; `None` for a disk with no source
@@ -170,11 +234,15 @@ fn nic_plan(uuid: &Uuid, def: &DomainDef) -> Vec<NicSpec> {
         .collect()
 }
 
-/// Checks that every interface of a definition can be plugged on bare metal.
-pub(super) fn check_nics(def: &DomainDef) -> VirResult<()> {
+/// Checks that every interface of a definition can be plugged on bare metal and every disk
+/// names a volume a DPU can connect.
+pub(super) fn check_devices(def: &DomainDef) -> VirResult<()> {
     def.interfaces()
         .iter()
-        .try_for_each(crate::domain::devices::check_interface)
+        .try_for_each(crate::domain::devices::check_interface)?;
+    def.disks()
+        .iter()
+        .try_for_each(|d| crate::domain::devices::disk_volume(d).map(drop))
 }
 
 /// Handles a live definition owns: what its journal may hold.
@@ -411,15 +479,23 @@ impl Driver {
         tree.make_live();
         // Secrets first: a disk whose key is missing fails the start before anything moves.
         let disks = disk_plan(&obj.uuid, &tree, Some(&self.secrets))?;
-        check_nics(&tree)?;
+        check_devices(&tree)?;
         let nics = nic_plan(&obj.uuid, &tree);
         let node = self.place(obj.uuid, &tree)?;
+        let notes = match disk_notes(&node, &disks) {
+            Ok(n) => n,
+            Err(e) => {
+                self.release(&node.spec.name, obj.uuid);
+                return Err(e);
+            }
+        };
         let mut journal: Vec<Step> = disks
             .iter()
             .map(|d| Step::Disk {
                 handle: d.handle.clone(),
                 target: d.target.clone(),
                 device: None,
+                unit: d.unit,
             })
             .chain(nics.iter().map(|n| Step::Nic {
                 handle: n.handle.clone(),
@@ -506,6 +582,9 @@ impl Driver {
             s.bmc_lost = None;
             s.staged_seen_on = false;
             s.set_live_def(live_def, live_xml);
+            for n in notes {
+                s.note(n);
+            }
         });
         self.set_id(obj, -1, id);
         self.persist_active(obj).await;
@@ -634,7 +713,7 @@ impl Driver {
             })?;
         }
         let def = StoredDef::parse_xml(xml)?;
-        check_nics(&def.tree()?)?;
+        check_devices(&def.tree()?)?;
         let paused = flags & START_PAUSED != 0;
         match self.check_unique(&def, true)? {
             Some(obj) => {
@@ -914,30 +993,41 @@ impl Driver {
         Ok(())
     }
 
-    /// Starts the power watcher, NIC reconciliation and autostart.
+    /// Starts the power watcher, NIC and disk reconciliation, disk healing and autostart.
     pub fn start_background(self: &Arc<Self>) {
         for node in self.nodes.iter().cloned() {
+            let (d, n) = (self.clone(), node.clone());
+            tokio::spawn(async move {
+                let r = until_ok("NIC ports", &n.spec.name, || d.reconcile_nics(&n)).await;
+                if r.0 + r.1 > 0 {
+                    tracing::warn!(node = %n.spec.name, removed = r.0, replugged = r.1, "reconciled NIC ports");
+                }
+            });
             let d = self.clone();
             tokio::spawn(async move {
-                // The backend may not be reachable yet: retry until it answers once.
-                let mut pause = Duration::from_millis(500);
-                let mut tries = 0u32;
+                let r = until_ok("disks", &node.spec.name, || d.reconcile_disks(&node)).await;
+                if r.0 + r.1 > 0 {
+                    tracing::warn!(node = %node.spec.name, removed = r.0, remapped = r.1, "reconciled disks");
+                }
+                // Then keep presenting what the disk backend drops on its own.
+                let Some(every) = node.disks.heal_interval() else {
+                    return;
+                };
+                let mut failing = false;
                 loop {
-                    match d.reconcile_nics(&node).await {
-                        Ok((removed, replugged)) => {
-                            if removed + replugged > 0 {
-                                tracing::warn!(node = %node.spec.name, removed, replugged, "reconciled NIC ports");
+                    tokio::time::sleep(every).await;
+                    match node.disks.heal().await {
+                        Ok(done) => {
+                            failing = false;
+                            for h in done {
+                                tracing::warn!(node = %node.spec.name, "disk backend healed: {h}");
                             }
-                            return;
                         }
-                        Err(e) => {
-                            tries += 1;
-                            if tries == 1 {
-                                tracing::warn!(node = %node.spec.name, "cannot reconcile NIC ports yet: {e}; retrying");
-                            }
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(30));
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(node = %node.spec.name, "cannot check the disk backend: {e}");
                         }
+                        Err(_) => {}
                     }
                 }
             });
@@ -1112,6 +1202,30 @@ pub(super) fn set_device(journal: &mut [Step], handle: &str, dev: String) {
                 ..
             } if h == handle => *representor = Some(dev.clone()),
             _ => {}
+        }
+    }
+}
+
+/// Runs `f` until it succeeds (a backend may not answer yet at start-up), with backoff from
+/// 0.5 s to 30 s; the first failure is logged.
+async fn until_ok<T, F, Fut>(what: &str, node: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut pause = Duration::from_millis(500);
+    let mut tries = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tries += 1;
+                if tries == 1 {
+                    tracing::warn!(node, "cannot reconcile {what} yet: {e}; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }

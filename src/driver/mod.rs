@@ -586,7 +586,7 @@ impl Driver {
             })?;
         }
         let def = StoredDef::parse_xml(xml)?;
-        lifecycle::check_nics(&def.tree()?)?;
+        lifecycle::check_devices(&def.tree()?)?;
         loop {
             match self.check_unique(&def, false)? {
                 None => {

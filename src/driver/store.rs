@@ -27,6 +27,10 @@ pub enum Step {
         target: String,
         /// Host-visible device once mapped.
         device: Option<String>,
+        /// Position on the host's disk controller (1 = the boot disk), kept so a disk
+        /// mapped again after a crash comes back at the same place.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit: Option<u32>,
     },
     /// A NIC plug (undo: unplug).
     Nic {

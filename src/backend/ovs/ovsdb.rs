@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backend::jsonstream;
 
 /// What can go wrong talking to OVSDB.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +163,7 @@ impl Ovsdb {
             closed: watch::Sender::new(false),
         });
         let (out, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Self::write_loop(w, rx));
+        tokio::spawn(jsonstream::write_loop(w, rx));
         tokio::spawn(Self::read_loop(r, shared.clone(), out.clone()));
         Ovsdb {
             shared,
@@ -171,47 +173,14 @@ impl Ovsdb {
         }
     }
 
-    async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-        while let Some(msg) = rx.recv().await {
-            if w.write_all(&msg).await.is_err() {
-                return;
-            }
-        }
-    }
-
     async fn read_loop<R: AsyncRead + Unpin>(
-        mut r: R,
+        r: R,
         shared: Arc<Shared>,
         out: mpsc::UnboundedSender<Vec<u8>>,
     ) {
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 8192];
-        loop {
-            let n = match r.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            let mut stream = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
-            let mut broken = false;
-            for msg in stream.by_ref() {
-                match msg {
-                    Ok(v) => {
-                        Self::dispatch(v, &shared, &out);
-                    }
-                    Err(e) if e.is_eof() => break,
-                    Err(_) => {
-                        broken = true;
-                        break;
-                    }
-                }
-            }
-            if broken {
-                tracing::warn!("OVSDB sent malformed JSON; closing the connection");
-                break;
-            }
-            let used = stream.byte_offset();
-            buf.drain(..used);
+        let end = jsonstream::read_values(r, |v| Self::dispatch(v, &shared, &out)).await;
+        if end == jsonstream::End::Malformed {
+            tracing::warn!("OVSDB sent malformed JSON; closing the connection");
         }
         shared.closed.send_replace(true);
         let pending: Vec<_> = shared
@@ -392,6 +361,7 @@ mod tests {
 
     use super::super::testing::Server;
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn port_ops(name: &str, iface_id: &str) -> Vec<Value> {
         vec![

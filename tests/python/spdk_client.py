@@ -1,0 +1,194 @@
+"""Helpers for tests that need SPDK: `SpdkDouble` runs tests/python/spdk_double.py (a double
+of spdk_tgt v26.05, see its docstring) in a temp dir, one unix socket per role, and stops
+it (its whole process group) and removes the dir on exit; `call` and `Client` speak SPDK's
+JSON-RPC with a streaming decoder (responses are bare concatenated JSON values).
+
+    with SpdkDouble("storage", "dpu", latency="4-8") as spdk:
+        call(spdk.sock("dpu"), "bdev_get_bdevs")
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOUBLE = os.path.join(HERE, "spdk_double.py")
+
+
+class RpcError(Exception):
+    def __init__(self, error):
+        super().__init__("%s %s" % (error.get("code"), error.get("message")))
+        self.code = error.get("code")
+        self.message = error.get("message")
+
+
+class Client:
+    """A JSON-RPC connection to one socket; replies are matched by id."""
+
+    def __init__(self, sock_path, timeout=30.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(sock_path)
+        self.buf = ""
+        self.decoder = json.JSONDecoder()
+        self.next_id = 0
+        self.stash = {}
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send_raw(self, data):
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def recv_value(self):
+        """The next complete JSON value from the stream."""
+        while True:
+            text = self.buf.lstrip()
+            if text:
+                try:
+                    value, end = self.decoder.raw_decode(text)
+                    self.buf = text[end:]
+                    return value
+                except ValueError:
+                    pass
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("connection closed by the server")
+            self.buf += data.decode()
+
+    def request(self, method, params=None):
+        self.next_id += 1
+        req = {"jsonrpc": "2.0", "method": method, "id": self.next_id}
+        if params is not None:
+            req["params"] = params
+        self.send_raw(json.dumps(req))
+        return self.next_id
+
+    def reply(self, rid):
+        while rid not in self.stash:
+            v = self.recv_value()
+            self.stash[v.get("id") if isinstance(v, dict) else None] = v
+        return self.stash.pop(rid)
+
+    def call(self, method, params=None):
+        r = self.reply(self.request(method, params))
+        if "error" in r:
+            raise RpcError(r["error"])
+        return r["result"]
+
+
+def call(sock_path, method, params=None, timeout=30.0):
+    """One request on a fresh connection; raises RpcError on an error reply."""
+    with Client(sock_path, timeout) as c:
+        return c.call(method, params)
+
+
+class SpdkDouble:
+    """The double in its own session on a temp dir, sockets `<dir>/<role>.sock`, started at
+    __enter__ (waits for its `ready` line) and killed with its group at __exit__."""
+
+    prefix = "metalvirt-spdk"
+
+    def __init__(self, *roles, latency=None, attach_latency=None, bare=False, log=True):
+        self.roles = roles or ("dpu",)
+        self.bare = bare
+        self.latency = latency
+        self.attach_latency = attach_latency
+        self.want_log = log
+        self.dir = None
+        self.proc = None
+
+    def sock(self, role):
+        return os.path.join(self.dir, role + ".sock")
+
+    def path(self, *p):
+        return os.path.join(self.dir, *p)
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start(self):
+        argv = [sys.executable, DOUBLE]
+        for role in self.roles:
+            argv += ["--sock", "%s=%s" % (role, self.sock(role))]
+        if self.latency is not None:
+            argv += ["--latency", str(self.latency)]
+        if self.attach_latency is not None:
+            argv += ["--attach-latency", str(self.attach_latency)]
+        if self.bare:
+            argv.append("--bare")
+        if self.want_log:
+            argv += ["--log", self.path("double.log")]
+        self.stderr = open(self.path("stderr.log"), "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, cwd=self.dir, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.stop()
+            raise RuntimeError("spdk_double did not start: %r\n%s" % (line, self.errors()))
+
+    def errors(self):
+        try:
+            with open(self.path("stderr.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def call(self, role, method, params=None):
+        return call(self.sock(role), method, params)
+
+    def control(self, method, params=None, role=None):
+        return call(self.sock(role or self.roles[0]), method, params)
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.proc.stdout.close()
+            self.stderr.close()
+            self.proc = None
+
+    def __exit__(self, *exc):
+        self.stop()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+
+def wait_until(pred, timeout=5.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out")
