@@ -3,8 +3,8 @@
 # and the BMC peers (scripts/install-deps.sh) when they are missing, then runs `cargo test`,
 # which builds the daemon and runs unit tests, domain-XML fixtures, wire tests, virsh tests,
 # the libvirt C client (virt crate) tests and the python3-libvirt scripts (among them the
-# BMC tests against sushy-tools, ipmi_sim and pyghmi, and the NIC tests against Open vSwitch
-# and OVN).
+# BMC tests against sushy-tools, ipmi_sim and pyghmi, the NIC tests against Open vSwitch
+# and OVN, and the disk tests against the SPDK test double and its contract test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -14,4 +14,5 @@ cargo test -q --bench domain_xml
 cargo build -q --bins
 METALVIRTD=$PWD/target/debug/metalvirtd /usr/bin/python3 benches/bmc_peers.py --rounds 2 --watch-secs 3 >/dev/null
 METALVIRTD=$PWD/target/debug/metalvirtd /usr/bin/python3 benches/ovs_peers.py --rounds 2 --domains 10 >/dev/null
+target/debug/metalvirt-spdk-bench --rounds 2 --domains 10 >/dev/null
 cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"

@@ -49,6 +49,11 @@ pub trait Frontend: Send + Sync {
     fn presents_as(&self) -> &'static str;
     /// The `<target bus>` values that match what the host sees.
     fn native_buses(&self) -> &'static [&'static str];
+    /// Makes what presenting a disk of `domain` needs and does not depend on its bdev (the
+    /// transport, the domain's subsystem); runs while the volume connects.
+    async fn prepare(&self, _spdk: &Spdk, _domain: &str) -> Result<(), RpcError> {
+        Ok(())
+    }
     /// Presents `p.bdev`. Adopts a presentation already there (after a daemon restart).
     async fn present(&self, spdk: &Spdk, p: &Presented) -> Result<Placement, RpcError>;
     /// Withdraws what presents `handle`'s bdevs; nothing there is success.
@@ -327,10 +332,14 @@ impl Frontend for Nvmf {
         &["nvme"]
     }
 
+    async fn prepare(&self, spdk: &Spdk, domain: &str) -> Result<(), RpcError> {
+        self.ensure_transport(spdk).await?;
+        self.ensure_subsystem(spdk, &self.nqn(domain), domain).await
+    }
+
     async fn present(&self, spdk: &Spdk, p: &Presented) -> Result<Placement, RpcError> {
         let nqn = self.nqn(&p.domain);
-        self.ensure_transport(spdk).await?;
-        self.ensure_subsystem(spdk, &nqn, &p.domain).await?;
+        self.prepare(spdk, &p.domain).await?;
         let nsid = match self.add_ns(spdk, &nqn, p).await {
             // Deleted behind our back since we made it: make it again, once.
             Err(e) if e.to_string().contains("is gone") => {

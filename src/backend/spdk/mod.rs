@@ -443,10 +443,28 @@ impl SpdkDisks {
                 ),
             )
         })?;
-        let bdev = self.connect(spec).await?;
+        let domain = domain_of(&spec.handle);
+        // The volume connects (an NVMe-oF attach takes ~70 ms) while the frontend makes what
+        // does not depend on it.
+        let (bdev, prepared) = tokio::join!(
+            self.connect(spec),
+            self.frontend.prepare(&self.spdk, &domain)
+        );
+        let bdev = match (bdev, prepared) {
+            (Ok(b), Ok(())) => b,
+            (Err(e), _) => {
+                let _ = self.frontend.withdraw(&self.spdk, &domain, &spec.handle).await;
+                return Err(e);
+            }
+            (Ok(_), Err(e)) => {
+                let _ = self.frontend.withdraw(&self.spdk, &domain, &spec.handle).await;
+                let _ = self.delete_source(&spec.handle).await;
+                return Err(spdk_err(e));
+            }
+        };
         let mut presented = Presented {
             handle: spec.handle.clone(),
-            domain: domain_of(&spec.handle),
+            domain,
             bdev,
             unit: spec.unit,
             ident: disk_ident(spec),
@@ -668,6 +686,15 @@ impl Disks for SpdkDisks {
                 format!(
                     "disk {} ({}): SPDK on node {} connects NVMe-oF, iSCSI and RBD volumes and local block devices or files only",
                     spec.target, spec.source, self.settings.node
+                ),
+            ));
+        }
+        if matches!(&spec.volume, Volume::Rbd { monitors, .. } if monitors.is_empty()) {
+            return Err(BackendError::with_kind(
+                ErrorKind::Unsupported,
+                format!(
+                    "rbd disk {} names no Ceph monitor: give them as <host name=… port=…/> (SPDK on the DPU has no ceph.conf)",
+                    spec.target
                 ),
             ));
         }
