@@ -923,5 +923,48 @@ cipher_suite = 17
         assert_eq!(c.nodes[0].bmc.driver, BmcDriver::Redfish);
         assert_eq!(c.nodes[1].bmc.driver, BmcDriver::Ipmi);
         assert_eq!(c.nodes[0].nics.as_ref().unwrap().pool().unwrap().len(), 16);
+        let disks = c.nodes[0].disks.as_ref().unwrap();
+        assert_eq!(disks.frontend, DiskFrontend::Nvmf);
+        assert_eq!(
+            disks.fabric_listener().unwrap(),
+            ("TCP".to_string(), "10.0.9.7".to_string(), 4420)
+        );
+    }
+
+    #[test]
+    fn disks_sections_are_checked() {
+        let node = |disks: &str| {
+            format!(
+                "[[node]]\nname = \"n1\"\ncores = 1\nmemory_mib = 1024\n[node.bmc]\ndriver = \"sim\"\n[node.disks]\n{disks}\n"
+            )
+        };
+        let err = |disks: &str| Config::from_toml(&node(disks)).unwrap_err();
+        assert!(err("frontend = \"nvmf\"\nlisten = \"tcp:10.0.0.1:4420\"").contains("disks.spdk"));
+        assert!(err("spdk = \"/s\"\nlisten = \"tcp:host:4420\"").contains("not an IP address"));
+        assert!(err("spdk = \"/s\"\nlisten = \"udp:10.0.0.1:4420\"").contains("tcp:<addr>:<port>"));
+        assert!(
+            err("spdk = \"/s\"\nfrontend = \"vfio-user\"\nlisten = \"rel\"")
+                .contains("absolute path")
+        );
+        assert!(err("spdk = \"/s\"\nfrontend = \"vhost-blk\"\nbogus = 1").contains("bogus"));
+        let c =
+            Config::from_toml(&node("spdk = \"/s\"\nlisten = \"rdma:[fd00::1]:4420\"")).unwrap();
+        assert_eq!(
+            c.nodes[0]
+                .disks
+                .as_ref()
+                .unwrap()
+                .fabric_listener()
+                .unwrap(),
+            ("RDMA".to_string(), "fd00::1".to_string(), 4420)
+        );
+        let two = format!(
+            "{}{}",
+            node("spdk = \"/s\"\nfrontend = \"vhost-blk\""),
+            node("spdk = \"/s\"\nfrontend = \"vhost-blk\"").replace("n1", "n2")
+        );
+        assert!(Config::from_toml(&two)
+            .unwrap_err()
+            .contains("both name SPDK socket /s"));
     }
 }

@@ -453,11 +453,17 @@ impl SpdkDisks {
         let bdev = match (bdev, prepared) {
             (Ok(b), Ok(())) => b,
             (Err(e), _) => {
-                let _ = self.frontend.withdraw(&self.spdk, &domain, &spec.handle).await;
+                let _ = self
+                    .frontend
+                    .withdraw(&self.spdk, &domain, &spec.handle)
+                    .await;
                 return Err(e);
             }
             (Ok(_), Err(e)) => {
-                let _ = self.frontend.withdraw(&self.spdk, &domain, &spec.handle).await;
+                let _ = self
+                    .frontend
+                    .withdraw(&self.spdk, &domain, &spec.handle)
+                    .await;
                 let _ = self.delete_source(&spec.handle).await;
                 return Err(spdk_err(e));
             }
