@@ -49,6 +49,8 @@ pub trait Frontend: Send + Sync {
     fn presents_as(&self) -> &'static str;
     /// The `<target bus>` values that match what the host sees.
     fn native_buses(&self) -> &'static [&'static str];
+    /// Whether it can present a disk read-only.
+    fn read_only(&self) -> bool;
     /// Makes what presenting a disk of `domain` needs and does not depend on its bdev (the
     /// transport, the domain's subsystem); runs while the volume connects.
     async fn prepare(&self, _spdk: &Spdk, _domain: &str) -> Result<(), RpcError> {
@@ -332,6 +334,11 @@ impl Frontend for Nvmf {
         &["nvme"]
     }
 
+    fn read_only(&self) -> bool {
+        // SPDK's nvmf namespaces have no read-only flag.
+        false
+    }
+
     async fn prepare(&self, spdk: &Spdk, domain: &str) -> Result<(), RpcError> {
         self.ensure_transport(spdk).await?;
         self.ensure_subsystem(spdk, &self.nqn(domain), domain).await
@@ -522,6 +529,10 @@ impl Frontend for VhostBlk {
 
     fn native_buses(&self) -> &'static [&'static str] {
         &["virtio"]
+    }
+
+    fn read_only(&self) -> bool {
+        true
     }
 
     async fn present(&self, spdk: &Spdk, p: &Presented) -> Result<Placement, RpcError> {

@@ -704,6 +704,17 @@ impl Disks for SpdkDisks {
                 ),
             ));
         }
+        if spec.readonly && !self.frontend.read_only() {
+            return Err(BackendError::with_kind(
+                ErrorKind::Unsupported,
+                format!(
+                    "disk {} is <readonly/> but node {}'s {} frontend cannot present a disk read-only (SPDK's NVMe-oF namespaces have no such flag); the vhost-blk frontend can",
+                    spec.target,
+                    self.settings.node,
+                    self.frontend.name()
+                ),
+            ));
+        }
         let bus = spec.bus.as_deref().unwrap_or("virtio");
         match bus {
             "virtio" | "scsi" | "sata" | "nvme" => {}
@@ -1172,6 +1183,9 @@ mod tests {
             .contains("as an NVMe namespace"));
         d.bus = Some("nvme".into());
         assert_eq!(b.accepts(&d).unwrap(), None);
+        d.readonly = true;
+        assert!(b.accepts(&d).unwrap_err().msg.contains("cannot present a disk read-only"));
+        d.readonly = false;
         d.volume = Volume::Other;
         assert_eq!(b.accepts(&d).unwrap_err().kind, ErrorKind::Unsupported);
     }
