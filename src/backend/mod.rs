@@ -305,6 +305,9 @@ pub enum Volume {
     Local {
         /// Path on the DPU.
         path: String,
+        /// Block size to present (a file has none of its own); `None`: the device's.
+        #[serde(default)]
+        block_size: Option<u32>,
     },
     /// Anything else (a storage-pool volume): only the simulated lab maps it.
     #[default]

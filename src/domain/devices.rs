@@ -325,12 +325,18 @@ pub fn disk_volume(d: &DiskDef) -> crate::error::VirResult<crate::backend::Volum
         "block" => {
             return Ok(match s.dev.as_deref() {
                 None => Volume::Other,
-                Some(p) => by_path_iscsi(p).unwrap_or_else(|| Volume::Local { path: p.into() }),
+                Some(p) => by_path_iscsi(p).unwrap_or_else(|| Volume::Local {
+                    path: p.into(),
+                    block_size: None,
+                }),
             })
         }
         "file" | "" => {
             return Ok(match &s.file {
-                Some(p) => Volume::Local { path: p.clone() },
+                Some(p) => Volume::Local {
+                    path: p.clone(),
+                    block_size: Some(512),
+                },
                 None => Volume::Other,
             })
         }

@@ -504,9 +504,11 @@ impl Driver {
                 info.capacity
             )));
         }
-        let now = node.disks.resize(&handle, bytes).await.map_err(|e| {
-            VirError::operation_failed(&format!("cannot resize disk {target}: {e}"))
-        })?;
+        let now = node
+            .disks
+            .resize(&handle, bytes)
+            .await
+            .map_err(|e| VirError::backend(&format!("cannot resize disk {target}"), &e))?;
         tracing::info!(domain = %obj.dom_ref().name, disk = %target, bytes = now, "disk resized");
         Ok(())
     }

@@ -147,8 +147,17 @@ pub struct Nvmf {
     listen: Listen,
     prefix: String,
     timeout: Duration,
-    transport: tokio::sync::OnceCell<()>,
-    subsystems: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
+    /// What was made on the target, per connection generation (a restarted SPDK has none).
+    made: Mutex<Made>,
+}
+
+type Once = Arc<tokio::sync::OnceCell<()>>;
+
+#[derive(Default)]
+struct Made {
+    generation: u64,
+    transport: Once,
+    subsystems: HashMap<String, Once>,
 }
 
 impl Nvmf {
@@ -159,9 +168,21 @@ impl Nvmf {
             listen,
             prefix: prefix.to_string(),
             timeout,
-            transport: tokio::sync::OnceCell::new(),
-            subsystems: Mutex::new(HashMap::new()),
+            made: Mutex::new(Made::default()),
         }
+    }
+
+    /// What was made, forgotten when the connection to SPDK is a new one.
+    fn made<T>(&self, spdk: &Spdk, f: impl FnOnce(&mut Made) -> T) -> T {
+        let mut m = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        let g = spdk.generation();
+        if m.generation != g {
+            *m = Made {
+                generation: g,
+                ..Made::default()
+            };
+        }
+        f(&mut m)
     }
 
     /// The subsystem NQN of a domain.
@@ -169,36 +190,36 @@ impl Nvmf {
         format!("{}:{domain}", self.prefix)
     }
 
-    fn cell(&self, nqn: &str) -> Arc<tokio::sync::OnceCell<()>> {
-        self.subsystems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(nqn.to_string())
-            .or_default()
-            .clone()
+    fn cell(&self, spdk: &Spdk, nqn: &str) -> Once {
+        self.made(spdk, |m| {
+            m.subsystems.entry(nqn.to_string()).or_default().clone()
+        })
     }
 
-    fn forget(&self, nqn: &str) {
-        self.subsystems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(nqn);
+    /// Forgets that the subsystem exists — only if `seen` is still what we hold, so two
+    /// disks that both found it gone do not undo each other's re-creation.
+    fn forget(&self, spdk: &Spdk, nqn: &str, seen: Option<&Once>) {
+        self.made(spdk, |m| {
+            if seen.is_none_or(|s| m.subsystems.get(nqn).is_some_and(|c| Arc::ptr_eq(c, s))) {
+                m.subsystems.remove(nqn);
+            }
+        })
     }
 
     async fn ensure_transport(&self, spdk: &Spdk) -> Result<(), RpcError> {
         let trtype = self.listen.trtype();
-        self.transport
-            .get_or_try_init(|| async {
-                match spdk
-                    .call("nvmf_create_transport", Some(json!({"trtype": trtype})))
-                    .await
-                {
-                    Err(e) if e.is(code::INTERNAL, Some("already exists")) => Ok(()),
-                    r => r.map(drop),
-                }
-            })
-            .await
-            .map(drop)
+        let cell = self.made(spdk, |m| m.transport.clone());
+        cell.get_or_try_init(|| async {
+            match spdk
+                .call("nvmf_create_transport", Some(json!({"trtype": trtype})))
+                .await
+            {
+                Err(e) if e.is(code::INTERNAL, Some("already exists")) => Ok(()),
+                r => r.map(drop),
+            }
+        })
+        .await
+        .map(drop)
     }
 
     async fn subsystem(&self, spdk: &Spdk, nqn: &str) -> Result<Option<Value>, RpcError> {
@@ -212,8 +233,13 @@ impl Nvmf {
         }
     }
 
-    async fn ensure_subsystem(&self, spdk: &Spdk, nqn: &str, domain: &str) -> Result<(), RpcError> {
-        let cell = self.cell(nqn);
+    async fn ensure_subsystem(
+        &self,
+        spdk: &Spdk,
+        nqn: &str,
+        domain: &str,
+    ) -> Result<Once, RpcError> {
+        let cell = self.cell(spdk, nqn);
         cell.get_or_try_init(|| async {
             let serial: String = format!("MV{}", domain.trim_start_matches("mv-"))
                 .chars()
@@ -245,17 +271,29 @@ impl Nvmf {
                 Err(e) => return Err(e),
             };
             if !listening {
-                spdk.call_within(
-                    "nvmf_subsystem_add_listener",
-                    Some(json!({"nqn": nqn, "listen_address": self.listen.address()})),
-                    self.timeout,
-                )
-                .await?;
+                let added = spdk
+                    .call_within(
+                        "nvmf_subsystem_add_listener",
+                        Some(json!({"nqn": nqn, "listen_address": self.listen.address()})),
+                        self.timeout,
+                    )
+                    .await;
+                if let Err(e) = added {
+                    // Added meanwhile by another client of ours adopting the same subsystem?
+                    let there = self.subsystem(spdk, nqn).await?.is_some_and(|s| {
+                        s["listen_addresses"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|l| self.listen.matches(l)))
+                    });
+                    if !there {
+                        return Err(e);
+                    }
+                }
             }
             Ok(())
         })
-        .await
-        .map(drop)
+        .await?;
+        Ok(cell)
     }
 
     async fn add_ns(&self, spdk: &Spdk, nqn: &str, p: &Presented) -> Result<u32, RpcError> {
@@ -341,16 +379,19 @@ impl Frontend for Nvmf {
 
     async fn prepare(&self, spdk: &Spdk, domain: &str) -> Result<(), RpcError> {
         self.ensure_transport(spdk).await?;
-        self.ensure_subsystem(spdk, &self.nqn(domain), domain).await
+        self.ensure_subsystem(spdk, &self.nqn(domain), domain)
+            .await
+            .map(drop)
     }
 
     async fn present(&self, spdk: &Spdk, p: &Presented) -> Result<Placement, RpcError> {
         let nqn = self.nqn(&p.domain);
-        self.prepare(spdk, &p.domain).await?;
+        self.ensure_transport(spdk).await?;
+        let cell = self.ensure_subsystem(spdk, &nqn, &p.domain).await?;
         let nsid = match self.add_ns(spdk, &nqn, p).await {
             // Deleted behind our back since we made it: make it again, once.
             Err(e) if e.to_string().contains("is gone") => {
-                self.forget(&nqn);
+                self.forget(spdk, &nqn, Some(&cell));
                 self.ensure_subsystem(spdk, &nqn, &p.domain).await?;
                 self.add_ns(spdk, &nqn, p).await?
             }
@@ -365,7 +406,7 @@ impl Frontend for Nvmf {
     async fn withdraw(&self, spdk: &Spdk, domain: &str, handle: &str) -> Result<(), RpcError> {
         let nqn = self.nqn(domain);
         let Some(sub) = self.subsystem(spdk, &nqn).await? else {
-            self.forget(&nqn);
+            self.forget(spdk, &nqn, None);
             return Ok(());
         };
         let namespaces = sub["namespaces"].as_array().cloned().unwrap_or_default();
@@ -409,9 +450,9 @@ impl Frontend for Nvmf {
                     Err(e) if e.is(code::INVALID_PARAMS, None) => {}
                     Err(e) => return Err(e),
                 }
-                self.forget(&nqn);
+                self.forget(spdk, &nqn, None);
             }
-            None => self.forget(&nqn),
+            None => self.forget(spdk, &nqn, None),
             Some(_) => {}
         }
         Ok(())
@@ -447,7 +488,7 @@ impl Frontend for Nvmf {
                 continue;
             }
             if !present.contains_key(&nqn) {
-                self.forget(&nqn);
+                self.forget(spdk, &nqn, None);
             }
             self.present(spdk, p).await?;
             healed.push(p.handle.clone());
@@ -479,7 +520,7 @@ impl Frontend for Nvmf {
                 Err(e) if e.is(code::INVALID_PARAMS, None) => {}
                 Err(e) => return Err(e),
             }
-            self.forget(nqn);
+            self.forget(spdk, nqn, None);
         }
         Ok(removed)
     }

@@ -49,6 +49,8 @@ pub struct SpdkSettings {
 struct Mapping {
     presented: Presented,
     source: Source,
+    /// To connect the volume again when SPDK lost it (a restarted target).
+    spec: DiskSpec,
 }
 
 /// The kind of bdev behind a disk (read back from SPDK after a restart).
@@ -105,6 +107,10 @@ pub struct SpdkDisks {
     /// Next SPDK notification id to read.
     notify_next: Mutex<Option<u64>>,
     heal_rounds: std::sync::atomic::AtomicU64,
+    /// The connection generation the last full heal saw.
+    healed_generation: std::sync::atomic::AtomicU64,
+    /// Heal runs alone: a disk being unmapped is never presented again behind its back.
+    gate: tokio::sync::RwLock<()>,
 }
 
 /// The domain part (`mv-<uuid>`) of a handle `mv-<uuid>-<target>`.
@@ -198,6 +204,8 @@ impl SpdkDisks {
             clusters: Mutex::new(HashMap::new()),
             notify_next: Mutex::new(None),
             heal_rounds: std::sync::atomic::AtomicU64::new(0),
+            healed_generation: std::sync::atomic::AtomicU64::new(0),
+            gate: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -388,16 +396,17 @@ impl SpdkDisks {
                     .map_err(spdk_err)?;
                 Ok(h.to_string())
             }
-            Volume::Local { path } => {
+            Volume::Local { path, block_size } => {
                 if self.bdev(h).await.map_err(spdk_err)?.is_some() {
                     return Ok(h.to_string());
                 }
+                // SPDK detects a block device's block size; a regular file has none.
+                let mut params = json!({"name": h, "filename": path});
+                if let Some(b) = block_size {
+                    params["block_size"] = json!(b);
+                }
                 self.spdk
-                    .call_within(
-                        "bdev_aio_create",
-                        Some(json!({"name": h, "filename": path})),
-                        t,
-                    )
+                    .call_within("bdev_aio_create", Some(params), t)
                     .await
                     .map_err(spdk_err)?;
                 Ok(h.to_string())
@@ -413,7 +422,21 @@ impl SpdkDisks {
     async fn delete_source(&self, handle: &str) -> Result<(), RpcError> {
         let source = match self.mapping(handle) {
             Some(m) => Some(m.source),
-            None => self.bdev(handle).await?.as_ref().and_then(Source::of_bdev),
+            None => match self.bdev(handle).await? {
+                None => None,
+                Some(b) => match Source::of_bdev(&b) {
+                    Some(s) => Some(s),
+                    None => {
+                        return Err(RpcError::Protocol {
+                            method: "bdev_get_bdevs".into(),
+                            detail: format!(
+                                "bdev {handle} is a {} metalvirt does not make; left alone",
+                                b["product_name"].as_str().unwrap_or("bdev")
+                            ),
+                        })
+                    }
+                },
+            },
         };
         // No bdev of that name: an NVMe controller (its bdevs are `<handle>n<nsid>`), or
         // one whose namespace is gone; or nothing at all.
@@ -479,7 +502,16 @@ impl SpdkDisks {
         match self.frontend.present(&self.spdk, &presented).await {
             Ok(place) => {
                 presented.unit = place.unit;
-                self.remember(&spec.handle, Some(Mapping { presented, source }));
+                let mut spec = spec.clone();
+                spec.unit = place.unit;
+                self.remember(
+                    &spec.handle.clone(),
+                    Some(Mapping {
+                        presented,
+                        source,
+                        spec,
+                    }),
+                );
                 Ok(place.device)
             }
             Err(e) => {
@@ -541,17 +573,41 @@ async fn resolve(host: &str, port: u16) -> BResult<String> {
 #[async_trait]
 impl Disks for SpdkDisks {
     async fn attach(&self, spec: &DiskSpec) -> BResult<String> {
+        let _gate = self.gate.read().await;
         self.attach_inner(spec).await
     }
 
     async fn detach(&self, handle: &str) -> BResult<()> {
-        let domain = domain_of(handle);
-        self.frontend
-            .withdraw(&self.spdk, &domain, handle)
-            .await
-            .map_err(spdk_err)?;
-        self.delete_source(handle).await.map_err(spdk_err)?;
+        let _gate = self.gate.read().await;
+        // Forgotten first: a heal must not present it again while it goes.
+        let m = self.mapping(handle);
         self.remember(handle, None);
+        let domain = domain_of(handle);
+        let undone = async {
+            self.frontend.withdraw(&self.spdk, &domain, handle).await?;
+            match m.as_ref().map(|m| m.source) {
+                Some(s) => match self
+                    .spdk
+                    .call_within(
+                        s.delete_method(),
+                        Some(json!({"name": handle})),
+                        self.settings.attach_timeout,
+                    )
+                    .await
+                {
+                    Err(e) if e.is_no_device() => Ok(()),
+                    r => r.map(drop),
+                },
+                None => self.delete_source(handle).await,
+            }
+        };
+        if let Err(e) = undone.await {
+            // Still (partly) there: keep presenting it until an unmap succeeds.
+            if let Some(m) = m {
+                self.remember(handle, Some(m));
+            }
+            return Err(spdk_err(e));
+        }
         Ok(())
     }
 
@@ -743,22 +799,46 @@ impl Disks for SpdkDisks {
     }
 
     async fn heal(&self) -> BResult<Vec<String>> {
-        let round = self
-            .heal_rounds
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let desired: Vec<Presented> = self
+        use std::sync::atomic::Ordering::Relaxed;
+        let _gate = self.gate.write().await;
+        let round = self.heal_rounds.fetch_add(1, Relaxed);
+        let mappings: Vec<Mapping> = self
             .mapped
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|m| m.presented.clone())
+            .cloned()
             .collect();
-        // Cheap check first: SPDK's notifications (bdev_register/unregister/resize); a full
+        // Cheap check first: SPDK's notifications (bdev_register/unregister/resize). A full
         // comparison every 10th round catches what notifications cannot tell (a namespace
-        // removed by another RPC client).
+        // removed by another RPC client), and after a reconnect (a restarted SPDK has
+        // nothing: its notification ids start again too).
         let ours = self.notified().await.map_err(spdk_err)?;
-        if desired.is_empty() || (!ours && round % 10 != 0) {
+        let generation = self.spdk.generation();
+        let restarted = self.healed_generation.swap(generation, Relaxed) != generation;
+        if restarted {
+            *self.notify_next.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        if mappings.is_empty() || (!ours && !restarted && round % 10 != 0) {
             return Ok(Vec::new());
+        }
+        let mut done = Vec::new();
+        // Volumes SPDK lost altogether (no bdev and no controller: the target restarted)
+        // are connected again.
+        let held: HashSet<String> = self.list().await?.into_iter().collect();
+        for m in mappings
+            .iter()
+            .filter(|m| !held.contains(&m.presented.handle))
+        {
+            match self.attach_inner(&m.spec).await {
+                Ok(dev) => done.push(format!(
+                    "connected {} again after SPDK lost it ({dev})",
+                    m.presented.handle
+                )),
+                Err(e) => {
+                    tracing::warn!(node = %self.settings.node, handle = %m.presented.handle, "cannot connect a lost volume again: {e}")
+                }
+            }
         }
         let bdevs: HashSet<String> = as_array(
             "bdev_get_bdevs",
@@ -771,15 +851,18 @@ impl Disks for SpdkDisks {
         .iter()
         .filter_map(|b| b["name"].as_str().map(str::to_string))
         .collect();
+        let desired: Vec<Presented> = mappings.into_iter().map(|m| m.presented).collect();
         let healed = self
             .frontend
             .heal(&self.spdk, &desired, &bdevs)
             .await
             .map_err(spdk_err)?;
-        Ok(healed
-            .into_iter()
-            .map(|h| format!("presented {h} again after SPDK dropped it"))
-            .collect())
+        done.extend(
+            healed
+                .into_iter()
+                .map(|h| format!("presented {h} again after SPDK dropped it")),
+        );
+        Ok(done)
     }
 
     fn heal_interval(&self) -> Option<Duration> {
@@ -1138,6 +1221,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restarted_spdk_gets_its_volumes_and_presentations_back() {
+        let d = Double::start(&["storage", "dpu"]);
+        d.nvmf_volume("nqn.2016-06.io.spdk:v1", "V1", 16, 4420)
+            .await;
+        d.iscsi_volume("d2", 16).await;
+        let b = backend(&d, nvmf());
+        let vda = disk("vda", nvme_vol("nqn.2016-06.io.spdk:v1", 4420), 1);
+        let vdb = disk("vdb", iscsi_vol("d2"), 2);
+        b.attach(&vda).await.unwrap();
+        b.attach(&vdb).await.unwrap();
+        d.call("storage", "double_restart", json!({"role": "dpu"}))
+            .await
+            .unwrap();
+        assert_eq!(dpu_state(&d).await["bdevs"], json!({}));
+        // A heal reconnects (the call in flight may see the old connection go first), finds
+        // a new target and maps everything again at the same nsids.
+        let mut healed = Vec::new();
+        for _ in 0..3 {
+            healed.extend(b.heal().await.unwrap_or_default());
+        }
+        assert_eq!(
+            healed.iter().filter(|h| h.starts_with("connected")).count(),
+            2,
+            "{healed:?}"
+        );
+        let nqn = format!("{PREFIX}:{DOM}");
+        assert_eq!(
+            dpu_state(&d).await["subsystems"][&nqn]["namespaces"],
+            json!({"1": format!("{DOM}-vdan1"), "2": format!("{DOM}-vdb")})
+        );
+        // And a new disk maps on the new target (no stale "transport made" memory).
+        d.nvmf_volume("nqn.2016-06.io.spdk:v3", "V3", 16, 4420)
+            .await;
+        b.attach(&disk("vdc", nvme_vol("nqn.2016-06.io.spdk:v3", 4420), 3))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bdev_of_a_kind_metalvirt_does_not_make_is_left_alone_loudly() {
+        let d = Double::start(&["dpu"]);
+        let h = format!("{DOM}-vdz");
+        d.call(
+            "dpu",
+            "bdev_null_create",
+            json!({"name": h, "num_blocks": 1024, "block_size": 512}),
+        )
+        .await
+        .unwrap();
+        let b = backend(&d, nvmf());
+        let e = b.detach(&h).await.unwrap_err();
+        assert!(e.msg.contains("metalvirt does not make; left alone"), "{e}");
+        assert!(dpu_state(&d).await["bdevs"].get(&h).is_some());
+    }
+
+    #[tokio::test]
     async fn vhost_blk_presents_one_controller_per_disk() {
         let d = Double::start(&["storage", "dpu"]);
         d.iscsi_volume("d1", 16).await;
@@ -1184,7 +1323,11 @@ mod tests {
         d.bus = Some("nvme".into());
         assert_eq!(b.accepts(&d).unwrap(), None);
         d.readonly = true;
-        assert!(b.accepts(&d).unwrap_err().msg.contains("cannot present a disk read-only"));
+        assert!(b
+            .accepts(&d)
+            .unwrap_err()
+            .msg
+            .contains("cannot present a disk read-only"));
         d.readonly = false;
         d.volume = Volume::Other;
         assert_eq!(b.accepts(&d).unwrap_err().kind, ErrorKind::Unsupported);

@@ -172,6 +172,7 @@ pub struct Spdk {
     timeout: Duration,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl std::fmt::Debug for Spdk {
@@ -189,12 +190,19 @@ impl Spdk {
             timeout,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
         }
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many connections were made so far. A change means the target may have restarted
+    /// (SPDK keeps no state across restarts): what a caller cached about it is stale.
+    pub fn generation(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The default time limit of a call.
@@ -238,6 +246,7 @@ impl Spdk {
             }
             reader.close();
         });
+        self.connections.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(path = %self.path.display(), "connected to SPDK");
         *slot = Some(conn.clone());
         Ok(conn)
