@@ -9,15 +9,12 @@
 //!
 //! Usage: metalvirt-spdk-bench [--rounds N] [--domains N] [--latency 4-8] [--attach-ms 68]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::future::join_all;
-use metalvirt::backend::spdk::rpc::Spdk;
+use metalvirt::backend::spdk::double::Double;
 use metalvirt::backend::spdk::{Listen, Nvmf, SpdkDisks, SpdkSettings};
 use metalvirt::backend::{DiskSpec, Disks, Volume};
 use serde_json::json;
@@ -37,82 +34,6 @@ struct Cli {
     /// Latency of bdev_nvme_attach_controller, ms.
     #[arg(long, default_value_t = 68)]
     attach_ms: u64,
-}
-
-/// The double in its own process group, on a temp dir; killed when dropped.
-struct Double {
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl Double {
-    fn start(latency: &str, attach_ms: u64) -> Double {
-        let dir = std::env::temp_dir().join(format!("metalvirt-spdk-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/spdk_double.py");
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args([
-                "--sock",
-                &format!("storage={}", dir.join("storage.sock").display()),
-            ])
-            .args(["--sock", &format!("dpu={}", dir.join("dpu.sock").display())])
-            .args([
-                "--latency",
-                latency,
-                "--attach-latency",
-                &attach_ms.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("python3 runs tests/python/spdk_double.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the SPDK double did not start");
-        Double { child, dir }
-    }
-
-    fn client(&self, role: &str) -> Spdk {
-        Spdk::new(
-            self.dir.join(format!("{role}.sock")),
-            Duration::from_secs(60),
-        )
-    }
-}
-
-impl Drop for Double {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Makes `n` remote volumes on the storage role (all at once).
-async fn volumes(storage: &Spdk, n: usize) {
-    storage
-        .call("nvmf_create_transport", Some(json!({"trtype": "TCP"})))
-        .await
-        .unwrap();
-    join_all((0..n).map(|i| async move {
-        let nqn = format!("nqn.2016-06.io.spdk:vol{i}");
-        let calls = [
-            ("bdev_null_create", json!({"name": format!("Vol{i}"), "num_blocks": 262144, "block_size": 4096})),
-            ("nvmf_create_subsystem", json!({"nqn": nqn, "allow_any_host": true})),
-            ("nvmf_subsystem_add_ns", json!({"nqn": nqn, "namespace": {"bdev_name": format!("Vol{i}"), "nsid": 1}})),
-            ("nvmf_subsystem_add_listener", json!({"nqn": nqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4420"}})),
-        ];
-        for (m, p) in calls {
-            storage.call(m, Some(p)).await.unwrap();
-        }
-    }))
-    .await;
 }
 
 fn disk(domain: usize, i: usize, vol: usize) -> DiskSpec {
@@ -161,9 +82,23 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let double = Double::start(&cli.latency, cli.attach_ms);
-    let storage = double.client("storage");
-    volumes(&storage, cli.domains.max(8)).await;
+    let attach_ms = cli.attach_ms.to_string();
+    let double = Double::start(
+        &["storage", "dpu"],
+        &["--latency", &cli.latency, "--attach-latency", &attach_ms],
+    );
+    let double = &double;
+    join_all((0..cli.domains.max(8)).map(|i| async move {
+        double
+            .nvmf_volume(
+                &format!("nqn.2016-06.io.spdk:vol{i}"),
+                &format!("Vol{i}"),
+                1024,
+                4420,
+            )
+            .await
+    }))
+    .await;
     let backend = SpdkDisks::new(
         SpdkSettings {
             node: "bench".into(),

@@ -60,6 +60,22 @@ def write_password_file(path, password=PASSWORD):
     return path
 
 
+def stop_group(proc, grace=5):
+    """Stops a process started with start_new_session=True and everything in its session:
+    SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class _Process:
     """A peer process in its own session (killed with its children at stop), on a temp dir
     made at __enter__; subclasses set `prefix`, `needs_venv`, `prepare()` (ports) and
@@ -109,16 +125,7 @@ class _Process:
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
+            stop_group(self.proc)
             self.proc = None
 
     def __exit__(self, *exc):

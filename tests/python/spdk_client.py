@@ -10,7 +10,6 @@ JSON-RPC with a streaming decoder (responses are bare concatenated JSON values).
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from peers import stop_group  # noqa: E402
 DOUBLE = os.path.join(HERE, "spdk_double.py")
 
 
@@ -163,16 +164,7 @@ class SpdkDouble:
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
+            stop_group(self.proc)
             self.proc.stdout.close()
             self.stderr.close()
             self.proc = None

@@ -10,10 +10,9 @@
 //! only what it must put back when SPDK drops it: the presentations of mapped disks
 //! ([`SpdkDisks::heal`]).
 
+pub mod double;
 pub mod frontend;
 pub mod rpc;
-#[cfg(test)]
-pub mod testing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -886,7 +885,7 @@ impl Disks for SpdkDisks {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::Double;
+    use super::double::Double;
     use super::*;
 
     const DOM: &str = "mv-0123456789abcdef0123456789abcdef";
@@ -959,7 +958,7 @@ mod tests {
 
     #[tokio::test]
     async fn maps_nvmf_and_iscsi_volumes_as_namespaces_in_boot_order_and_unmaps_all() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         d.nvmf_volume("nqn.2016-06.io.spdk:boot", "Boot", 64, 4420)
             .await;
         d.iscsi_volume("data1", 128).await;
@@ -1030,7 +1029,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_removes_what_the_disk_had_made() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         d.nvmf_volume("nqn.2016-06.io.spdk:v1", "V1", 16, 4420)
             .await;
         let b = backend(&d, nvmf());
@@ -1073,7 +1072,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_namespace_dropped_when_the_remote_volume_blinks_is_presented_again() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         d.nvmf_volume("nqn.2016-06.io.spdk:v1", "V1", 16, 4420)
             .await;
         let b = backend(&d, nvmf());
@@ -1116,7 +1115,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_daemon_adopts_finds_and_tidies_what_spdk_holds() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         d.nvmf_volume("nqn.2016-06.io.spdk:v1", "V1", 16, 4420)
             .await;
         d.iscsi_volume("d2", 16).await;
@@ -1156,7 +1155,7 @@ mod tests {
 
     #[tokio::test]
     async fn rbd_needs_the_key_resizes_and_refuses_to_wait_forever_for_remote_growth() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         let key = b"0123456789abcdef";
         use base64::Engine;
         let key64 = base64::engine::general_purpose::STANDARD.encode(key);
@@ -1222,7 +1221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_spdk_gets_its_volumes_and_presentations_back() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         d.nvmf_volume("nqn.2016-06.io.spdk:v1", "V1", 16, 4420)
             .await;
         d.iscsi_volume("d2", 16).await;
@@ -1261,7 +1260,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bdev_of_a_kind_metalvirt_does_not_make_is_left_alone_loudly() {
-        let d = Double::start(&["dpu"]);
+        let d = Double::start(&["dpu"], &[]);
         let h = format!("{DOM}-vdz");
         d.call(
             "dpu",
@@ -1278,7 +1277,7 @@ mod tests {
 
     #[tokio::test]
     async fn vhost_blk_presents_one_controller_per_disk() {
-        let d = Double::start(&["storage", "dpu"]);
+        let d = Double::start(&["storage", "dpu"], &[]);
         d.iscsi_volume("d1", 16).await;
         let b = backend(&d, Box::new(VhostBlk::new(Duration::from_secs(5))));
         let mut vda = disk("vda", iscsi_vol("d1"), 1);

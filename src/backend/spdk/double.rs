@@ -1,10 +1,12 @@
-//! Test support: the SPDK test double (`tests/python/spdk_double.py`, which follows the
-//! recorded exchanges of a real SPDK v26.05 target) run in a temp dir, one socket per role,
-//! killed with its process group when dropped.
+//! The SPDK test double (`tests/python/spdk_double.py`, which follows the recorded exchanges
+//! of a real SPDK v26.05 target) run from a temp dir, one socket per role, killed with its
+//! process group when dropped — for the backend's tests and `metalvirt-spdk-bench`, since no
+//! SPDK target can be installed here. Needs python3 and the source tree.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,21 +16,26 @@ use super::rpc::{RpcError, Spdk};
 /// A running double.
 pub struct Double {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Double {
-    /// Starts the double with `roles` (e.g. `["storage", "dpu"]`) and waits until it listens.
-    pub fn start(roles: &[&str]) -> Double {
-        let dir = tempfile::tempdir().unwrap();
+    /// Starts the double with `roles` (e.g. `["storage", "dpu"]`) and `args` (e.g.
+    /// `["--latency", "4-8"]`) and waits until it listens.
+    pub fn start(roles: &[&str], args: &[&str]) -> Double {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "metalvirt-spdk-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/spdk_double.py");
         let mut cmd = Command::new("python3");
-        cmd.arg(script);
+        cmd.arg(script).args(args);
         for r in roles {
-            cmd.arg("--sock").arg(format!(
-                "{r}={}",
-                dir.path().join(format!("{r}.sock")).display()
-            ));
+            cmd.arg("--sock")
+                .arg(format!("{r}={}", dir.join(format!("{r}.sock")).display()));
         }
         use std::os::unix::process::CommandExt;
         let mut child = cmd
@@ -37,7 +44,7 @@ impl Double {
             .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()
-            .expect("python3 runs the SPDK double");
+            .expect("python3 runs tests/python/spdk_double.py");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -48,12 +55,12 @@ impl Double {
 
     /// The socket of a role.
     pub fn sock(&self, role: &str) -> PathBuf {
-        self.dir.path().join(format!("{role}.sock"))
+        self.dir.join(format!("{role}.sock"))
     }
 
     /// A client of a role.
     pub fn client(&self, role: &str) -> Spdk {
-        Spdk::new(self.sock(role), Duration::from_secs(10))
+        Spdk::new(self.sock(role), Duration::from_secs(60))
     }
 
     /// One call on a role (fresh client).
@@ -151,6 +158,6 @@ impl Drop for Double {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
-        let _ = &self.dir;
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
