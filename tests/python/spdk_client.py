@@ -9,16 +9,14 @@ JSON-RPC with a streaming decoder (responses are bare concatenated JSON values).
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from peers import stop_group  # noqa: E402
+from peers import _Process  # noqa: E402
 DOUBLE = os.path.join(HERE, "spdk_double.py")
 
 
@@ -96,35 +94,23 @@ def call(sock_path, method, params=None, timeout=30.0):
         return c.call(method, params)
 
 
-class SpdkDouble:
+class SpdkDouble(_Process):
     """The double in its own session on a temp dir, sockets `<dir>/<role>.sock`, started at
     __enter__ (waits for its `ready` line) and killed with its group at __exit__."""
 
     prefix = "metalvirt-spdk"
 
     def __init__(self, *roles, latency=None, attach_latency=None, bare=False, log=True):
+        super().__init__()
         self.roles = roles or ("dpu",)
         self.bare = bare
         self.latency = latency
         self.attach_latency = attach_latency
         self.want_log = log
-        self.dir = None
-        self.proc = None
+        self.stderr = None
 
     def sock(self, role):
         return os.path.join(self.dir, role + ".sock")
-
-    def path(self, *p):
-        return os.path.join(self.dir, *p)
-
-    def __enter__(self):
-        self.dir = tempfile.mkdtemp(prefix=self.prefix)
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
     def start(self):
         argv = [sys.executable, DOUBLE]
@@ -153,9 +139,6 @@ class SpdkDouble:
         except OSError:
             return ""
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def call(self, role, method, params=None):
         return call(self.sock(role), method, params)
 
@@ -164,16 +147,11 @@ class SpdkDouble:
 
     def stop(self):
         if self.proc is not None:
-            stop_group(self.proc)
             self.proc.stdout.close()
+        if self.stderr is not None:
             self.stderr.close()
-            self.proc = None
-
-    def __exit__(self, *exc):
-        self.stop()
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        return False
+            self.stderr = None
+        super().stop()
 
 
 def wait_until(pred, timeout=5.0, step=0.01):
