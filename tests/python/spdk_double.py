@@ -5,7 +5,8 @@ One process serves several SPDK "instances" (roles such as storage, dpu, host), 
 own unix stream socket, joined by an in-process fabric: NVMe-oF (tcp/rdma addresses and
 vfio-user directories are only keys), iSCSI portals and a fake Ceph. What it answers, and
 the exact error codes and texts, come from the recordings of a real v26.05 target in
-shared/spdk (files 01..07, "R" = its README) and, where those are silent, from SPDK v26.05's
+fixtures/spdk (files 01..07; "R" = the recorder's notes that came with them, not in this
+repository) and, where those are silent, from SPDK v26.05's
 sources (schema/schema.json and the RPC handlers), which is noted as "src".
 
     spdk_double.py --sock ROLE=PATH [--sock ROLE=PATH ...] [--latency MIN_MS[-MAX_MS]]

@@ -1,5 +1,5 @@
 """Contract test of tests/python/spdk_double.py against the recordings of a real SPDK v26.05
-target in shared/spdk (01..07): every recorded request is replayed, byte for byte, against
+target in fixtures/spdk (01..07): every recorded request is replayed, byte for byte, against
 a fresh double with the roles the recording used, and every reply must equal the recorded
 one after normalising only what is random per run (uuids and the nguids and host NQNs made
 from them, the run directory, qpair peer ports). The side effects the recordings note
@@ -25,7 +25,7 @@ from spdk_client import Client, RpcError, SpdkDouble, call  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RECORDINGS = os.environ.get("METALVIRT_SPDK_RECORDINGS",
-                            os.path.join(REPO, "..", "shared", "spdk"))
+                            os.path.join(REPO, "fixtures", "spdk"))
 VENV = os.environ.get("METALVIRT_PEERS_VENV", os.path.join(REPO, "target", "peers-venv"))
 
 # A file replays after the recordings whose state it starts from (04 attaches to 01's vol1
@@ -82,7 +82,7 @@ def parse_recording(path):
 
 def recording(num):
     assert os.path.isdir(RECORDINGS), \
-        "no recordings at %s (shared/spdk beside the repo, or METALVIRT_SPDK_RECORDINGS)" \
+        "no recordings at %s (fixtures/spdk, or METALVIRT_SPDK_RECORDINGS)" \
         % RECORDINGS
     names = [n for n in os.listdir(RECORDINGS) if n.startswith(num + "-")]
     assert len(names) == 1, names

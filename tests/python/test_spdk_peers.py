@@ -1,6 +1,6 @@
 """Disks mapped by SPDK on the node's DPU, black-box: virsh and python3-libvirt drive the
 daemon; SPDK is the test double tests/python/spdk_double.py (a v26.05 spdk_tgt following
-the recordings in shared/spdk). One double process plays every SPDK: "storage" is the
+the recordings in fixtures/spdk). One double process plays every SPDK: "storage" is the
 cloud-volume target (NVMe-oF subsystems at 127.0.0.1:4420, iSCSI portal 127.0.0.1:3260,
 and the fake Ceph at 127.0.0.1:6789), "dpu" and "dpu2" are the SPDKs of two nvmf nodes,
 "vhost" and "vfu" those of a vhost-blk node and a vfio-user node. double_state and
