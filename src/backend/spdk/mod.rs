@@ -208,16 +208,6 @@ impl SpdkDisks {
         }
     }
 
-    /// The SPDK client.
-    pub fn spdk(&self) -> &Arc<Spdk> {
-        &self.spdk
-    }
-
-    /// The frontend's name.
-    pub fn frontend(&self) -> &'static str {
-        self.frontend.name()
-    }
-
     fn remember(&self, handle: &str, m: Option<Mapping>) {
         let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         match m {
@@ -332,7 +322,7 @@ impl SpdkDisks {
                         match names.first().and_then(Value::as_str) {
                             Some(b) => Ok(b.to_string()),
                             None => {
-                                let _ = self.delete_source(h).await;
+                                let _ = self.delete_source(h, Some(Source::Nvme)).await;
                                 Err(BackendError::new(format!(
                                     "NVMe-oF subsystem {subnqn} at {host}:{port} has no namespace"
                                 )))
@@ -417,10 +407,11 @@ impl SpdkDisks {
         }
     }
 
-    /// Deletes the bdev (or NVMe controller) of a disk; nothing there is success.
-    async fn delete_source(&self, handle: &str) -> Result<(), RpcError> {
-        let source = match self.mapping(handle) {
-            Some(m) => Some(m.source),
+    /// Deletes the bdev (or NVMe controller) of a disk, of kind `known` or as SPDK reports
+    /// it; nothing there is success.
+    async fn delete_source(&self, handle: &str, known: Option<Source>) -> Result<(), RpcError> {
+        let source = match known {
+            Some(s) => Some(s),
             None => match self.bdev(handle).await? {
                 None => None,
                 Some(b) => match Source::of_bdev(&b) {
@@ -486,7 +477,7 @@ impl SpdkDisks {
                     .frontend
                     .withdraw(&self.spdk, &domain, &spec.handle)
                     .await;
-                let _ = self.delete_source(&spec.handle).await;
+                let _ = self.delete_source(&spec.handle, Some(source)).await;
                 return Err(spdk_err(e));
             }
         };
@@ -518,7 +509,7 @@ impl SpdkDisks {
                     .frontend
                     .withdraw(&self.spdk, &presented.domain, &spec.handle)
                     .await;
-                let _ = self.delete_source(&spec.handle).await;
+                let _ = self.delete_source(&spec.handle, Some(source)).await;
                 Err(spdk_err(e))
             }
         }
@@ -584,21 +575,8 @@ impl Disks for SpdkDisks {
         let domain = domain_of(handle);
         let undone = async {
             self.frontend.withdraw(&self.spdk, &domain, handle).await?;
-            match m.as_ref().map(|m| m.source) {
-                Some(s) => match self
-                    .spdk
-                    .call_within(
-                        s.delete_method(),
-                        Some(json!({"name": handle})),
-                        self.settings.attach_timeout,
-                    )
-                    .await
-                {
-                    Err(e) if e.is_no_device() => Ok(()),
-                    r => r.map(drop),
-                },
-                None => self.delete_source(handle).await,
-            }
+            self.delete_source(handle, m.as_ref().map(|m| m.source))
+                .await
         };
         if let Err(e) = undone.await {
             // Still (partly) there: keep presenting it until an unmap succeeds.

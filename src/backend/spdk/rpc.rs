@@ -30,10 +30,6 @@ pub mod code {
     pub const EEXIST: i64 = -17;
     /// `-EALREADY` (a controller with that name and path exists).
     pub const EALREADY: i64 = -114;
-    /// `-EINVAL` "Invalid argument".
-    pub const EINVAL: i64 = -22;
-    /// Method not found.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
     /// Invalid params (SPDK also uses it with errno texts).
     pub const INVALID_PARAMS: i64 = -32602;
     /// Internal error (also SPDK's "spdk_json_decode_object failed").
@@ -194,20 +190,10 @@ impl Spdk {
         }
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// How many connections were made so far. A change means the target may have restarted
     /// (SPDK keeps no state across restarts): what a caller cached about it is stale.
     pub fn generation(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
-    }
-
-    /// The default time limit of a call.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, RpcError> {
