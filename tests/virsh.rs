@@ -569,3 +569,18 @@ fn autodestroy_runs_end_with_their_connection() {
     assert_eq!(state(&d, "keep"), "running (booted)");
     assert_eq!(d.sim_mapped(), (1, 1), "only 'keep' still holds hardware");
 }
+
+#[test]
+fn shutdown_right_after_a_reset_is_seen() {
+    // The watcher polls every 2 s: it cannot read the server On between the reset and the
+    // shutdown (50 ms later in the simulation), which once left the restart's grace period
+    // (power_on_timeout) hiding the Off reading.
+    let d = Daemon::start("[watcher]\ninterval_ms = 2000\n");
+    define(&d, "bm1");
+    d.virsh_ok(&["start", "bm1"]);
+    d.virsh_ok(&["reset", "bm1"]);
+    d.virsh_ok(&["shutdown", "bm1"]);
+    wait_for(8, "shutdown after a reset to complete", || {
+        state(&d, "bm1") == "shut off (shutdown)"
+    });
+}

@@ -901,6 +901,18 @@ impl Driver {
         let node = node
             .and_then(|n| self.node(&n).cloned())
             .ok_or_else(|| VirError::internal("running domain has no node"))?;
+        // A restart's grace ends when the watcher reads On; a server shut down before the
+        // watcher's next round would never be read On, and its Off would be taken for the
+        // restart until the grace ran out. A server that reads On now has restarted.
+        if obj.with(|s| s.power_grace_until.is_some())
+            && node
+                .power
+                .state()
+                .await
+                .is_ok_and(|r| r.state == PowerState::On)
+        {
+            obj.with(|s| s.power_grace_until = None);
+        }
         node.power.off(false).await.map_err(|e| {
             VirError::backend(&format!("graceful shutdown of node {}", node.spec.name), &e)
         })?;
