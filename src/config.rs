@@ -23,8 +23,18 @@ pub struct Config {
     pub ro_socket_mode: u32,
     /// Outstanding calls per client (libvirtd's `max_client_requests`).
     pub max_client_requests: usize,
-    /// Concurrent client connections.
+    /// Concurrent client connections, all sockets together (libvirtd's `max_clients`).
     pub max_clients: usize,
+    /// Concurrent connections on the read-only socket. Below `max_clients`, so read-only
+    /// clients (anyone, with the default socket mode) can never take the last
+    /// `max_clients - max_readonly_clients` slots from read-write clients such as nova.
+    pub max_readonly_clients: usize,
+    /// Reply and event bytes a client may leave unread: at this many the daemon takes no
+    /// further calls from it until it reads, and events beyond it disconnect it.
+    pub max_client_output_bytes: usize,
+    /// A client with output pending that takes no byte of it for this long is disconnected
+    /// (and every socket write is limited to this long), in seconds.
+    pub client_write_timeout_s: f64,
     /// Host name reported by GET_HOSTNAME (default: the system's).
     pub hostname: Option<String>,
     /// Idle time after which a client that supports keepalive is sent a PING, in
@@ -546,6 +556,9 @@ impl Default for Config {
             ro_socket_mode: 0o777,
             max_client_requests: 16,
             max_clients: 5000,
+            max_readonly_clients: 1000,
+            max_client_output_bytes: 4 * 1024 * 1024,
+            client_write_timeout_s: 30.0,
             hostname: None,
             keepalive_interval_ms: 5000,
             keepalive_count: 5,
@@ -627,6 +640,18 @@ impl Config {
         if self.max_clients == 0 {
             return Err("max_clients must be at least 1".into());
         }
+        if self.max_readonly_clients >= self.max_clients {
+            return Err(format!(
+                "max_readonly_clients ({}) must be below max_clients ({}), so read-write clients always have a slot",
+                self.max_readonly_clients, self.max_clients
+            ));
+        }
+        if self.max_client_output_bytes < 64 * 1024 {
+            return Err("max_client_output_bytes must be at least 65536".into());
+        }
+        if !(self.client_write_timeout_s > 0.0 && self.client_write_timeout_s <= 3600.0) {
+            return Err("client_write_timeout_s must be above 0 and at most 3600".into());
+        }
         if self.watcher.interval_ms == 0 {
             return Err("watcher.interval_ms must be at least 1".into());
         }
@@ -672,6 +697,11 @@ impl Config {
             return Err("sim: sockets, cores, threads and memory_mib must be positive".into());
         }
         Ok(())
+    }
+
+    /// How long a client may leave pending output untaken.
+    pub fn client_write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.client_write_timeout_s)
     }
 
     /// The watcher's longest backoff.

@@ -1280,7 +1280,8 @@ impl DomainDef {
                         "invalid metadata key '{key}': not a valid XML namespace prefix"
                     ));
                 }
-                let mut el = Element::parse(xml)
+                // It goes under <domain><metadata>: the whole domain stays within the limits.
+                let mut el = Element::parse_at(xml, 3)
                     .map_err(|e| DomainXmlError::new(format!("malformed metadata XML: {e}")))?;
                 el.name = format!("{key}:{}", el.local_name());
                 el.remove_attr(&format!("xmlns:{key}"));

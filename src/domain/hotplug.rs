@@ -73,7 +73,8 @@ pub fn check_config_change(dev: &Element, op: &str) -> VirResult<()> {
 /// (`keep_aliases` false) only `ua-` aliases are kept, as libvirt does; for detach the
 /// alias is kept whatever it is, because it is used for matching.
 pub fn parse_device(xml: &str, keep_aliases: bool) -> VirResult<Element> {
-    let mut el = Element::parse(xml).map_err(|e| VirError::xml(&e.to_string()))?;
+    // A device sits under <domain><devices>: the whole domain stays within the limits.
+    let mut el = Element::parse_at(xml, 3).map_err(|e| VirError::xml(&e.to_string()))?;
     if !is_device_name(&el.name) {
         return Err(VirError::new(
             crate::error::code::CONFIG_UNSUPPORTED,

@@ -13,6 +13,27 @@ use std::fmt;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
+/// Deepest nesting a document may have (libxml2's default limit, which libvirt inherits):
+/// the root element is level 1.
+pub const MAX_DEPTH: usize = 256;
+/// Most elements and comments one document may hold. A domain with hundreds of devices has
+/// a few thousand; the limit bounds the memory a 4 MiB document can make the daemon spend.
+pub const MAX_NODES: usize = 50_000;
+/// Most attributes one element may carry.
+pub const MAX_ATTRS: usize = 256;
+
+fn count_node(input: &str, pos: u64, nodes: &mut usize) -> Result<(), XmlError> {
+    *nodes += 1;
+    if *nodes > MAX_NODES {
+        return Err(XmlError::at(
+            input,
+            pos,
+            format!("document has more than the limit of {MAX_NODES} elements"),
+        ));
+    }
+    Ok(())
+}
+
 /// One node of an element's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
@@ -174,6 +195,13 @@ fn element_from_start(input: &str, pos: u64, start: &BytesStart<'_>) -> Result<E
                 )
             })?
             .into_owned();
+        if attrs.len() >= MAX_ATTRS {
+            return Err(XmlError::at(
+                input,
+                pos,
+                format!("element <{name}> has more than the limit of {MAX_ATTRS} attributes"),
+            ));
+        }
         if attrs.iter().any(|(k, _)| *k == key) {
             return Err(XmlError::at(
                 input,
@@ -250,8 +278,19 @@ impl Element {
     /// kept verbatim. Comments inside the root are kept, comments, the XML
     /// declaration and processing instructions outside it are dropped.
     /// DOCTYPE (and so entity declarations), unknown entities, mismatched or
-    /// unclosed tags, several roots and text after the root are errors.
+    /// unclosed tags, several roots and text after the root are errors, and so
+    /// is a document past the limits ([`MAX_DEPTH`] levels, [`MAX_NODES`] nodes,
+    /// [`MAX_ATTRS`] attributes on one element): everything that walks a tree
+    /// (drop, clone, formatting, matching) recurses, and the limits bound it.
     pub fn parse(input: &str) -> Result<Element, XmlError> {
+        Self::parse_at(input, 1)
+    }
+
+    /// Parses a fragment whose root will sit at nesting level `level` of a document
+    /// (the domain is level 1, a device or a metadata element level 3): the whole
+    /// document must stay within [`MAX_DEPTH`].
+    pub fn parse_at(input: &str, level: usize) -> Result<Element, XmlError> {
+        let max_depth = MAX_DEPTH.saturating_sub(level.saturating_sub(1)).max(1);
         // A byte order mark is not content.
         let input = input.strip_prefix('\u{feff}').unwrap_or(input);
         let mut reader = Reader::from_str(input);
@@ -264,6 +303,7 @@ impl Element {
         }
         let mut stack: Vec<Element> = Vec::new();
         let mut root: Option<Element> = None;
+        let mut nodes = 0usize;
         let mut pending = PendingText {
             pieces: Vec::new(),
             start: 0,
@@ -283,10 +323,26 @@ impl Element {
                             "extra content at the end of the document: second root element",
                         ));
                     }
+                    if stack.len() >= max_depth {
+                        return Err(XmlError::at(
+                            input,
+                            pos,
+                            format!("document nested deeper than the limit of {MAX_DEPTH} levels"),
+                        ));
+                    }
+                    count_node(input, pos, &mut nodes)?;
                     stack.push(element_from_start(input, pos, &start)?);
                 }
                 Event::Empty(start) => {
                     pending.flush(input, &mut stack)?;
+                    if stack.len() >= max_depth {
+                        return Err(XmlError::at(
+                            input,
+                            pos,
+                            format!("document nested deeper than the limit of {MAX_DEPTH} levels"),
+                        ));
+                    }
+                    count_node(input, pos, &mut nodes)?;
                     let el = element_from_start(input, pos, &start)?;
                     close_element(input, pos, el, &mut stack, &mut root)?;
                 }
@@ -327,6 +383,7 @@ impl Element {
                 Event::Comment(comment) => {
                     pending.flush(input, &mut stack)?;
                     if let Some(parent) = stack.last_mut() {
+                        count_node(input, pos, &mut nodes)?;
                         parent
                             .children
                             .push(Node::Comment(comment.xml10_content().into_owned()));
@@ -356,6 +413,41 @@ impl Element {
             ));
         }
         root.ok_or_else(|| XmlError::new("document is empty: no root element"))
+    }
+
+    /// Checks a tree built or edited in memory against the limits [`Element::parse`]
+    /// enforces, so that what is stored always parses again. Iterative: it is the check
+    /// that keeps the recursive walks bounded.
+    pub fn check_limits(&self) -> Result<(), XmlError> {
+        let mut nodes = 0usize;
+        let mut stack: Vec<(&Element, usize)> = vec![(self, 1)];
+        while let Some((el, depth)) = stack.pop() {
+            nodes += 1;
+            if depth > MAX_DEPTH {
+                return Err(XmlError::new(format!(
+                    "document nested deeper than the limit of {MAX_DEPTH} levels"
+                )));
+            }
+            if nodes > MAX_NODES {
+                return Err(XmlError::new(format!(
+                    "document has more than the limit of {MAX_NODES} elements"
+                )));
+            }
+            if el.attrs.len() > MAX_ATTRS {
+                return Err(XmlError::new(format!(
+                    "element <{}> has more than the limit of {MAX_ATTRS} attributes",
+                    el.name
+                )));
+            }
+            for c in &el.children {
+                match c {
+                    Node::Element(e) => stack.push((e, depth + 1)),
+                    Node::Comment(_) => nodes += 1,
+                    Node::Text(_) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Formats the element as a document fragment, libvirt style, with a
@@ -848,5 +940,57 @@ mod tests {
     fn line_col_handles_multibyte() {
         assert_eq!(line_col("ab\ncé", 6), (2, 3));
         assert_eq!(line_col("x", 100), (1, 2));
+    }
+
+    fn nested(levels: usize) -> String {
+        let mut x = String::new();
+        for _ in 0..levels {
+            x.push_str("<a>");
+        }
+        for _ in 0..levels {
+            x.push_str("</a>");
+        }
+        x
+    }
+
+    #[test]
+    fn nesting_is_limited_like_libxml2() {
+        let ok = Element::parse(&nested(MAX_DEPTH)).expect("256 levels parse");
+        ok.check_limits().expect("and pass the check");
+        let e = Element::parse(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(e.message.contains("limit of 256 levels"), "{e}");
+        // Deep input fails fast and without recursion, however deep.
+        let e = Element::parse(&nested(200_000)).unwrap_err();
+        assert!(e.message.contains("256"), "{e}");
+        // A fragment is held to what is left below its place in the document.
+        assert!(Element::parse_at(&nested(MAX_DEPTH - 2), 3).is_ok());
+        assert!(Element::parse_at(&nested(MAX_DEPTH - 1), 3).is_err());
+        // Self-closing at the limit counts too.
+        let mut x = nested(MAX_DEPTH);
+        x.insert_str(MAX_DEPTH * 3, "<b/>");
+        assert!(Element::parse(&x).is_err());
+    }
+
+    #[test]
+    fn width_and_attributes_are_limited() {
+        let wide = format!("<r>{}</r>", "<a/>".repeat(MAX_NODES - 1));
+        Element::parse(&wide).expect("at the limit");
+        let wider = format!("<r>{}</r>", "<a/>".repeat(MAX_NODES));
+        let e = Element::parse(&wider).unwrap_err();
+        assert!(e.message.contains("limit of 50000 elements"), "{e}");
+        let attrs: String = (0..=MAX_ATTRS).map(|i| format!(" a{i}='x'")).collect();
+        let e = Element::parse(&format!("<r{attrs}/>")).unwrap_err();
+        assert!(e.message.contains("limit of 256 attributes"), "{e}");
+        // A tree grown in memory past the limits is caught before it is stored.
+        let mut root = Element::new("r");
+        let mut cur = &mut root;
+        for _ in 0..MAX_DEPTH {
+            cur.push(Element::new("a"));
+            let Some(Node::Element(next)) = cur.children.last_mut() else {
+                unreachable!()
+            };
+            cur = next;
+        }
+        assert!(root.check_limits().unwrap_err().message.contains("levels"));
     }
 }

@@ -59,7 +59,7 @@ impl Driver {
 
     /// Installs a new live definition (formatted once) and writes the status.
     async fn commit_live(&self, obj: &DomainObj, tree: &DomainDef) -> VirResult<()> {
-        let def = StoredDef::new(tree);
+        let def = StoredDef::checked(tree)?;
         let info = obj
             .with(|s| s.live_info())
             .ok_or_else(|| VirError::internal("active domain has no node"))?;
@@ -81,7 +81,7 @@ impl Driver {
         }
         let mut t = Self::config_tree(obj)?;
         edit(&mut t)?;
-        Ok(Some(StoredDef::new(&t)))
+        Ok(Some(StoredDef::checked(&t)?))
     }
 
     // ------------------------------------------------------------------ attach
@@ -127,6 +127,8 @@ impl Driver {
         let node = self.live_node(obj)?;
         let mut tree = Self::live_tree(obj)?;
         let index = tree.insert_device(dev, true)?;
+        // Refused before anything is mapped, not when the live definition is stored.
+        StoredDef::checked(&tree)?;
         let alias = tree
             .device(index)
             .and_then(devices::alias_of)

@@ -779,7 +779,7 @@ impl Driver {
                     ))
                 }
             }
-            Ok(StoredDef::new(&d))
+            StoredDef::checked(&d)
         };
         let (cur, pers, info) =
             obj.with(|s| (s.def.clone(), s.persistent_def().clone(), s.live_info()));

@@ -70,6 +70,24 @@ impl StoredDef {
         })
     }
 
+    /// Compacts a definition built or edited in memory (hot-plug, metadata), refusing one
+    /// past the XML limits or the protocol's string limit: what is stored must parse again
+    /// at the next start of the daemon and fit in a GET_XML_DESC reply.
+    pub fn checked(def: &DomainDef) -> VirResult<Arc<StoredDef>> {
+        def.root()
+            .check_limits()
+            .map_err(|e| VirError::xml(&format!("the definition would be too large: {e}")))?;
+        let d = Self::new(def);
+        if d.xml.len() > crate::protocol::xdr::STRING_MAX {
+            return Err(VirError::xml(&format!(
+                "the definition would be {} bytes, more than the protocol limit of {}",
+                d.xml.len(),
+                crate::protocol::xdr::STRING_MAX
+            )));
+        }
+        Ok(d)
+    }
+
     /// Parses and compacts the live definition of a run (a status file).
     pub fn parse_live_xml(xml: &str) -> VirResult<Arc<StoredDef>> {
         let def = DomainDef::parse_live(xml).map_err(|e| VirError::xml(&e.to_string()))?;

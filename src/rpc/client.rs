@@ -1,7 +1,7 @@
 //! Per-connection state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -18,6 +18,119 @@ use crate::protocol::types::{
 
 /// Frames a connection may have queued for writing before it counts as too slow.
 pub const OUT_QUEUE: usize = 2048;
+
+/// Who is on the other end of a connection (`SO_PEERCRED` on unix sockets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// User id, when the transport tells it.
+    pub uid: Option<u32>,
+    /// Process id, when the transport tells it.
+    pub pid: Option<i32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.uid, self.pid) {
+            (Some(u), Some(p)) => write!(f, "uid {u} pid {p}"),
+            (Some(u), None) => write!(f, "uid {u}"),
+            _ => f.write_str("unknown peer"),
+        }
+    }
+}
+
+/// The outbound side of a connection: frames queued for its writer and the bytes they hold.
+/// Replies are bounded by the reader (it stops taking calls while `queued` is above the
+/// connection's cap); events cannot be held back, so a client that lets them pile up past
+/// the hard limit is disconnected instead.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued or being written, not yet taken by the client.
+    queued: AtomicUsize,
+    /// Above this many queued bytes the reader takes no new calls.
+    cap: usize,
+    /// Signalled by the writer whenever it has written something.
+    drained: tokio::sync::Notify,
+    /// Set once the connection must close; every wait of the connection watches it.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Outbox {
+    /// A new outbox and the receiving end for its writer.
+    pub fn new(cap: usize) -> (Outbox, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let (closing, _) = tokio::sync::watch::channel(false);
+        (
+            Outbox {
+                tx,
+                queued: AtomicUsize::new(0),
+                cap,
+                drained: tokio::sync::Notify::new(),
+                closing,
+            },
+            rx,
+        )
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The writer took `n` bytes off the queue.
+    pub fn written(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    /// Marks the connection for closing.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+        self.drained.notify_waiters();
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Resolves once the connection is closing.
+    pub async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Waits until the queued bytes are at or below the cap (true), or the connection is
+    /// closing (false).
+    pub async fn wait_room(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            if self.is_closing() {
+                return false;
+            }
+            if self.queued() <= self.cap {
+                return true;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed() => return false,
+            }
+        }
+    }
+
+    /// Queues a frame; false when the client is not reading (the queue is full, or, for a
+    /// frame that cannot wait like an event, it already holds more than the cap) and must
+    /// be disconnected. Replies are not held to the cap here: the reader bounds them.
+    fn push(&self, frame: Vec<u8>, bounded: bool) -> bool {
+        let n = frame.len();
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if (bounded && before > self.cap) || self.tx.try_send(frame).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
 
 /// An event registration.
 #[derive(Debug, Clone)]
@@ -56,15 +169,15 @@ pub struct Client {
     pub id: u64,
     /// Came in on the read-only socket.
     pub ro_socket: bool,
+    /// The process on the other end.
+    pub peer: Peer,
     /// State.
     pub st: Mutex<ClientState>,
-    /// Outbound frames.
-    pub tx: mpsc::Sender<Vec<u8>>,
+    /// Outbound frames and their accounting; closing the connection goes through it.
+    pub out: Arc<Outbox>,
     /// The driver.
     pub driver: Arc<Driver>,
     events_running: AtomicBool,
-    /// Set when the connection must close (slow event consumer, protocol violation).
-    pub closing: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Client {
@@ -75,20 +188,31 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A new connection.
-    pub fn new(id: u64, ro_socket: bool, tx: mpsc::Sender<Vec<u8>>, driver: Arc<Driver>) -> Self {
+    pub fn new(
+        id: u64,
+        ro_socket: bool,
+        peer: Peer,
+        out: Arc<Outbox>,
+        driver: Arc<Driver>,
+    ) -> Self {
         Client {
             id,
             ro_socket,
+            peer,
             st: Mutex::new(ClientState {
                 readonly: ro_socket,
                 next_callback: 1,
                 ..Default::default()
             }),
-            tx,
+            out,
             driver,
             events_running: AtomicBool::new(false),
-            closing: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Marks the connection for closing (slow consumer, protocol violation, keepalive).
+    pub fn close(&self) {
+        self.out.close();
     }
 
     /// Runs `f` on the state.
@@ -96,14 +220,30 @@ impl Client {
         f(&mut self.st.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Queues a frame; a full queue means the client is not reading: it is disconnected.
+    /// Queues a frame; a client that lets its queue overflow is not reading: it is
+    /// disconnected (and the frame dropped).
     pub fn send(&self, frame: Vec<u8>) {
-        if self.tx.try_send(frame).is_err() {
+        self.enqueue(frame, false)
+    }
+
+    /// Queues an event (or a keepalive PING): refused once the client holds a full cap of
+    /// unread output, since nothing bounds events but the client's reading.
+    pub fn send_event(&self, frame: Vec<u8>) {
+        self.enqueue(frame, true)
+    }
+
+    fn enqueue(&self, frame: Vec<u8>, bounded: bool) {
+        if self.out.is_closing() {
+            return;
+        }
+        if !self.out.push(frame, bounded) {
             tracing::warn!(
                 client = self.id,
+                peer = %self.peer,
+                queued = self.out.queued(),
                 "client is not reading its messages; disconnecting"
             );
-            self.closing.notify_one();
+            self.close();
         }
     }
 
@@ -125,7 +265,7 @@ impl Client {
                                 lost = n,
                                 "client fell behind on events; disconnecting"
                             );
-                            c.closing.notify_one();
+                            c.close();
                         }
                         return;
                     }
@@ -133,7 +273,7 @@ impl Client {
                 };
                 let Some(c) = me.upgrade() else { return };
                 for f in c.event_frames(&ev) {
-                    c.send(f);
+                    c.send_event(f);
                 }
             }
         });

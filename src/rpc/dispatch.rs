@@ -10,9 +10,10 @@ use crate::driver::{DomRef, DomainObj};
 use crate::error::{code, from, VirError, VirResult};
 use crate::events;
 use crate::host;
+use crate::protocol::header::{HEADER_LEN, MESSAGE_MAX};
 use crate::protocol::procs::{self as p, Access};
 use crate::protocol::types::*;
-use crate::protocol::xdr::{from_bytes, to_bytes, CharArray, Opaque, Xdr};
+use crate::protocol::xdr::{from_bytes, to_bytes, CharArray, Opaque, Xdr, STRING_MAX};
 
 /// libvirt version we claim (`virConnectGetLibVersion`): 10.0.0.
 pub const LIB_VERSION: u64 = 10_000_000;
@@ -26,8 +27,28 @@ fn dec<T: Xdr>(b: &[u8]) -> VirResult<T> {
     })
 }
 
+/// Encodes a reply, refusing one larger than a packet may be (`VIR_NET_MESSAGE_MAX`), as
+/// libvirtd's encoder does.
 fn ret<T: Xdr>(v: T) -> VirResult<Vec<u8>> {
-    Ok(to_bytes(&v))
+    let b = to_bytes(&v);
+    if b.len() > MESSAGE_MAX - HEADER_LEN {
+        return Err(VirError::rpc(&format!(
+            "Unable to encode message payload: reply of {} bytes exceeds the protocol limit of {MESSAGE_MAX}",
+            b.len()
+        )));
+    }
+    Ok(b)
+}
+
+/// A string reply (an XML document, metadata), refused past `REMOTE_STRING_MAX`.
+fn text(s: String) -> VirResult<Vec<u8>> {
+    if s.len() > STRING_MAX {
+        return Err(VirError::rpc(&format!(
+            "Unable to encode message payload: a string of {} bytes exceeds the protocol limit of {STRING_MAX}",
+            s.len()
+        )));
+    }
+    ret(Str { s })
 }
 
 fn void() -> VirResult<Vec<u8>> {
@@ -75,8 +96,71 @@ fn unsupported_op(what: &str) -> VirError {
     VirError::operation_unsupported(&format!("{what} is not possible for a bare-metal server"))
 }
 
-/// Handles one call. Returns the encoded ret payload or the error to send.
+/// Procedures that change something (or reveal a secret): each gets an audit line. Two
+/// `Write`-class procedures of libvirt's ACL table only read and are left out.
+fn audited(info: &p::ProcInfo) -> bool {
+    info.access == Access::Write
+        && !matches!(
+            info.num,
+            p::CONNECT_GET_HOSTNAME | p::CONNECT_GET_DOMAIN_CAPABILITIES
+        )
+}
+
+/// The object a mutating call was about, for its audit line: the domain or secret its
+/// arguments start with, else the one its reply starts with (defines and creates).
+fn audit_object(api: &str, args: &[u8], reply: Option<&[u8]>) -> String {
+    fn prefix<T: Xdr>(b: &[u8]) -> Option<T> {
+        T::decode(&mut crate::protocol::xdr::Reader::new(b)).ok()
+    }
+    let from_reply = api.ends_with("XML") || api.ends_with("XMLFlags");
+    let src = if from_reply { reply } else { Some(args) };
+    let Some(b) = src else {
+        return String::new();
+    };
+    if api.starts_with("virDomain") {
+        prefix::<Domain>(b)
+            .map(|d| format!("domain '{}'", d.name))
+            .unwrap_or_default()
+    } else if api.starts_with("virSecret") {
+        prefix::<Secret>(b)
+            .map(|s| format!("secret {}", Uuid::from_bytes(s.uuid)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+/// Handles one call. Returns the encoded ret payload or the error to send. Mutating calls
+/// leave an audit line (target `metalvirt::audit`): who, what, on which object, result.
 pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
+    let r = call_inner(c, proc_, args).await;
+    if let Some(info) = p::info(proc_).filter(audited) {
+        let object = audit_object(info.api, args, r.as_ref().ok().map(|v| v.as_slice()));
+        match &r {
+            Ok(_) => tracing::info!(
+                target: "metalvirt::audit",
+                client = c.id,
+                peer = %c.peer,
+                call = info.api,
+                object = %object,
+                "ok"
+            ),
+            Err(e) => tracing::info!(
+                target: "metalvirt::audit",
+                client = c.id,
+                peer = %c.peer,
+                call = info.api,
+                object = %object,
+                code = e.code,
+                "refused: {}",
+                e.message
+            ),
+        }
+    }
+    r
+}
+
+async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let Some(info) = p::info(proc_) else {
         return Err(VirError::rpc(&format!("unknown procedure: {proc_}")));
     };
@@ -522,9 +606,7 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
                 ));
             }
             let o = dom(&a.dom)?;
-            ret(Str {
-                s: d.xml_desc(&o, a.flags)?,
-            })
+            text(d.xml_desc(&o, a.flags)?)
         }
         p::DOMAIN_GET_INFO => {
             let a: Dom = dec(args)?;
@@ -915,9 +997,7 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
                     ))
                 }
             };
-            ret(Str {
-                s: v.ok_or_else(VirError::no_metadata)?,
-            })
+            text(v.ok_or_else(VirError::no_metadata)?)
         }
         p::DOMAIN_SET_METADATA => {
             let a: DomainSetMetadataArgs = dec(args)?;

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::client::{Client, OUT_QUEUE};
+use super::client::{Client, Outbox, Peer};
 use super::dispatch;
 use crate::driver::Driver;
 use crate::error::VirError;
@@ -68,9 +68,11 @@ pub async fn serve(
     paths: Vec<PathBuf>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let conns = Arc::new(Semaphore::new(driver.config().max_clients));
-    let a = tokio::spawn(accept_loop(driver.clone(), rw, false, conns.clone()));
-    let b = tokio::spawn(accept_loop(driver.clone(), ro, true, conns));
+    let cfg = driver.config();
+    let all = Arc::new(Semaphore::new(cfg.max_clients));
+    let ro_only = Arc::new(Semaphore::new(cfg.max_readonly_clients));
+    let a = tokio::spawn(accept_loop(driver.clone(), rw, false, all.clone(), None));
+    let b = tokio::spawn(accept_loop(driver.clone(), ro, true, all, Some(ro_only)));
     shutdown.await;
     a.abort();
     b.abort();
@@ -91,7 +93,51 @@ pub async fn serve(
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-async fn accept_loop(driver: Arc<Driver>, l: UnixListener, ro: bool, conns: Arc<Semaphore>) {
+/// Counts refused connections and logs them at most every 10 s (a flood must not flood the
+/// log too).
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    last_log: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, why: &str, peer: Peer) {
+        self.count += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                refused = self.count,
+                last_peer = %peer,
+                "{why}; refusing connections"
+            );
+            self.last_log = Some(now);
+            self.count = 0;
+        }
+    }
+}
+
+fn peer_of(stream: &UnixStream) -> Peer {
+    match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: Some(c.uid()),
+            pid: c.pid(),
+        },
+        Err(_) => Peer::default(),
+    }
+}
+
+async fn accept_loop(
+    driver: Arc<Driver>,
+    l: UnixListener,
+    ro: bool,
+    all: Arc<Semaphore>,
+    ro_only: Option<Arc<Semaphore>>,
+) {
+    let mut refusals = Refusals::default();
     loop {
         let (stream, _) = match l.accept().await {
             Ok(x) => x,
@@ -101,14 +147,29 @@ async fn accept_loop(driver: Arc<Driver>, l: UnixListener, ro: bool, conns: Arc<
                 continue;
             }
         };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            tracing::warn!("too many clients; refusing a connection");
+        let peer = peer_of(&stream);
+        // The read-only cap first: a read-only flood is refused before it touches the
+        // slots read-write clients need.
+        let ro_permit = match &ro_only {
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    refusals.refuse("too many read-only clients (max_readonly_clients)", peer);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Ok(permit) = all.clone().try_acquire_owned() else {
+            refusals.refuse("too many clients (max_clients)", peer);
             continue;
         };
         let driver = driver.clone();
         tokio::spawn(async move {
-            handle(driver, stream, ro).await;
+            let (rd, wr) = stream.into_split();
+            handle(driver, rd, wr, ro, peer).await;
             drop(permit);
+            drop(ro_permit);
         });
     }
 }
@@ -152,7 +213,7 @@ fn spawn_keepalive(client: &Arc<Client>, last_rx: Arc<AtomicU64>, started: tokio
                     client = c.id,
                     "no answer to {count} keepalive PINGs; closing the connection"
                 );
-                c.closing.notify_one();
+                c.close();
                 return;
             }
             let ping = Header {
@@ -163,39 +224,127 @@ fn spawn_keepalive(client: &Arc<Client>, last_rx: Arc<AtomicU64>, started: tokio
                 serial: 0,
                 status: 0,
             };
-            c.send(frame(&ping, &[]));
+            c.send_event(frame(&ping, &[]));
             last_ping = now;
             missed += 1;
         }
     });
 }
 
-/// Runs one connection to completion.
-pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
-    let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
-    let limit = driver.config().max_client_requests;
-    let (rd, wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
-    let client = Arc::new(Client::new(id, ro, tx, driver));
-    tracing::debug!(client = id, ro, "client connected");
-
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(WRITE_BUF, wr);
-        while let Some(f) = rx.recv().await {
-            if w.write_all(&f).await.is_err() {
-                return;
+/// Writes `buf` with a time limit on progress: each write that takes no byte within
+/// `limit` ends the connection. Returns false when the connection is finished.
+async fn put<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    out: &Outbox,
+    limit: Duration,
+    id: u64,
+) -> bool {
+    let mut off = 0;
+    while off < buf.len() {
+        match tokio::time::timeout(limit, w.write(&buf[off..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return false,
+            Ok(Ok(n)) => {
+                off += n;
+                out.written(n);
             }
-            // Batch whatever is already queued into one write.
-            while let Ok(f) = rx.try_recv() {
-                if w.write_all(&f).await.is_err() {
-                    return;
-                }
-            }
-            if w.flush().await.is_err() {
-                return;
+            Err(_) => {
+                tracing::warn!(
+                    client = id,
+                    pending = out.queued(),
+                    "client took no output for {}s; disconnecting",
+                    limit.as_secs_f64()
+                );
+                return false;
             }
         }
-    });
+    }
+    true
+}
+
+/// The writer of one connection: frames queued together go out in one write (up to
+/// `WRITE_BUF`), big frames straight from their own buffer. Stops when the queue closes, a
+/// write fails or the client stops taking bytes.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    out: Arc<Outbox>,
+    limit: Duration,
+    id: u64,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BUF);
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            if f.len() > WRITE_BUF / 2 {
+                if !batch.is_empty() && !put(&mut w, &batch, &out, limit, id).await {
+                    break 'outer;
+                }
+                batch.clear();
+                if !put(&mut w, &f, &out, limit, id).await {
+                    break 'outer;
+                }
+            } else {
+                if batch.len() + f.len() > WRITE_BUF {
+                    if !put(&mut w, &batch, &out, limit, id).await {
+                        break 'outer;
+                    }
+                    batch.clear();
+                }
+                batch.extend_from_slice(&f);
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() && !put(&mut w, &batch, &out, limit, id).await {
+            break;
+        }
+        batch.clear();
+        match tokio::time::timeout(limit, w.flush()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    // Whatever is left is dropped with the queue; the reader learns the connection is over.
+    out.close();
+    rx.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+}
+
+/// Reads one packet body of `len` bytes. The buffer grows as bytes arrive, so a client that
+/// announces a large packet and sends it slowly holds only what it really sent.
+async fn read_body<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> Option<Vec<u8>> {
+    const STEP: usize = 64 * 1024;
+    let mut body = Vec::with_capacity(len.min(STEP));
+    while body.len() < len {
+        let want = (len - body.len()).min(STEP.max(body.len()));
+        let got = (&mut *rd)
+            .take(want as u64)
+            .read_to_end(&mut body)
+            .await
+            .ok()?;
+        if got == 0 {
+            return None;
+        }
+    }
+    Some(body)
+}
+
+/// Runs one connection to completion.
+pub async fn handle<R, W>(driver: Arc<Driver>, rd: R, wr: W, ro: bool, peer: Peer)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+    let cfg = driver.config();
+    let limit = cfg.max_client_requests;
+    let write_limit = cfg.client_write_timeout();
+    let (out, rx) = Outbox::new(cfg.max_client_output_bytes);
+    let out = Arc::new(out);
+    let client = Arc::new(Client::new(id, ro, peer, out.clone(), driver));
+    tracing::info!(client = id, ro, peer = %peer, "client connected");
+
+    let writer = tokio::spawn(write_loop(wr, rx, out.clone(), write_limit, id));
 
     let permits = Arc::new(Semaphore::new(limit));
     let last_rx = Arc::new(AtomicU64::new(0));
@@ -203,10 +352,14 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
     spawn_keepalive(&client, last_rx.clone(), started);
     let mut rd = BufReader::with_capacity(READ_BUF, rd);
     loop {
+        // A client that does not read its replies gets no more calls taken from it.
+        if !out.wait_room().await {
+            break;
+        }
         let mut lenb = [0u8; 4];
         let r = tokio::select! {
             r = rd.read_exact(&mut lenb) => r,
-            _ = client.closing.notified() => break,
+            _ = out.closed() => break,
         };
         if r.is_err() {
             break;
@@ -218,11 +371,14 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
                 break;
             }
         };
-        let mut body = vec![0u8; body_len];
-        if rd.read_exact(&mut body).await.is_err() {
+        let body = tokio::select! {
+            b = read_body(&mut rd, body_len) => b,
+            _ = out.closed() => break,
+        };
+        let Some(body) = body else {
             tracing::debug!(client = id, "truncated packet; closing connection");
             break;
-        }
+        };
         // Any packet counts as a sign of life.
         last_rx.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut r = Reader::new(&body[..HEADER_LEN]);
@@ -245,9 +401,12 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
                     ));
                     continue;
                 }
-                let permit = match permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = out.closed() => break,
                 };
                 let c = client.clone();
                 IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
@@ -302,7 +461,8 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
             }
         }
     }
-    // Let in-flight calls finish writing, then stop the writer.
+    // Let in-flight calls finish (a BMC call is not abandoned half-way), then stop the
+    // writer: it flushes what is queued unless the client has stopped taking bytes.
     let _ = permits.acquire_many(limit as u32).await;
     let doomed = client.with(|s| {
         s.callbacks.clear();
@@ -314,5 +474,5 @@ pub async fn handle(driver: Arc<Driver>, stream: UnixStream, ro: bool) {
     }
     drop(client);
     let _ = writer.await;
-    tracing::debug!(client = id, "client disconnected");
+    tracing::info!(client = id, peer = %peer, "client disconnected");
 }

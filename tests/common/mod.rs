@@ -102,6 +102,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("run/libvirt-sock")
     }
