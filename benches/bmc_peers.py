@@ -47,6 +47,7 @@ driver = "{driver}"
 address = "{address}"
 username = "admin"
 password_file = "{pw}"
+{"insecure_http = true" if address.startswith("http://") else ""}
 {extra}
 """
 

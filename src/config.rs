@@ -37,6 +37,10 @@ pub struct Config {
     pub client_write_timeout_s: f64,
     /// Host name reported by GET_HOSTNAME (default: the system's).
     pub hostname: Option<String>,
+    /// How long a call waits for another operation on the same domain before it answers
+    /// `VIR_ERR_OPERATION_TIMEOUT` ("cannot acquire state change lock"), in seconds
+    /// (libvirt's fixed 30 s).
+    pub job_wait_timeout_s: f64,
     /// Idle time after which a client that supports keepalive is sent a PING, in
     /// milliseconds (libvirtd's `keepalive_interval`, 5 s); 0 disables server PINGs.
     pub keepalive_interval_ms: u64,
@@ -437,6 +441,10 @@ pub struct BmcConfig {
     /// Redfish over HTTPS: accept any certificate (warned about at start-up).
     #[serde(default)]
     pub insecure: bool,
+    /// Redfish: allow a plain `http://` address, where the credentials cross the network in
+    /// clear (emulators and labs; warned about at start-up).
+    #[serde(default)]
+    pub insecure_http: bool,
     /// Time limit of one BMC call, in seconds.
     #[serde(default = "default_timeout")]
     pub timeout_s: f64,
@@ -538,6 +546,8 @@ pub struct SimConfig {
     pub fail_nic_macs: Vec<String>,
     /// Injected failures: powering on one of these nodes fails.
     pub fail_power_on_nodes: Vec<String>,
+    /// Injected failures: the BMC of these nodes never answers a power-on request.
+    pub hang_power_on_nodes: Vec<String>,
     /// Injected failures: unmapping a disk whose source contains one of these strings fails.
     pub fail_unmap_sources: Vec<String>,
     /// Injected failures: unplugging a NIC whose MAC is listed fails.
@@ -559,6 +569,7 @@ impl Default for Config {
             max_readonly_clients: 1000,
             max_client_output_bytes: 4 * 1024 * 1024,
             client_write_timeout_s: 30.0,
+            job_wait_timeout_s: 30.0,
             hostname: None,
             keepalive_interval_ms: 5000,
             keepalive_count: 5,
@@ -595,6 +606,7 @@ impl Default for SimConfig {
             fail_disk_sources: Vec::new(),
             fail_nic_macs: Vec::new(),
             fail_power_on_nodes: Vec::new(),
+            hang_power_on_nodes: Vec::new(),
             fail_unmap_sources: Vec::new(),
             fail_unplug_macs: Vec::new(),
             volume_gib: 20,
@@ -652,6 +664,9 @@ impl Config {
         if !(self.client_write_timeout_s > 0.0 && self.client_write_timeout_s <= 3600.0) {
             return Err("client_write_timeout_s must be above 0 and at most 3600".into());
         }
+        if !(self.job_wait_timeout_s > 0.0 && self.job_wait_timeout_s <= 3600.0) {
+            return Err("job_wait_timeout_s must be above 0 and at most 3600".into());
+        }
         if self.watcher.interval_ms == 0 {
             return Err("watcher.interval_ms must be at least 1".into());
         }
@@ -697,6 +712,11 @@ impl Config {
             return Err("sim: sockets, cores, threads and memory_mib must be positive".into());
         }
         Ok(())
+    }
+
+    /// How long an operation waits for the one holding its domain's job.
+    pub fn job_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.job_wait_timeout_s)
     }
 
     /// How long a client may leave pending output untaken.
@@ -761,6 +781,9 @@ impl NodeConfig {
                 if !(addr.starts_with("https://") || addr.starts_with("http://")) {
                     return e("bmc.address of a Redfish BMC must be an http:// or https:// URL");
                 }
+                if addr.starts_with("http://") && !b.insecure_http {
+                    return e("bmc.address is plain http://, which sends the BMC credentials in clear; use https:// or set bmc.insecure_http = true (emulators and labs only)");
+                }
                 if b.insecure && b.ca_bundle.is_some() {
                     return e("bmc.insecure and bmc.ca_bundle exclude each other");
                 }
@@ -772,8 +795,10 @@ impl NodeConfig {
                 if b.cipher_suite > 17 {
                     return e("bmc.cipher_suite must be 0..=17");
                 }
-                if b.insecure || b.ca_bundle.is_some() {
-                    return e("bmc.insecure and bmc.ca_bundle apply to Redfish only");
+                if b.insecure || b.ca_bundle.is_some() || b.insecure_http {
+                    return e(
+                        "bmc.insecure, bmc.insecure_http and bmc.ca_bundle apply to Redfish only",
+                    );
                 }
             }
             BmcDriver::Sim => {}
@@ -851,6 +876,19 @@ cipher_suite = 17
             "password_file is required",
         );
         bad("https://10.0.0.5", "10.0.0.5", "http:// or https:// URL");
+        bad(
+            "https://10.0.0.5",
+            "http://10.0.0.5",
+            "insecure_http = true",
+        );
+        let lab = good
+            .replacen("https://10.0.0.5", "http://10.0.0.5", 1)
+            .replacen(
+                "password_file = \"bm-1.pass\"",
+                "password_file = \"bm-1.pass\"\ninsecure_http = true",
+                1,
+            );
+        Config::from_toml(&lab).expect("plain http when asked for");
         bad("driver = \"ipmi\"", "driver = \"smash\"", "unknown variant");
         bad("10.0.0.6:6230", "http://10.0.0.6", "not a URL");
         bad("cipher_suite = 17", "insecure = true", "Redfish only");

@@ -23,6 +23,7 @@ pub mod code {
     pub const CONFIG_UNSUPPORTED: i32 = 67;
     pub const OPERATION_TIMEOUT: i32 = 68;
     pub const ARGUMENT_UNSUPPORTED: i32 = 74;
+    pub const OPERATION_ABORTED: i32 = 78;
     pub const NO_DOMAIN_METADATA: i32 = 80;
     pub const OVERFLOW: i32 = 82;
     pub const OPERATION_UNSUPPORTED: i32 = 84;
@@ -163,6 +164,15 @@ impl VirError {
             code::OPERATION_TIMEOUT,
             from::QEMU,
             format!("Timed out during operation: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_OPERATION_ABORTED`.
+    pub fn operation_aborted(detail: &str) -> Self {
+        Self::new(
+            code::OPERATION_ABORTED,
+            from::QEMU,
+            format!("operation aborted: {detail}"),
         )
     }
 

@@ -15,6 +15,8 @@ pub mod domain;
 pub mod driver;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;
 pub mod persist;
 pub mod protocol;

@@ -275,3 +275,49 @@ fn mutating_calls_leave_an_audit_line() {
     // Reads are not audited.
     assert!(!lines.iter().any(|l| l.contains("virConnectListAllDomains")));
 }
+
+fn pinned_xml(name: &str, node: &str) -> String {
+    domain_xml(name, "").replace(
+        "<memory",
+        &format!(
+            "<metadata><metalvirt:node xmlns:metalvirt='https://metalvirt.dev/xmlns/1' name='{node}'/></metadata>\n  <memory"
+        ),
+    )
+}
+
+#[test]
+fn destroy_cancels_a_start_hanging_on_its_bmc() {
+    let d = Daemon::start("job_wait_timeout_s = 2\n[sim]\nhang_power_on_nodes = [\"node-2\"]\n");
+    let f = d.file("h.xml", &pinned_xml("hang", "node-2"));
+    d.virsh_ok(&["define", f.to_str().unwrap()]);
+    let uri = d.uri();
+    let start = std::thread::spawn(move || common::virsh(&uri, &["start", "hang"]));
+    // The disk and NIC are mapped, then the BMC never answers the power-on.
+    common::wait_for(10, "the start to reach its BMC", || {
+        d.sim_mapped() == (1, 1)
+    });
+    // Anything else that needs the domain waits for the lock, then times out like libvirt.
+    let t = Instant::now();
+    let e = d.virsh_err(&["autostart", "hang"]);
+    assert!(
+        e.contains("cannot acquire state change lock (held by virDomainCreate)"),
+        "{e}"
+    );
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+    // A destroy cancels the start, which rolls back: back within a moment.
+    let t = Instant::now();
+    d.virsh_ok(&["destroy", "hang"]);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "destroy took {took:?}");
+    eprintln!("destroy during a hanging start returned in {took:?}");
+    let out = start.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("operation aborted"), "{err}");
+    assert_eq!(d.sim_mapped(), (0, 0), "nothing stays mapped");
+    assert_eq!(d.sim_power("node-2"), "Off");
+    let st = d.virsh_ok(&["domstate", "--reason", "hang"]);
+    assert!(st.contains("shut off (destroyed)"), "{st}");
+    // The domain is usable again.
+    d.virsh_ok(&["autostart", "hang"]);
+}

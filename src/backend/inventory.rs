@@ -203,6 +203,9 @@ fn redfish(cfg: &Config, nc: &NodeConfig) -> Result<Redfish, String> {
     if b.insecure {
         tracing::warn!(node = %nc.name, "bmc.insecure = true: the BMC's TLS certificate is NOT verified");
     }
+    if b.insecure_http {
+        tracing::warn!(node = %nc.name, "bmc.insecure_http = true: the BMC credentials cross the network in clear");
+    }
     let ca_bundle_pem = match &b.ca_bundle {
         Some(p) => {
             let p = cfg.resolve(p);

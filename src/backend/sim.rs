@@ -228,6 +228,10 @@ impl Power for SimNode {
     }
 
     async fn on(&self) -> BResult<()> {
+        if self.shared.cfg.hang_power_on_nodes.contains(&self.name) {
+            // A BMC that took the request and never answers.
+            return std::future::pending().await;
+        }
         delay(self.shared.cfg.power_latency_ms).await;
         if self.shared.cfg.fail_power_on_nodes.contains(&self.name) {
             return Err(BackendError::new(format!(

@@ -966,8 +966,23 @@ impl DomainDef {
             return Ok(());
         };
         let mut seen: Vec<&str> = Vec::new();
+        let first_serial = devices
+            .children_named("serial")
+            .next()
+            .and_then(devices::alias_of);
         for dev in devices.elements() {
             if let Some(alias) = devices::alias_of(dev) {
+                // The first console, when it mirrors the serial port, carries the serial
+                // port's alias (libvirt formats it so and accepts it back).
+                let mirror = dev.name == "console"
+                    && Some(alias) == first_serial
+                    && matches!(
+                        dev.child("target").and_then(|t| t.attr("type")),
+                        None | Some("serial")
+                    );
+                if mirror {
+                    continue;
+                }
                 if seen.contains(&alias) {
                     return fail(format!("non unique alias detected: {alias}"));
                 }
@@ -1937,5 +1952,36 @@ mod tests {
         assert_eq!(unit_scale("kiB"), Some(1024));
         assert_eq!(unit_scale("KiBB"), None);
         assert_eq!(unit_scale("x"), None);
+    }
+
+    /// Found by the domain_xml fuzz target: a running domain with a serial port and the
+    /// console that mirrors it (nova's usual pair) could not be read back from its status
+    /// file ("non unique alias detected: serial0"), so a daemon restart would have undone it.
+    #[test]
+    fn live_serial_and_its_console_share_an_alias_and_parse_back() {
+        let mut d = parse(
+            "<domain type='kvm'><name>c</name><memory>1024</memory>\
+             <os><type>hvm</type></os><devices>\
+             <serial type='pty'><target port='0'/></serial>\
+             <console type='pty'><target type='serial' port='0'/></console>\
+             </devices></domain>",
+        );
+        d.make_live();
+        let raw = FormatOpts {
+            live: None,
+            secure: true,
+            inactive: false,
+        };
+        let x = d.to_xml(&raw);
+        assert_eq!(x.matches("<alias name='serial0'/>").count(), 2, "{x}");
+        let back = DomainDef::parse_live(&x).expect("the live XML parses back");
+        assert_eq!(back.to_xml(&raw), x);
+        // Two serial ports with one alias are still refused.
+        let e = parse_err(
+            "<domain type='kvm'><name>c</name><memory>1024</memory><os><type>hvm</type></os>\
+             <devices><serial type='pty'><alias name='ua-s'/></serial>\
+             <serial type='pty'><alias name='ua-s'/></serial></devices></domain>",
+        );
+        assert!(e.contains("non unique alias"), "{e}");
     }
 }

@@ -98,7 +98,9 @@ impl Driver {
             AFFECT_LIVE | AFFECT_CONFIG,
             "virDomainAttachDeviceFlags",
         )?;
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainAttachDevice", self.job_wait())
+            .await?;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
         match dev.name.as_str() {
@@ -174,10 +176,13 @@ impl Driver {
                             Err(e) => {
                                 let _ = node.disks.detach(&spec.handle).await;
                                 self.journal_drop(obj, &spec.handle).await;
-                                return Err(VirError::operation_failed(&format!(
-                                    "cannot map disk {} ({}) on {n}: {e}",
-                                    spec.target, spec.source
-                                )));
+                                return Err(VirError::backend(
+                                    &format!(
+                                        "cannot map disk {} ({}) on {n}",
+                                        spec.target, spec.source
+                                    ),
+                                    &e,
+                                ));
                             }
                         }
                     }
@@ -207,10 +212,10 @@ impl Driver {
                     Err(e) => {
                         let _ = node.nics.unplug(&spec.handle).await;
                         self.journal_drop(obj, &spec.handle).await;
-                        return Err(VirError::operation_failed(&format!(
-                            "cannot plug NIC {} on {n}: {e}",
-                            spec.mac
-                        )));
+                        return Err(VirError::backend(
+                            &format!("cannot plug NIC {} on {n}", spec.mac),
+                            &e,
+                        ));
                     }
                 }
             }
@@ -248,7 +253,9 @@ impl Driver {
             AFFECT_LIVE | AFFECT_CONFIG,
             "virDomainDetachDeviceFlags",
         )?;
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainDetachDevice", self.job_wait())
+            .await?;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, true)?;
         let new_config = Self::config_edit(obj, config, |t| {
@@ -280,7 +287,9 @@ impl Driver {
             AFFECT_LIVE | AFFECT_CONFIG,
             "virDomainDetachDeviceAlias",
         )?;
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainDetachDeviceAlias", self.job_wait())
+            .await?;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let missing = || VirError::device_missing(&format!("no device found with alias {alias}"));
         let new_config = Self::config_edit(obj, config, |t| {
@@ -384,7 +393,9 @@ impl Driver {
             AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
             "virDomainUpdateDeviceFlags",
         )?;
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainUpdateDeviceFlags", self.job_wait())
+            .await?;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
         let find = |t: &DomainDef, persistent: bool| -> VirResult<usize> {
@@ -482,7 +493,9 @@ impl Driver {
                 )
             })?
         };
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainBlockResize", self.job_wait())
+            .await?;
         Self::require_active(obj)?;
         let (d, handle) = self.live_disk(obj, path, || {
             VirError::invalid_arg(&format!("disk '{path}' was not found in the domain config"))
@@ -498,7 +511,7 @@ impl Driver {
         };
         let node = self.live_node(obj)?;
         let info = node.disks.info(&handle).await.map_err(|e| {
-            VirError::operation_failed(&format!("cannot read the size of disk {target}: {e}"))
+            VirError::backend(&format!("cannot read the size of disk {target}"), &e)
         })?;
         if bytes < info.capacity {
             return Err(VirError::invalid_arg(&format!(
@@ -565,9 +578,11 @@ impl Driver {
         };
         let mut sum = BlockStats::default();
         for h in handles {
-            let s = node.disks.stats(&h).await.map_err(|e| {
-                VirError::operation_failed(&format!("cannot read disk statistics: {e}"))
-            })?;
+            let s = node
+                .disks
+                .stats(&h)
+                .await
+                .map_err(|e| VirError::backend("cannot read disk statistics", &e))?;
             sum.rd_req += s.rd_req;
             sum.rd_bytes += s.rd_bytes;
             sum.wr_req += s.wr_req;
@@ -597,9 +612,10 @@ impl Driver {
             })?;
         let handle = nic_handle(&obj.uuid, nic.mac.as_deref().unwrap_or(""));
         let node = self.live_node(obj)?;
-        node.nics.stats(&handle).await.map_err(|e| {
-            VirError::operation_failed(&format!("cannot read interface statistics: {e}"))
-        })
+        node.nics
+            .stats(&handle)
+            .await
+            .map_err(|e| VirError::backend("cannot read interface statistics", &e))
     }
 
     // ------------------------------------------------------------------ reconcile
@@ -623,7 +639,7 @@ impl Driver {
         for h in listed {
             let owner = handle_domain(&h).and_then(|u| self.lookup_uuid(&u).ok());
             let _job = match &owner {
-                Some(obj) => Some(obj.job.lock().await),
+                Some(obj) => Some(obj.begin_internal_job("reconcile").await),
                 None => None,
             };
             if owner.as_ref().is_some_and(|o| owns(o, &h)) {
@@ -641,7 +657,7 @@ impl Driver {
         }
         let mut replugged = 0;
         for obj in self.all() {
-            let _job = obj.job.lock().await;
+            let _job = obj.begin_internal_job("reconcile").await;
             if !obj.with(|s| s.active() && s.node.as_deref() == Some(n)) {
                 continue;
             }
@@ -722,7 +738,7 @@ impl Driver {
         for h in &listed {
             let owner = handle_domain(h).and_then(|u| self.lookup_uuid(&u).ok());
             let _job = match &owner {
-                Some(obj) => Some(obj.job.lock().await),
+                Some(obj) => Some(obj.begin_internal_job("reconcile").await),
                 None => None,
             };
             let owned = owner.as_ref().is_some_and(|o| {
@@ -747,7 +763,7 @@ impl Driver {
         }
         let mut remapped = 0;
         for obj in self.all() {
-            let _job = obj.job.lock().await;
+            let _job = obj.begin_internal_job("reconcile").await;
             if !obj.with(|s| s.active() && s.node.as_deref() == Some(n)) {
                 continue;
             }

@@ -524,6 +524,7 @@ impl Driver {
         }
         tracing::info!(domain = %name, node = %node.spec.name, disks = disks.len(), nics = nics.len(), "starting");
 
+        let mut cancel = obj.cancel_watch();
         let result = self
             .run_start(
                 &node,
@@ -533,6 +534,7 @@ impl Driver {
                 &mut journal,
                 &mut status,
                 paused,
+                &mut cancel,
             )
             .await;
         if let Err(err) = result {
@@ -607,20 +609,24 @@ impl Driver {
         journal: &mut Vec<Step>,
         status: &mut Status,
         paused: bool,
+        cancel: &mut tokio::sync::watch::Receiver<u64>,
     ) -> VirResult<()> {
         let n = &node.spec.name;
         let mapped = join_all(disks.iter().map(|d| node.disks.attach(d)));
         let plugged = join_all(nics.iter().map(|x| node.nics.plug(x)));
         let (mapped, plugged) = tokio::join!(mapped, plugged);
+        // The first failure, through the one backend error map (a timeout stays a timeout).
         let mut first_err = None;
         for (spec, r) in disks.iter().zip(mapped) {
             match r {
                 Ok(dev) => set_device(journal, &spec.handle, dev),
                 Err(e) => {
-                    first_err.get_or_insert(format!(
-                        "cannot map disk {} ({}) on {n}: {e}",
-                        spec.target, spec.source
-                    ));
+                    first_err.get_or_insert_with(|| {
+                        VirError::backend(
+                            &format!("cannot map disk {} ({}) on {n}", spec.target, spec.source),
+                            &e,
+                        )
+                    });
                 }
             }
         }
@@ -628,17 +634,34 @@ impl Driver {
             match r {
                 Ok(rep) => set_device(journal, &spec.handle, rep),
                 Err(e) => {
-                    first_err.get_or_insert(format!("cannot plug NIC {} on {n}: {e}", spec.mac));
+                    first_err.get_or_insert_with(|| {
+                        VirError::backend(&format!("cannot plug NIC {} on {n}", spec.mac), &e)
+                    });
                 }
             }
         }
         if let Some(e) = first_err {
-            return Err(VirError::operation_failed(&e));
+            return Err(e);
         }
         if paused {
             return Ok(());
         }
-        self.power_on(node, def, journal, status).await
+        // A destroy may cancel the start while it waits for the BMC (which can take minutes
+        // or hang). Disk and NIC steps are not cut short: each has its own time limit, and a
+        // backend call abandoned half-way could leave behind what the undo cannot see.
+        let aborted = || {
+            VirError::operation_aborted(&format!(
+                "the start of domain '{}' was cancelled by virDomainDestroy",
+                def.name()
+            ))
+        };
+        if cancel.has_changed().unwrap_or(false) {
+            return Err(aborted());
+        }
+        tokio::select! {
+            r = self.power_on(node, def, journal, status) => r,
+            _ = cancel.changed() => Err(aborted()),
+        }
     }
 
     /// Boot device, then power on, then wait for On. A server found already on (left on out
@@ -689,7 +712,7 @@ impl Driver {
                 | START_RESET_NVRAM,
             "virDomainCreateWithFlags",
         )?;
-        let _job = obj.job.lock().await;
+        let _job = obj.begin_job(super::START_JOB, self.job_wait()).await?;
         self.start_locked(obj, flags & START_PAUSED != 0).await
     }
 
@@ -717,7 +740,7 @@ impl Driver {
         let paused = flags & START_PAUSED != 0;
         match self.check_unique(&def, true)? {
             Some(obj) => {
-                let _job = obj.job.lock().await;
+                let _job = obj.begin_job(super::START_JOB, self.job_wait()).await?;
                 let prev = obj.with(|s| {
                     if s.active() {
                         return Err(VirError::operation_invalid(&format!(
@@ -741,7 +764,7 @@ impl Driver {
             }
             None => {
                 let obj = DomainObj::new(def.uuid(), DomState::new(def.clone(), false));
-                let _job = obj.job.lock().await;
+                let _job = obj.begin_job(super::START_JOB, self.job_wait()).await?;
                 if !self.try_insert(&obj, def.name()) {
                     return Err(VirError::operation_invalid(&format!(
                         "domain '{}' is already being started",
@@ -846,7 +869,12 @@ impl Driver {
     /// `virDomainDestroy(Flags)`: synchronous, ends SHUTOFF/DESTROYED.
     pub async fn destroy(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
         VirError::check_flags(flags, 1 | 2, "virDomainDestroyFlags")?;
-        let _job = obj.job.lock().await;
+        let (_job, cancelled) = obj.begin_destroy_job(self.job_wait()).await?;
+        if cancelled && obj.with(|s| !s.active() && !s.removed) {
+            // The start gave up and rolled back: the server is off, nothing is mapped.
+            obj.with(|s| s.reason = reason::SHUTOFF_DESTROYED);
+            return Ok(());
+        }
         Self::check_active(obj)?;
         self.stop_locked(obj, reason::SHUTOFF_DESTROYED, ev::STOPPED_DESTROYED, true)
             .await
@@ -858,7 +886,7 @@ impl Driver {
         let Ok(obj) = self.lookup_uuid(&uuid) else {
             return;
         };
-        let _job = obj.job.lock().await;
+        let _job = obj.begin_internal_job("autodestroy").await;
         if obj.with(|s| s.removed || !s.active() || s.id != id) {
             return;
         }
@@ -888,7 +916,7 @@ impl Driver {
     /// the power watcher turns the domain SHUTOFF when the server is seen off.
     pub async fn shutdown(&self, obj: &Arc<DomainObj>, flags: u32) -> VirResult<()> {
         Self::check_power_mode(flags, "virDomainShutdownFlags")?;
-        let _job = obj.job.lock().await;
+        let _job = obj.begin_job("virDomainShutdown", self.job_wait()).await?;
         let (state, node) = Self::check_active(obj)?;
         if state == st::PAUSED {
             // Staged: the server is already off, so shutting down only releases the hardware.
@@ -921,7 +949,7 @@ impl Driver {
     }
 
     async fn restart(&self, obj: &Arc<DomainObj>, hard: bool) -> VirResult<()> {
-        let _job = obj.job.lock().await;
+        let _job = obj.begin_job("virDomainReboot", self.job_wait()).await?;
         let (state, node) = Self::check_active(obj)?;
         if state != st::RUNNING {
             return Err(VirError::operation_invalid(
@@ -958,7 +986,7 @@ impl Driver {
 
     /// `virDomainResume`: powers on a staged domain.
     pub async fn resume(&self, obj: &Arc<DomainObj>) -> VirResult<()> {
-        let _job = obj.job.lock().await;
+        let _job = obj.begin_job("virDomainResume", self.job_wait()).await?;
         let (state, node) = Self::check_active(obj)?;
         if state == st::RUNNING {
             return Err(VirError::operation_invalid("domain is already running"));
@@ -1050,7 +1078,7 @@ impl Driver {
                 if !obj.with(|s| s.autostart && !s.active()) {
                     continue;
                 }
-                let _job = obj.job.lock().await;
+                let _job = obj.begin_internal_job(super::START_JOB).await;
                 let name = obj.with(|s| s.def.name().to_string());
                 match d.start_locked(&obj, false).await {
                     Ok(_) => tracing::info!(domain = %name, "autostarted"),

@@ -154,17 +154,107 @@ pub struct DomainObj {
     pub uuid: Uuid,
     /// Serialises mutating operations (held across backend calls).
     job: tokio::sync::Mutex<()>,
+    /// The API holding the job (for "cannot acquire state change lock (held by …)").
+    job_holder: Mutex<&'static str>,
+    /// Bumped by a destroy that finds a start holding the job: the start stops waiting for
+    /// its hardware and rolls back.
+    cancel: tokio::sync::watch::Sender<u64>,
     /// Short-lived lock on the state; never held across `.await`.
     st: Mutex<DomState>,
 }
+
+/// The job of a domain, held for the length of one mutating operation.
+pub(crate) struct Job<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+/// The job holder that a destroy may cancel.
+pub(crate) const START_JOB: &str = "virDomainCreate";
 
 impl DomainObj {
     fn new(uuid: Uuid, s: DomState) -> Arc<Self> {
         Arc::new(DomainObj {
             uuid,
             job: tokio::sync::Mutex::new(()),
+            job_holder: Mutex::new(""),
+            cancel: tokio::sync::watch::Sender::new(0),
             st: Mutex::new(s),
         })
+    }
+
+    /// Takes the job for `api`, waiting at most `wait` for the operation holding it (as
+    /// libvirt's 30 s state change lock), then `VIR_ERR_OPERATION_TIMEOUT`.
+    pub(crate) async fn begin_job(
+        &self,
+        api: &'static str,
+        wait: std::time::Duration,
+    ) -> VirResult<Job<'_>> {
+        let guard = match tokio::time::timeout(wait, self.job.lock()).await {
+            Ok(g) => g,
+            Err(_) => {
+                let holder = *self.job_holder.lock().unwrap_or_else(|e| e.into_inner());
+                return Err(VirError::operation_timeout(&format!(
+                    "cannot acquire state change lock (held by {holder})"
+                )));
+            }
+        };
+        *self.job_holder.lock().unwrap_or_else(|e| e.into_inner()) = api;
+        Ok(Job { _guard: guard })
+    }
+
+    /// Takes the job for a destroy: a start holding it is asked to give up (and keeps being
+    /// asked, so one that only begins waiting now is caught too); any other holder is waited
+    /// for as [`DomainObj::begin_job`] does. Returns whether a start was cancelled.
+    pub(crate) async fn begin_destroy_job(
+        &self,
+        wait: std::time::Duration,
+    ) -> VirResult<(Job<'_>, bool)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut cancelled = false;
+        loop {
+            if self.starting() {
+                self.cancel_start();
+                cancelled = true;
+            }
+            let step = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(std::time::Duration::from_millis(50));
+            if let Ok(guard) = tokio::time::timeout(step, self.job.lock()).await {
+                *self.job_holder.lock().unwrap_or_else(|e| e.into_inner()) = "virDomainDestroy";
+                return Ok((Job { _guard: guard }, cancelled));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let holder = *self.job_holder.lock().unwrap_or_else(|e| e.into_inner());
+                return Err(VirError::operation_timeout(&format!(
+                    "cannot acquire state change lock (held by {holder})"
+                )));
+            }
+        }
+    }
+
+    /// Takes the job without a time limit (background work: reconcile, autostart).
+    pub(crate) async fn begin_internal_job(&self, what: &'static str) -> Job<'_> {
+        let guard = self.job.lock().await;
+        *self.job_holder.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        Job { _guard: guard }
+    }
+
+    /// Whether a start holds the job now.
+    pub(crate) fn starting(&self) -> bool {
+        *self.job_holder.lock().unwrap_or_else(|e| e.into_inner()) == START_JOB
+            && self.job.try_lock().is_err()
+    }
+
+    /// Asks a start holding the job to give up and roll back.
+    pub(crate) fn cancel_start(&self) {
+        self.cancel.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees the cancellations sent after this call.
+    pub(crate) fn cancel_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        let mut rx = self.cancel.subscribe();
+        rx.mark_unchanged();
+        rx
     }
 
     /// Runs `f` on the state under the short lock.
@@ -289,6 +379,11 @@ impl Driver {
     /// The host name reported to clients.
     pub fn hostname(&self) -> &str {
         &self.hostname
+    }
+
+    /// How long an operation waits for the job of its domain.
+    pub(crate) fn job_wait(&self) -> std::time::Duration {
+        self.cfg.job_wait()
     }
 
     fn node(&self, name: &str) -> Option<&Node> {
@@ -596,7 +691,7 @@ impl Driver {
                     if !self.try_insert(&obj, def.name()) {
                         continue;
                     }
-                    let job = obj.job.lock().await;
+                    let job = obj.begin_job("virDomainDefineXML", self.job_wait()).await?;
                     if let Err(e) = self
                         .store
                         .save_config(def.name(), def.config_xml_shared())
@@ -615,7 +710,7 @@ impl Driver {
                     return Ok(r);
                 }
                 Some(obj) => {
-                    let _job = obj.job.lock().await;
+                    let _job = obj.begin_job("virDomainDefineXML", self.job_wait()).await?;
                     if obj.with(|s| s.removed) {
                         continue;
                     }
@@ -661,7 +756,7 @@ impl Driver {
                 "cannot both keep and delete nvram",
             ));
         }
-        let _job = obj.job.lock().await;
+        let _job = obj.begin_job("virDomainUndefine", self.job_wait()).await?;
         let (r, active, persistent, name) = obj.with(|s| {
             (
                 DomRef {
@@ -706,7 +801,9 @@ impl Driver {
 
     /// `virDomainSetAutostart`.
     pub async fn set_autostart(&self, obj: &Arc<DomainObj>, on: bool) -> VirResult<()> {
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainSetAutostart", self.job_wait())
+            .await?;
         let (persistent, name, cur) =
             obj.with(|s| (s.persistent, s.def.name().to_string(), s.autostart));
         if !persistent {
@@ -737,7 +834,9 @@ impl Driver {
         const LIVE: u32 = 1;
         const CONFIG: u32 = 2;
         VirError::check_flags(flags, LIVE | CONFIG, "virDomainSetMetadata")?;
-        let _job = obj.job.lock().await;
+        let _job = obj
+            .begin_job("virDomainSetMetadata", self.job_wait())
+            .await?;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let active = obj.with(|s| s.active());
         let api = |m: &str| {

@@ -2,5 +2,5 @@
 //! concurrent calls matched by serial, keepalive, events.
 
 pub mod client;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod server;

@@ -1,19 +1,19 @@
 //! The IPMI BMC driver: IPMI 2.0 lanplus (RMCP+) through `ipmitool`.
 //!
 //! `ipmitool` is the most widely proven RMCP+ implementation (cipher suites, vendor quirks);
-//! running it keeps cryptography out of metalvirt. The password travels in the child's
-//! environment (`-E`, `IPMI_PASSWORD`), never in its arguments. `-v` makes ipmitool say why a
+//! running it keeps cryptography out of metalvirt. The password reaches the child through a
+//! pipe on its standard input (`-f /dev/stdin`), which only that child reads: never in its
+//! arguments or environment (both readable in `/proc`). `-v` makes ipmitool say why a
 //! session failed (`RAKP 2 HMAC is invalid` = wrong password), which separates refused
 //! credentials from a BMC that does not answer. ipmitool's own `-R`/`-N` retransmit lost UDP
 //! packets; the call time limit kills a hung child.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 
@@ -179,20 +179,31 @@ impl Ipmi {
         let retries = self.s.retries.max(1).to_string();
         let mut cmd = Command::new(&self.s.ipmitool);
         cmd.args(["-v", "-I", "lanplus", "-H", &self.s.host, "-p", &port])
-            .args(["-U", &self.s.username, "-E", "-C", &cipher])
+            .args(["-U", &self.s.username, "-f", "/dev/stdin", "-C", &cipher])
             .args(["-R", &retries, "-N", "1"])
             .args(args)
-            .env("IPMI_PASSWORD", OsStr::from_bytes(self.s.password.expose()))
-            .stdin(Stdio::null())
+            .env_remove("IPMI_PASSWORD")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let out = tokio::time::timeout_at(deadline.into(), cmd.output())
+        let cant_run = |e: std::io::Error| {
+            BackendError::new(format!("cannot run {}: {e}", self.s.ipmitool.display()))
+        };
+        let run = async {
+            let mut child = cmd.spawn().map_err(cant_run)?;
+            if let Some(mut stdin) = child.stdin.take() {
+                let mut line = self.s.password.expose().to_vec();
+                line.push(b'\n');
+                // ipmitool reads its password file (the pipe) once at start; it is closed after.
+                let _ = stdin.write_all(&line).await;
+                line.iter_mut().for_each(|b| *b = 0);
+            }
+            child.wait_with_output().await.map_err(cant_run)
+        };
+        let out = tokio::time::timeout_at(deadline.into(), run)
             .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| {
-                BackendError::new(format!("cannot run {}: {e}", self.s.ipmitool.display()))
-            })?;
+            .map_err(|_| timed_out())??;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
         // ipmitool exits 0 for some refused boot parameters: look for its "failed" lines too.

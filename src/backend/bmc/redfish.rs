@@ -289,6 +289,32 @@ fn bmc_message(body: &Value, raw: &[u8]) -> String {
     parts.join("; ")
 }
 
+/// Scheme, host and port (the default port of the scheme when none is written).
+fn origin_of(url: &str) -> Result<(String, String, u16), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    let host = u.host_str().ok_or("no host")?.to_ascii_lowercase();
+    let port = u.port_or_known_default().ok_or("no port")?;
+    Ok((u.scheme().to_string(), host, port))
+}
+
+/// Resolves a BMC-supplied path against the base URL: a path from the root (`/redfish/...`)
+/// is taken on the base; an absolute URL only when it has the base's origin.
+fn resolve_on(base: &str, path: &str) -> Result<String, String> {
+    if path.starts_with('/') && !path.starts_with("//") {
+        return Ok(format!("{base}{path}"));
+    }
+    if path.contains("://") {
+        let theirs = origin_of(path)?;
+        if theirs == origin_of(base)? {
+            return Ok(path.to_string());
+        }
+        return Err(format!(
+            "it points away from the configured BMC {base} (credentials are sent only there)"
+        ));
+    }
+    Err("not a path from the service root".into())
+}
+
 fn str_list(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
@@ -323,6 +349,100 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
+/// What a ComputerSystem resource says about driving it, and where to read its reset
+/// types when it does not list them (`@Redfish.ActionInfo`).
+fn system_from_body(path: String, sys: &Value) -> (System, Option<String>) {
+    let reset = &sys["Actions"]["#ComputerSystem.Reset"];
+    let reset_target = reset["target"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
+    let reset_types = str_list(&reset["ResetType@Redfish.AllowableValues"]);
+    let action_info = if reset_types.is_empty() {
+        reset["@Redfish.ActionInfo"].as_str().map(str::to_string)
+    } else {
+        None
+    };
+    let boot = &sys["Boot"];
+    let system = System {
+        path: odata_id(sys).unwrap_or(path),
+        reset_target,
+        reset_types,
+        boot_targets: str_list(&boot["BootSourceOverrideTarget@Redfish.AllowableValues"]),
+        boot_modes: str_list(&boot["BootSourceOverrideMode@Redfish.AllowableValues"]),
+        has_mode: boot.get("BootSourceOverrideMode").is_some(),
+    };
+    (system, action_info)
+}
+
+/// The reset types an ActionInfo resource allows.
+fn reset_types_from_action_info(info: &Value) -> Vec<String> {
+    info["Parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["Name"] == "ResetType"))
+        .map(|p| str_list(&p["AllowableValues"]))
+        .unwrap_or_default()
+}
+
+/// The member paths of a collection.
+fn members(coll: &Value) -> Vec<String> {
+    coll["Members"]
+        .as_array()
+        .map(|a| a.iter().filter_map(odata_id).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a ComputerSystem is the one configured by Id, UUID or Name.
+fn is_system(sys: &Value, want: &str) -> bool {
+    let hit = |k: &str| {
+        sys[k]
+            .as_str()
+            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+    };
+    hit("Id") || hit("UUID") || hit("Name")
+}
+
+/// Power state and fault of a ComputerSystem.
+fn power_reading(sys: &Value) -> Result<PowerReading, String> {
+    let ps = sys["PowerState"].as_str().unwrap_or("");
+    let state = power_state(ps).ok_or_else(|| format!("reports an unknown PowerState '{ps}'"))?;
+    let health = sys["Status"]["Health"].as_str().unwrap_or("OK");
+    let fault = (health == "Critical").then(|| {
+        let st = sys["Status"]["State"].as_str().unwrap_or("unknown");
+        format!("BMC reports health Critical (state {st})")
+    });
+    Ok(PowerReading { state, fault })
+}
+
+/// Fuzz target: whatever a BMC sends as a body, every interpretation of it is total, and no
+/// path in it resolves to a URL outside the configured BMC (where credentials would go).
+#[doc(hidden)]
+pub fn fuzz_bodies(data: &[u8]) {
+    let body: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+    let _ = bmc_message(&body, data);
+    let _ = power_reading(&body);
+    let _ = is_system(&body, "1");
+    let _ = reset_types_from_action_info(&body);
+    let (sys, info) = system_from_body("/redfish/v1/Systems/1".into(), &body);
+    let _ = pick_reset_type(Action::On, &sys.reset_types);
+    let mut paths = members(&body);
+    paths.extend([sys.path, sys.reset_target]);
+    paths.extend(info);
+    paths.extend(odata_id(&body["Links"]["Sessions"]));
+    for base in ["https://10.0.0.5", "http://127.0.0.1:8000"] {
+        let home = origin_of(base).expect("base parses");
+        for p in &paths {
+            if let Ok(url) = resolve_on(base, p) {
+                assert_eq!(
+                    origin_of(&url).ok(),
+                    Some(home.clone()),
+                    "{p} resolved to {url}, away from {base}"
+                );
+            }
+        }
+    }
+}
+
 impl Redfish {
     /// A client for one BMC; nothing is sent until the first call.
     pub fn new(s: RedfishSettings) -> Result<Redfish, String> {
@@ -331,7 +451,20 @@ impl Redfish {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut s = s;
         s.base_url = s.base_url.trim_end_matches('/').to_string();
+        // Redirects are followed only within the configured origin: reqwest keeps custom
+        // headers (our X-Auth-Token) across hosts.
+        let origin = origin_of(&s.base_url)?;
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("too many redirects")
+            } else if origin_of(attempt.url().as_str()).ok().as_ref() == Some(&origin) {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
         let mut b = reqwest::Client::builder()
+            .redirect(policy)
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("metalvirt/", env!("CARGO_PKG_VERSION")));
@@ -363,19 +496,19 @@ impl Redfish {
         format!("Redfish BMC {}", self.s.base_url)
     }
 
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.s.base_url)
-        }
+    /// The full URL of a path the BMC gave us (`@odata.id`, an action target, a session's
+    /// `Location`). Credentials go only to the configured scheme, host and port: a path that
+    /// is absolute elsewhere is refused, never followed.
+    fn resolve(&self, path: &str) -> BResult<String> {
+        resolve_on(&self.s.base_url, path)
+            .map_err(|why| BackendError::new(format!("{}: refusing {path}: {why}", self.who())))
     }
 
     /// One HTTP exchange, no retries. `auth`: send credentials.
     async fn send(
         &self,
         method: &Method,
-        path: &str,
+        url: &str,
         body: Option<&Value>,
         headers: &[(&str, String)],
         auth: Option<&Auth>,
@@ -383,7 +516,7 @@ impl Redfish {
     ) -> Result<Resp, reqwest::Error> {
         let mut rb = self
             .http
-            .request(method.clone(), self.url(path))
+            .request(method.clone(), url)
             .timeout(limit)
             .header("Accept", "application/json");
         match auth {
@@ -431,7 +564,7 @@ impl Redfish {
     async fn login(&self, auth: &mut Auth, deadline: Instant) -> BResult<()> {
         let limit = deadline.saturating_duration_since(Instant::now());
         let root = self
-            .send(&Method::GET, ROOT, None, &[], None, limit)
+            .send(&Method::GET, &self.resolve(ROOT)?, None, &[], None, limit)
             .await
             .map_err(|e| self.net_error(&e))?;
         if !root.status.is_success() {
@@ -450,6 +583,8 @@ impl Redfish {
             *auth = Auth::Basic;
             return Ok(());
         };
+        // The user name and password go in this body: only to the configured BMC.
+        let sessions = self.resolve(&sessions)?;
         let creds = json!({
             "UserName": self.s.username,
             "Password": String::from_utf8_lossy(self.s.password.expose()),
@@ -472,6 +607,12 @@ impl Redfish {
                     .header(reqwest::header::LOCATION)
                     .or_else(|| odata_id(&r.body))
                     .unwrap_or_default();
+                // The token goes to this URI at logout: a foreign one is never used.
+                let uri = if uri.is_empty() {
+                    uri
+                } else {
+                    self.resolve(&uri)?
+                };
                 tracing::debug!(node = %self.s.node, session = %uri, "Redfish session opened");
                 *auth = Auth::Session { token, uri };
                 Ok(())
@@ -554,6 +695,7 @@ impl Redfish {
                 ),
             )
         };
+        let url = self.resolve(path)?;
         let _slot = tokio::time::timeout_at(deadline.into(), self.slots.acquire())
             .await
             .map_err(|_| timed_out())?
@@ -588,7 +730,7 @@ impl Redfish {
             let creds = auth.clone();
             drop(auth);
             let sent = self
-                .send(&method, path, body, headers, Some(&creds), limit)
+                .send(&method, &url, body, headers, Some(&creds), limit)
                 .await;
             match sent {
                 Err(e) => {
@@ -652,33 +794,13 @@ impl Redfish {
         }
         let path = self.find_system().await?;
         let sys = self.call(Method::GET, &path, None).await?.body;
-        let reset = &sys["Actions"]["#ComputerSystem.Reset"];
-        let reset_target = reset["target"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
-        let mut reset_types = str_list(&reset["ResetType@Redfish.AllowableValues"]);
-        if reset_types.is_empty() {
-            if let Some(info) = reset["@Redfish.ActionInfo"].as_str() {
-                if let Ok(r) = self.call(Method::GET, info, None).await {
-                    if let Some(p) = r.body["Parameters"]
-                        .as_array()
-                        .and_then(|ps| ps.iter().find(|p| p["Name"] == "ResetType"))
-                    {
-                        reset_types = str_list(&p["AllowableValues"]);
-                    }
-                }
+        let (mut system, action_info) = system_from_body(path, &sys);
+        if let Some(info) = action_info {
+            if let Ok(r) = self.call(Method::GET, &info, None).await {
+                system.reset_types = reset_types_from_action_info(&r.body);
             }
         }
-        let boot = &sys["Boot"];
-        let s = Arc::new(System {
-            path: odata_id(&sys).unwrap_or(path),
-            reset_target,
-            reset_types,
-            boot_targets: str_list(&boot["BootSourceOverrideTarget@Redfish.AllowableValues"]),
-            boot_modes: str_list(&boot["BootSourceOverrideMode@Redfish.AllowableValues"]),
-            has_mode: boot.get("BootSourceOverrideMode").is_some(),
-        });
+        let s = Arc::new(system);
         tracing::info!(node = %self.s.node, system = %s.path, reset_types = ?s.reset_types, boot_targets = ?s.boot_targets, "Redfish system discovered");
         *cached = Some(s.clone());
         Ok(s)
@@ -689,10 +811,7 @@ impl Redfish {
             return Ok(h.trim_end_matches('/').to_string());
         }
         let coll = self.call(Method::GET, "/redfish/v1/Systems", None).await?;
-        let members: Vec<String> = coll.body["Members"]
-            .as_array()
-            .map(|a| a.iter().filter_map(odata_id).collect())
-            .unwrap_or_default();
+        let members = members(&coll.body);
         let Some(want) = self.s.system.as_deref() else {
             return match members.as_slice() {
                 [one] => Ok(one.clone()),
@@ -716,8 +835,7 @@ impl Redfish {
         }
         for m in &members {
             let s = self.call(Method::GET, m, None).await?.body;
-            let hit = |k: &str| s[k].as_str().is_some_and(|v| v.eq_ignore_ascii_case(want));
-            if hit("Id") || hit("UUID") || hit("Name") {
+            if is_system(&s, want) {
                 return Ok(m.clone());
             }
         }
@@ -770,19 +888,7 @@ impl Power for Redfish {
     async fn state(&self) -> BResult<PowerReading> {
         let sys = self.system().await?;
         let r = self.call(Method::GET, &sys.path, None).await?;
-        let ps = r.body["PowerState"].as_str().unwrap_or("");
-        let state = power_state(ps).ok_or_else(|| {
-            BackendError::new(format!(
-                "{} reports an unknown PowerState '{ps}'",
-                self.who()
-            ))
-        })?;
-        let health = r.body["Status"]["Health"].as_str().unwrap_or("OK");
-        let fault = (health == "Critical").then(|| {
-            let st = r.body["Status"]["State"].as_str().unwrap_or("unknown");
-            format!("BMC reports health Critical (state {st})")
-        });
-        Ok(PowerReading { state, fault })
+        power_reading(&r.body).map_err(|e| BackendError::new(format!("{} {e}", self.who())))
     }
 
     async fn on(&self) -> BResult<()> {

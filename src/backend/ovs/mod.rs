@@ -887,6 +887,49 @@ pub fn expand(pattern: &str) -> Result<Vec<String>, String> {
     Ok((a..=b).map(|i| format!("{head}{i}{tail}")).collect())
 }
 
+/// Fuzz target: the OVSDB client and the replica NIC plumbing reads from, against a server
+/// whose every reply and notification is taken from `data` (see [`crate::fuzz`]): monitor
+/// contents and updates, transact and list_dbs results, echo.
+#[doc(hidden)]
+pub fn fuzz_replies(data: &[u8]) {
+    let script = crate::fuzz::script(data, 64);
+    crate::fuzz::runtime().block_on(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(crate::fuzz::scripted_peer(server, script, |id| {
+            json!({"id": id, "result": null, "error": "fuzz", "details": "no more replies"})
+        }));
+        let (r, w) = tokio::io::split(client);
+        let replica = Arc::new(Mutex::new(Replica::default()));
+        let rep = replica.clone();
+        let on_update: UpdateFn = Arc::new(move |_mon, updates| {
+            rep.lock().unwrap_or_else(|e| e.into_inner()).apply(updates)
+        });
+        let db = Ovsdb::start(r, w, Duration::from_secs(2), Some(on_update));
+        let run = async {
+            let _ = db
+                .monitor("Open_vSwitch", json!("fuzz"), monitor_requests())
+                .await;
+            let _ = db.list_dbs().await;
+            let ops = vec![
+                json!({"op": "wait", "table": "Bridge", "where": [["name", "==", "br-int"]],
+                       "columns": ["name"], "until": "==", "rows": [{"name": "br-int"}], "timeout": 0}),
+                json!({"op": "select", "table": "Interface", "where": [], "columns": ["name"]}),
+            ];
+            let _ = db.transact("Open_vSwitch", ops).await;
+            let _ = db.call("echo", json!(["fuzz"])).await;
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the OVSDB client hung on a reply");
+        let r = replica.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = r.by_handle("fuzz", "mv-h");
+        let _ = r.has_iface_named("pf0vf0");
+        for name in r.ifaces.keys() {
+            let _ = r.port_of(name);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     //! Against a real ovsdb-server (no ovs-vswitchd: plugs wait for the commit only, except

@@ -151,7 +151,7 @@ impl Ovsdb {
             .map_err(|_| fail(format!("no connection within {timeout:?}")))?
     }
 
-    fn start<R, W>(r: R, w: W, timeout: Duration, on_update: Option<UpdateFn>) -> Ovsdb
+    pub(crate) fn start<R, W>(r: R, w: W, timeout: Duration, on_update: Option<UpdateFn>) -> Ovsdb
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,

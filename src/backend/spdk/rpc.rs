@@ -107,6 +107,10 @@ impl RpcError {
 }
 
 type Reply = Result<Value, (i64, String)>;
+type BoxRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+/// Makes the stream of a new connection (instead of the unix socket).
+pub type Connector = Arc<dyn Fn() -> tokio::io::DuplexStream + Send + Sync>;
 
 /// What the reader task shares with the callers. The reader holds no sender of the write
 /// channel: when the client is dropped the writer ends, the socket's write side shuts and the
@@ -165,6 +169,8 @@ impl Shared {
 /// A client of one SPDK target. Cheap to share; calls run concurrently on one connection.
 pub struct Spdk {
     path: PathBuf,
+    /// An in-memory transport instead of the socket (fuzzing).
+    connector: Option<Connector>,
     timeout: Duration,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
@@ -183,10 +189,21 @@ impl Spdk {
     pub fn new(path: impl AsRef<Path>, timeout: Duration) -> Self {
         Spdk {
             path: path.as_ref().to_path_buf(),
+            connector: None,
             timeout,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
+        }
+    }
+
+    /// A client whose every connection is a fresh stream from `connect` (in-memory peers
+    /// for fuzzing).
+    #[doc(hidden)]
+    pub fn with_connector(connect: Connector, timeout: Duration) -> Self {
+        Spdk {
+            connector: Some(connect),
+            ..Self::new("in-memory", timeout)
         }
     }
 
@@ -208,12 +225,21 @@ impl Spdk {
             path: self.path.display().to_string(),
             reason,
         };
-        let stream =
-            tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(&self.path))
-                .await
-                .map_err(|_| fail(format!("no connection within {:?}", self.timeout)))?
-                .map_err(|e| fail(e.to_string()))?;
-        let (r, w) = stream.into_split();
+        let (r, w): (BoxRead, BoxWrite) = match &self.connector {
+            Some(connect) => {
+                let (r, w) = tokio::io::split(connect());
+                (Box::new(r), Box::new(w))
+            }
+            None => {
+                let stream =
+                    tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(&self.path))
+                        .await
+                        .map_err(|_| fail(format!("no connection within {:?}", self.timeout)))?
+                        .map_err(|e| fail(e.to_string()))?;
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        };
         let (out, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
