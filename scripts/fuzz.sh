@@ -44,12 +44,13 @@ for t in "${targets[@]}"; do
     -artifact_prefix="$work/artifacts/$t/" >"$log" 2>&1
   rc=$?
   set -e
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
-  speed=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -n1)
-  cov=$(echo "$last" | grep -o 'cov: [0-9]*' | grep -o '[0-9]*')
-  ft=$(echo "$last" | grep -o 'ft: [0-9]*' | grep -o '[0-9]*')
-  corp=$(echo "$last" | grep -o 'corp: [0-9]*' | grep -o '[0-9]*')
+  pick() { grep -o "$1" | grep -o '[0-9]*$' | tail -n1 || true; }
+  execs=$(pick 'stat::number_of_executed_units: *[0-9]*' <"$log")
+  speed=$(pick 'stat::average_exec_per_sec: *[0-9]*' <"$log")
+  last=$(grep -E '^#[0-9]+' "$log" | tail -n1 || true)
+  cov=$(echo "$last" | pick 'cov: [0-9]*')
+  ft=$(echo "$last" | pick 'ft: [0-9]*')
+  corp=$(echo "$last" | pick 'corp: [0-9]*')
   findings=$(find "$work/artifacts/$t" -type f | wc -l)
   echo "$t: executions ${execs:-?}, ${speed:-?} exec/s, cov ${cov:-?}, ft ${ft:-?}, corpus ${corp:-?}, findings $findings (exit $rc, log $log)"
   if [ "$rc" -ne 0 ]; then

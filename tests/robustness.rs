@@ -321,3 +321,92 @@ fn destroy_cancels_a_start_hanging_on_its_bmc() {
     // The domain is usable again.
     d.virsh_ok(&["autostart", "hang"]);
 }
+
+fn status_file(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let uuid = d.virsh_ok(&["domuuid", name]).trim().to_string();
+    d.state_dir().join("domains").join(format!("{uuid}.json"))
+}
+
+#[test]
+fn an_unreadable_status_quarantines_the_domain_and_never_touches_its_server() {
+    let mut d = Daemon::start("");
+    let f = d.file("q.xml", &pinned_xml("q", "node-3"));
+    d.virsh_ok(&["define", f.to_str().unwrap()]);
+    d.virsh_ok(&["start", "q"]);
+    assert_eq!(d.sim_mapped(), (1, 1));
+    let status = status_file(&d, "q");
+    d.stop();
+    std::fs::write(&status, b"{\"uuid\": \"torn").unwrap();
+    d.restart();
+    // Left exactly as it was: powered, disk mapped, NIC plugged.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.sim_power("node-3"), "On");
+    assert_eq!(
+        d.sim_mapped(),
+        (1, 1),
+        "reconcile must not reclaim its disk and NIC"
+    );
+    let info = d.virsh_ok(&["dominfo", "q"]);
+    assert!(info.contains("no state"), "{info}");
+    assert!(
+        info.contains("quarantined: its live status cannot be read"),
+        "{info}"
+    );
+    assert!(d.log().contains("quarantined"), "logged");
+    for op in [&["start", "q"][..], &["destroy", "q"], &["undefine", "q"]] {
+        let e = d.virsh_err(op);
+        assert!(e.contains("domain is quarantined"), "{op:?}: {e}");
+    }
+    // Its node stays reserved.
+    let g = d.file("g.xml", &pinned_xml("guest", "node-3"));
+    d.virsh_ok(&["define", g.to_str().unwrap()]);
+    let e = d.virsh_err(&["start", "guest"]);
+    assert!(e.contains("in use"), "{e}");
+    // The operator releases it: the daemon forgets the run; its disk and NIC are reclaimed
+    // as orphans, the server's power is left to the operator.
+    d.stop();
+    std::fs::rename(&status, status.with_extension("json.release")).unwrap();
+    d.restart();
+    common::wait_for(10, "the orphans to be reclaimed", || {
+        d.sim_mapped() == (0, 0)
+    });
+    let st = d.virsh_ok(&["domstate", "q"]);
+    assert!(st.contains("shut off"), "{st}");
+    assert!(!status.with_extension("json.release").exists());
+    d.virsh_ok(&["start", "guest"]);
+}
+
+#[test]
+fn a_live_definition_this_version_cannot_read_is_quarantined_running() {
+    let mut d = Daemon::start("");
+    let f = d.file("q.xml", &pinned_xml("q2", "node-4"));
+    d.virsh_ok(&["define", f.to_str().unwrap()]);
+    d.virsh_ok(&["start", "q2"]);
+    let status = status_file(&d, "q2");
+    d.stop();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    v["xml"] = serde_json::Value::String("<domain type='kvm'><name>q2</name>".into());
+    std::fs::write(&status, serde_json::to_vec(&v).unwrap()).unwrap();
+    d.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.sim_power("node-4"), "On", "never powered off");
+    assert_eq!(d.sim_mapped(), (1, 1));
+    let info = d.virsh_ok(&["dominfo", "q2"]);
+    assert!(info.contains("running"), "{info}");
+    assert!(
+        info.contains("its live definition cannot be read"),
+        "{info}"
+    );
+    let e = d.virsh_err(&["destroy", "q2"]);
+    assert!(e.contains("domain is quarantined"), "{e}");
+    // Released with a readable status: the run is undone as a destroy would.
+    d.stop();
+    std::fs::rename(&status, status.with_extension("json.release")).unwrap();
+    d.restart();
+    common::wait_for(10, "the release to undo the run", || {
+        d.sim_power("node-4") == "Off" && d.sim_mapped() == (0, 0)
+    });
+    let st = d.virsh_ok(&["domstate", "--reason", "q2"]);
+    assert!(st.contains("shut off (destroyed)"), "{st}");
+}

@@ -66,7 +66,9 @@ fn apply(dir: &Path, name: &str, xml: Option<&str>) -> io::Result<()> {
     }
 }
 
-/// Reads the complete records of a log; stops at the first torn one.
+/// Reads the complete records of a log. A torn last record (a crash in the middle of an
+/// append: no newline) is cut; a damaged line in the middle is skipped and logged, never
+/// allowed to hide the records after it.
 fn read_log(path: &Path) -> io::Result<Vec<Record>> {
     let f = match File::open(path) {
         Ok(f) => f,
@@ -83,7 +85,11 @@ fn read_log(path: &Path) -> io::Result<Vec<Record>> {
         }
         match serde_json::from_slice::<Record>(&line) {
             Ok(rec) => out.push(rec),
-            Err(_) => break,
+            Err(e) => tracing::error!(
+                log = %path.display(),
+                "skipping a damaged definition log record ({} bytes): {e}",
+                line.len()
+            ),
         }
     }
     Ok(out)
@@ -219,7 +225,15 @@ fn committer(rx: mpsc::Receiver<Req>, mut log: File, dir: PathBuf) {
                 buf.push(b'\n');
             }
         }
+        let before = log.metadata().map(|m| m.len());
         let res = log.write_all(&buf).and_then(|_| log.sync_data());
+        if res.is_err() {
+            // Cut what a failed append may have left, so no partial record sits in front
+            // of the records that later succeed.
+            if let Ok(len) = before {
+                let _ = log.set_len(len).and_then(|_| log.sync_data());
+            }
+        }
         match res {
             Ok(()) => {
                 for r in batch {
@@ -305,5 +319,24 @@ mod tests {
         assert!(!d.path().join("old.xml").exists());
         assert!(!d.path().join("y.xml").exists());
         assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_damaged_record_does_not_hide_the_records_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("domains.log");
+        std::fs::write(
+            &log,
+            "{\"name\":\"a\",\"xml\":\"<a/>\"}\n{\"name\":\"b\",\"xm\u{0}garbage\n{\"name\":\"c\",\"xml\":\"<c/>\"}\n{\"name\":\"d\",\"x",
+        )
+        .unwrap();
+        let _l = DefLog::open(d.path(), &log).unwrap();
+        assert!(d.path().join("a.xml").exists());
+        assert!(!d.path().join("b.xml").exists());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("c.xml")).unwrap(),
+            "<c/>"
+        );
+        assert!(!d.path().join("d.xml").exists(), "the torn tail is cut");
     }
 }

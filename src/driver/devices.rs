@@ -64,8 +64,16 @@ impl Driver {
             .with(|s| s.live_info())
             .ok_or_else(|| VirError::internal("active domain has no node"))?;
         let x = Arc::new(LiveXml::format(tree, &info));
-        obj.with(|s| s.set_live_def(def, x));
-        self.persist_active(obj).await;
+        let old = obj.with(|s| {
+            let old = (s.def.clone(), s.live_xml.clone());
+            s.set_live_def(def, x);
+            old
+        });
+        if let Err(e) = self.persist_active(obj).await {
+            // Not recorded: not done.
+            obj.with(|s| (s.def, s.live_xml) = old);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -170,7 +178,7 @@ impl Driver {
                             unit: spec.unit,
                         };
                         obj.with(|s| notes.into_iter().for_each(|n| s.note(n)));
-                        self.journal_add(obj, step).await;
+                        self.journal_add(obj, step).await?;
                         match node.disks.attach(&spec).await {
                             Ok(dev) => Some((spec.handle, dev)),
                             Err(e) => {
@@ -201,7 +209,7 @@ impl Driver {
                     mac: spec.mac.clone(),
                     representor: None,
                 };
-                self.journal_add(obj, step).await;
+                self.journal_add(obj, step).await?;
                 match node.nics.plug(&spec).await {
                     Ok(rep) => {
                         if view.target_dev.is_none() {
@@ -229,14 +237,22 @@ impl Driver {
         Ok(())
     }
 
-    async fn journal_add(&self, obj: &DomainObj, step: Step) {
+    /// Records a hardware step before it runs; nothing runs unless the record is durable.
+    async fn journal_add(&self, obj: &DomainObj, step: Step) -> VirResult<()> {
+        let handle = step.handle().map(str::to_string);
         obj.with(|s| s.journal.push(step));
-        self.persist_active(obj).await;
+        if let Err(e) = self.persist_active(obj).await {
+            obj.with(|s| s.journal.retain(|st| st.handle() != handle.as_deref()));
+            return Err(e);
+        }
+        Ok(())
     }
 
+    /// Forgets a step that was undone (best effort: a leftover record is undone again at
+    /// the next start of the daemon, harmlessly).
     async fn journal_drop(&self, obj: &DomainObj, handle: &str) {
         obj.with(|s| s.journal.retain(|st| st.handle() != Some(handle)));
-        self.persist_active(obj).await;
+        let _ = self.persist_active(obj).await;
     }
 
     // ------------------------------------------------------------------ detach
@@ -361,7 +377,7 @@ impl Driver {
                     s.def = old_def;
                     s.live_xml = old_xml;
                 });
-                self.persist_active(obj).await;
+                let _ = self.persist_active(obj).await;
                 tracing::error!(domain = %r.name, alias = %alias, "device removal failed: {e}");
                 self.emit(&r, EventKind::DeviceRemovalFailed(alias.clone()));
                 let what = if is_disk {
@@ -627,11 +643,13 @@ impl Driver {
     /// operations running meanwhile are never undone. Returns (removed, re-plugged).
     pub(super) async fn reconcile_nics(&self, node: &Node) -> Result<(usize, usize), String> {
         let n = node.spec.name.as_str();
+        // A quarantined domain owns everything named after it, wherever it is.
         let owns = |obj: &DomainObj, h: &str| {
             obj.with(|s| {
-                s.active()
-                    && s.node.as_deref() == Some(n)
-                    && s.journal.iter().any(|st| st.handle() == Some(h))
+                s.quarantine.is_some()
+                    || (s.active()
+                        && s.node.as_deref() == Some(n)
+                        && s.journal.iter().any(|st| st.handle() == Some(h)))
             })
         };
         let listed = node.nics.list().await.map_err(|e| e.to_string())?;
@@ -658,7 +676,7 @@ impl Driver {
         let mut replugged = 0;
         for obj in self.all() {
             let _job = obj.begin_internal_job("reconcile").await;
-            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n)) {
+            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n) && s.quarantine.is_none()) {
                 continue;
             }
             let listed = node.nics.list().await.map_err(|e| e.to_string())?;
@@ -741,11 +759,13 @@ impl Driver {
                 Some(obj) => Some(obj.begin_internal_job("reconcile").await),
                 None => None,
             };
+            // A quarantined domain owns everything named after it, wherever it is.
             let owned = owner.as_ref().is_some_and(|o| {
                 o.with(|s| {
-                    s.active()
-                        && s.node.as_deref() == Some(n)
-                        && s.journal.iter().any(|st| st.handle() == Some(h.as_str()))
+                    s.quarantine.is_some()
+                        || (s.active()
+                            && s.node.as_deref() == Some(n)
+                            && s.journal.iter().any(|st| st.handle() == Some(h.as_str())))
                 })
             });
             if owned {
@@ -764,7 +784,7 @@ impl Driver {
         let mut remapped = 0;
         for obj in self.all() {
             let _job = obj.begin_internal_job("reconcile").await;
-            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n)) {
+            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n) && s.quarantine.is_none()) {
                 continue;
             }
             let steps: Vec<(String, String, Option<u32>)> = obj.with(|s| {

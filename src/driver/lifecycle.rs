@@ -14,7 +14,7 @@ use futures::future::join_all;
 use uuid::Uuid;
 
 use super::state::{reason, st};
-use super::store::{Phase, Status, Step};
+use super::store::{Found, Phase, Status, Step};
 use super::stored::{LiveXml, StoredDef};
 use super::{DomRef, DomState, DomainObj, Driver};
 use crate::backend::{
@@ -525,7 +525,7 @@ impl Driver {
         tracing::info!(domain = %name, node = %node.spec.name, disks = disks.len(), nics = nics.len(), "starting");
 
         let mut cancel = obj.cancel_watch();
-        let result = self
+        let mut result = self
             .run_start(
                 &node,
                 &tree,
@@ -537,7 +537,44 @@ impl Driver {
                 &mut cancel,
             )
             .await;
-        if let Err(err) = result {
+        // The run is recorded as active (durably) before anyone is told it started: a
+        // restart that found it still "starting" would undo it under its workload.
+        let mut live = None;
+        if result.is_ok() {
+            let id = self.fresh_id();
+            show_representors(&obj.uuid, &mut tree, &journal);
+            let live_def = StoredDef::new(&tree);
+            let live_xml = Arc::new(LiveXml::format(
+                &tree,
+                &LiveInfo {
+                    id,
+                    node: node.spec.name.clone(),
+                },
+            ));
+            let (state, rsn) = if paused {
+                (st::PAUSED, reason::PAUSED_USER)
+            } else {
+                (st::RUNNING, reason::RUNNING_BOOTED)
+            };
+            status.id = id;
+            status.state = state;
+            status.reason = rsn;
+            status.phase = Phase::Active;
+            status.xml = live_def.config_xml().to_string();
+            status.journal = journal.clone();
+            match self.store.save_status(&status).await {
+                Ok(()) => live = Some((id, live_def, live_xml, state, rsn)),
+                Err(e) => {
+                    result = Err(VirError::operation_failed(&format!(
+                        "cannot record the start of domain '{name}': {e}"
+                    )))
+                }
+            }
+        }
+        let Some((id, live_def, live_xml, state, rsn)) = live else {
+            let err = result
+                .err()
+                .unwrap_or_else(|| VirError::internal("start not recorded"));
             let cleanup = self.undo(&node, &journal, &name).await;
             self.release(&node.spec.name, obj.uuid);
             if let Err(e) = self.store.delete_status(&obj.uuid).await {
@@ -547,7 +584,7 @@ impl Driver {
                 s.state = st::SHUTOFF;
                 s.reason = reason::SHUTOFF_FAILED;
                 if !cleanup.is_empty() {
-                    s.messages.push(format!(
+                    s.note(format!(
                         "cleanup after failed start left: {}",
                         cleanup.join("; ")
                     ));
@@ -555,22 +592,6 @@ impl Driver {
             });
             tracing::warn!(domain = %name, "start failed and was rolled back: {err}");
             return Err(err);
-        }
-
-        let id = self.fresh_id();
-        show_representors(&obj.uuid, &mut tree, &journal);
-        let live_def = StoredDef::new(&tree);
-        let live_xml = Arc::new(LiveXml::format(
-            &tree,
-            &LiveInfo {
-                id,
-                node: node.spec.name.clone(),
-            },
-        ));
-        let (state, rsn) = if paused {
-            (st::PAUSED, reason::PAUSED_USER)
-        } else {
-            (st::RUNNING, reason::RUNNING_BOOTED)
         };
         obj.with(|s| {
             s.state = state;
@@ -589,7 +610,6 @@ impl Driver {
             }
         });
         self.set_id(obj, -1, id);
-        self.persist_active(obj).await;
         let r = obj.dom_ref();
         self.emit_lifecycle(&r, ev::STARTED, ev::STARTED_BOOTED);
         if paused {
@@ -797,8 +817,9 @@ impl Driver {
             .and_then(|n| self.node(n))
             .cloned()
             .ok_or_else(|| VirError::internal(&format!("domain '{name}' has no node")))?;
+        // Recorded before the power goes off: a restart mid-stop finishes the stop.
         self.persist_status(obj, Phase::Stopping, Some(shutoff_reason))
-            .await;
+            .await?;
         if power_off {
             let n = &node.spec.name;
             let r = match node.power.off(true).await {
@@ -808,7 +829,7 @@ impl Driver {
                 Err(e) => Err(VirError::backend(&format!("cannot power off node {n}"), &e)),
             };
             if let Err(e) = r {
-                self.persist_active(obj).await;
+                let _ = self.persist_active(obj).await;
                 return Err(e);
             }
         }
@@ -1027,7 +1048,7 @@ impl Driver {
             s.reason = reason::RUNNING_UNPAUSED;
             s.journal = journal;
         });
-        self.persist_active(obj).await;
+        let _ = self.persist_active(obj).await;
         let r = obj.dom_ref();
         self.emit_lifecycle(&r, ev::RESUMED, ev::RESUMED_UNPAUSED);
         Ok(())
@@ -1075,7 +1096,7 @@ impl Driver {
         let d = self.clone();
         tokio::spawn(async move {
             for obj in d.all() {
-                if !obj.with(|s| s.autostart && !s.active()) {
+                if !obj.with(|s| s.autostart && !s.active() && s.quarantine.is_none()) {
                     continue;
                 }
                 let _job = obj.begin_internal_job(super::START_JOB).await;
@@ -1119,16 +1140,31 @@ impl Driver {
             .load_statuses()
             .map_err(|e| format!("cannot read live state: {e}"))?;
         let mut max_id = 0;
-        for st in statuses {
-            let st = match st {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("unreadable live status skipped: {e}");
-                    continue;
+        for found in statuses {
+            match found {
+                Found::Status(st) => {
+                    max_id = max_id.max(st.id);
+                    self.recover(st).await;
                 }
-            };
-            max_id = max_id.max(st.id);
-            self.recover(st).await;
+                Found::Unreadable { uuid, why } => self.quarantine_unreadable(uuid, &why),
+                Found::Released { uuid, read, path } => {
+                    match read {
+                        Ok(mut st) => {
+                            tracing::warn!(domain = %st.name, node = %st.node, "live state released by the operator: undoing its run (power off, unmap)");
+                            st.phase = Phase::Stopping;
+                            st.stop_reason = Some(reason::SHUTOFF_DESTROYED);
+                            self.recover(st).await;
+                        }
+                        Err(why) => tracing::warn!(
+                            uuid = ?uuid,
+                            "released live state cannot be read ({why}): forgotten; its disks and NICs are reclaimed as orphans, its server's power is left as it is"
+                        ),
+                    }
+                    if let Err(e) = self.store.remove_file(&path) {
+                        tracing::error!("cannot remove {}: {e}", path.display());
+                    }
+                }
+            }
         }
         self.next_id
             .store(max_id + 1, std::sync::atomic::Ordering::Relaxed);
@@ -1137,29 +1173,30 @@ impl Driver {
 
     async fn recover(&self, status: Status) {
         let Some(node) = self.node(&status.node).cloned() else {
-            tracing::error!(domain = %status.name, node = %status.node, "live domain's node is no longer configured; forgetting its live state");
-            let _ = self.store.delete_status(&status.uuid).await;
+            let why = format!("its node '{}' is no longer configured", status.node);
+            self.quarantine_known(status, &why);
             return;
-        };
-        let live = LiveInfo {
-            id: status.id,
-            node: status.node.clone(),
-        };
-        let parsed = StoredDef::parse_live_xml(&status.xml).and_then(|d| {
-            let x = d.live_xml(&live)?;
-            Ok((d, Arc::new(x)))
-        });
-        let (live_def, live_xml) = match parsed {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(domain = %status.name, "unreadable live definition: {e}");
-                let _ = self.undo(&node, &status.journal, &status.name).await;
-                let _ = self.store.delete_status(&status.uuid).await;
-                return;
-            }
         };
         match status.phase {
             Phase::Active => {
+                let live = LiveInfo {
+                    id: status.id,
+                    node: status.node.clone(),
+                };
+                let parsed = StoredDef::parse_live_xml(&status.xml).and_then(|d| {
+                    let x = d.live_xml(&live)?;
+                    Ok((d, Arc::new(x)))
+                });
+                // A running server whose definition this version cannot read is left alone:
+                // undoing it would power it off under its workload.
+                let (live_def, live_xml) = match parsed {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let why = format!("its live definition cannot be read: {e}");
+                        self.quarantine_known(status, &why);
+                        return;
+                    }
+                };
                 let obj = match self.lookup_uuid(&status.uuid) {
                     Ok(o) => o,
                     Err(_) => {
@@ -1199,7 +1236,7 @@ impl Driver {
                 });
                 self.set_id(&obj, -1, status.id);
                 if !stale.is_empty() {
-                    self.persist_active(&obj).await;
+                    let _ = self.persist_active(&obj).await;
                 }
                 self.placement
                     .lock()
@@ -1226,6 +1263,105 @@ impl Driver {
                 }
                 tracing::warn!(domain = %status.name, phase = ?status.phase, "finished an operation interrupted by a daemon stop");
             }
+        }
+    }
+}
+
+/// What a quarantined domain tells virsh dominfo, GET_MESSAGES and the log.
+fn quarantine_note(why: &str) -> String {
+    format!(
+        "quarantined: {why}. metalvirt left the server as it was (power, disks, NICs) and \
+         refuses to start, stop or change it until an operator clears this \
+         (docs/RELIABILITY.md, \"Quarantine\")"
+    )
+}
+
+impl Driver {
+    /// The domain object of a quarantined run: the defined domain, or a transient stand-in
+    /// under `name` (its definition is what could not be read).
+    fn quarantine_obj(&self, uuid: Uuid, name: &str) -> Option<Arc<DomainObj>> {
+        if let Ok(o) = self.lookup_uuid(&uuid) {
+            return Some(o);
+        }
+        let mut name = name.to_string();
+        if self.lookup_name(&name).is_ok() || name.is_empty() {
+            name = format!("quarantined-{uuid}");
+        }
+        let esc = name
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        let xml = format!(
+            "<domain type='kvm'><name>{esc}</name><uuid>{uuid}</uuid>\
+             <memory unit='KiB'>1024</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+        );
+        let def = match StoredDef::parse_xml(&xml) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(%uuid, "cannot stand in for a quarantined domain: {e}");
+                return None;
+            }
+        };
+        let o = DomainObj::new(uuid, DomState::new(def.clone(), false));
+        self.insert(o.clone(), def.name());
+        Some(o)
+    }
+
+    /// Quarantines a run whose status was read but cannot be acted on: its node stays
+    /// reserved and every disk and NIC it holds stays owned.
+    fn quarantine_known(&self, status: Status, why: &str) {
+        let Some(obj) = self.quarantine_obj(status.uuid, &status.name) else {
+            return;
+        };
+        let note = quarantine_note(why);
+        tracing::error!(domain = %status.name, node = %status.node, "{note}");
+        obj.with(|s| {
+            s.quarantine = Some(why.to_string());
+            s.state = status.state;
+            s.reason = status.reason;
+            s.id = status.id;
+            s.node = Some(status.node.clone());
+            s.journal = status.journal.clone();
+            s.note(note);
+        });
+        self.set_id(&obj, -1, status.id);
+        self.placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .busy
+            .insert(status.node, status.uuid);
+    }
+
+    /// Quarantines a run whose status cannot be read at all: its state is unknown
+    /// (NOSTATE), the node it was last placed on stays reserved, and every disk and NIC
+    /// named after it stays owned.
+    fn quarantine_unreadable(&self, uuid: Option<Uuid>, why: &str) {
+        let Some(uuid) = uuid else {
+            tracing::error!("a live status file that names no domain cannot be read: {why}");
+            return;
+        };
+        let Some(obj) = self.quarantine_obj(uuid, "") else {
+            return;
+        };
+        let why = format!("its live status cannot be read ({why})");
+        let note = quarantine_note(&why);
+        let name = obj.with(|s| s.def.name().to_string());
+        tracing::error!(domain = %name, "{note}");
+        obj.with(|s| {
+            s.quarantine = Some(why.clone());
+            s.state = st::NOSTATE;
+            s.reason = 0;
+            s.note(note);
+        });
+        let mut p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+        let last: Vec<String> = p
+            .history
+            .iter()
+            .filter(|(_, u)| **u == uuid)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in last {
+            p.busy.insert(n, uuid);
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct DomState {
     pub bmc_lost: Option<i32>,
     /// The watcher saw the server of a staged (or shut off) domain powered on (reported once).
     pub staged_seen_on: bool,
+    /// Why this domain's run could not be recovered: it is left alone (see
+    /// `lifecycle::quarantine_known`) until an operator clears it.
+    pub quarantine: Option<String>,
 }
 
 impl DomState {
@@ -108,6 +111,7 @@ impl DomState {
             power_grace_until: None,
             bmc_lost: None,
             staged_seen_on: false,
+            quarantine: None,
         }
     }
 
@@ -189,6 +193,7 @@ impl DomainObj {
         api: &'static str,
         wait: std::time::Duration,
     ) -> VirResult<Job<'_>> {
+        self.check_quarantine()?;
         let guard = match tokio::time::timeout(wait, self.job.lock()).await {
             Ok(g) => g,
             Err(_) => {
@@ -209,6 +214,7 @@ impl DomainObj {
         &self,
         wait: std::time::Duration,
     ) -> VirResult<(Job<'_>, bool)> {
+        self.check_quarantine()?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut cancelled = false;
         loop {
@@ -229,6 +235,16 @@ impl DomainObj {
                     "cannot acquire state change lock (held by {holder})"
                 )));
             }
+        }
+    }
+
+    /// A quarantined domain refuses every operation (its server is left as it was).
+    fn check_quarantine(&self) -> VirResult<()> {
+        match self.with(|s| s.quarantine.clone()) {
+            None => Ok(()),
+            Some(why) => Err(VirError::operation_invalid(&format!(
+                "domain is quarantined: {why}; see docs/RELIABILITY.md, \"Quarantine\""
+            ))),
         }
     }
 
@@ -733,7 +749,7 @@ impl Driver {
                         }
                     });
                     if obj.with(|s| s.active()) {
-                        self.persist_active(&obj).await;
+                        self.persist_active(&obj).await?;
                     }
                     self.emit_lifecycle(
                         &r,
@@ -787,7 +803,7 @@ impl Driver {
                 s.autostart = false;
                 s.new_def = None;
             });
-            self.persist_active(obj).await;
+            self.persist_active(obj).await?;
         } else {
             self.remove(obj);
         }
@@ -910,7 +926,7 @@ impl Driver {
             }
         });
         if active {
-            self.persist_active(obj).await;
+            self.persist_active(obj).await?;
         }
         Ok(())
     }
@@ -959,20 +975,27 @@ impl Driver {
             s.active()
         });
         if active {
-            self.persist_active(obj).await;
+            self.persist_active(obj).await?;
         }
         Ok(())
     }
 
     // ---------------------------------------------------------------- status persistence
 
-    /// Writes the live status of an active domain (best effort: failures are logged).
-    async fn persist_active(&self, obj: &DomainObj) {
+    /// Writes the live status of an active domain, durably (fsync) before it returns.
+    async fn persist_active(&self, obj: &DomainObj) -> VirResult<()> {
         self.persist_status(obj, store::Phase::Active, None).await
     }
 
-    /// Writes a domain's live status in the given phase (best effort: failures are logged).
-    async fn persist_status(&self, obj: &DomainObj, phase: store::Phase, stop_reason: Option<i32>) {
+    /// Writes a domain's live status in the given phase, durably before it returns. A failure
+    /// is logged and returned: a change whose record is not on disk must not be reported
+    /// done (a restart would act on the old record).
+    async fn persist_status(
+        &self,
+        obj: &DomainObj,
+        phase: store::Phase,
+        stop_reason: Option<i32>,
+    ) -> VirResult<()> {
         let status = obj.with(|s| {
             s.node.clone().map(|node| Status {
                 uuid: obj.uuid,
@@ -991,7 +1014,12 @@ impl Driver {
         if let Some(st) = status {
             if let Err(e) = self.store.save_status(&st).await {
                 tracing::error!(domain = %st.name, "cannot save live status: {e}");
+                return Err(VirError::operation_failed(&format!(
+                    "cannot save the live status of domain '{}': {e}",
+                    st.name
+                )));
             }
         }
+        Ok(())
     }
 }

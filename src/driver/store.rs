@@ -95,6 +95,29 @@ pub struct Status {
     pub stop_reason: Option<i32>,
 }
 
+/// A live status file as found at start-up.
+#[derive(Debug)]
+pub enum Found {
+    /// A readable status.
+    Status(Status),
+    /// A status that cannot be read or parsed: its domain is quarantined.
+    Unreadable {
+        /// From the file name, when it is one.
+        uuid: Option<Uuid>,
+        /// Why.
+        why: String,
+    },
+    /// A status an operator released (`<uuid>.json.release`).
+    Released {
+        /// From the file name, when it is one.
+        uuid: Option<Uuid>,
+        /// The status, or why it cannot be read.
+        read: Result<Status, String>,
+        /// The file, removed once handled.
+        path: PathBuf,
+    },
+}
+
 /// Paths and file operations.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -215,21 +238,49 @@ impl Store {
         Self::blocking(move || persist::remove(&p)).await
     }
 
-    /// All live statuses; unreadable ones are reported by path.
-    pub fn load_statuses(&self) -> io::Result<Vec<Result<Status, String>>> {
+    /// All live statuses: each readable one, or why it cannot be read (with the domain's
+    /// uuid from the file name). `<uuid>.json.release` files (an operator releasing a
+    /// quarantined domain, see docs/RELIABILITY.md) come back as [`Found::Released`].
+    pub fn load_statuses(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
         for ent in std::fs::read_dir(self.status_dir())? {
             let p = ent?.path();
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            let (stem, released) = if let Some(s) = name.strip_suffix(".json.release") {
+                (s, true)
+            } else if let Some(s) = name.strip_suffix(".json") {
+                (s, false)
+            } else {
                 continue;
-            }
-            let r = std::fs::read(&p)
+            };
+            let uuid = Uuid::parse_str(stem).ok();
+            let read = std::fs::read(&p)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Status>(&b).map_err(|e| e.to_string()))
                 .map_err(|e| format!("{}: {e}", p.display()));
-            out.push(r);
+            out.push(if released {
+                Found::Released {
+                    uuid,
+                    read,
+                    path: p,
+                }
+            } else {
+                match read {
+                    Ok(s) => Found::Status(s),
+                    Err(why) => Found::Unreadable { uuid, why },
+                }
+            });
         }
         Ok(out)
+    }
+
+    /// Removes a released status file.
+    pub fn remove_file(&self, p: &Path) -> io::Result<()> {
+        persist::remove(p)
     }
 
     /// Sticky placement: node name → last domain uuid bound to it.

@@ -62,7 +62,7 @@ impl Driver {
             .into_iter()
             .filter_map(|o| {
                 let n = o.with(|s| {
-                    (s.state == st::RUNNING || s.state == st::PAUSED)
+                    ((s.state == st::RUNNING || s.state == st::PAUSED) && s.quarantine.is_none())
                         .then(|| s.node.clone())
                         .flatten()
                 })?;
