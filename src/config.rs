@@ -133,6 +133,11 @@ pub struct DisksConfig {
     /// (IPv6 in brackets); vfio-user: the emulated controller's socket directory.
     #[serde(default)]
     pub listen: Option<String>,
+    /// nvmf: the NVMe host NQN of the server's own initiator (its `/etc/nvme/hostnqn`), the
+    /// only host the per-domain subsystem admits. Required with a fabric listener: a
+    /// subsystem that admits any host hands the server's disks to anyone on the fabric.
+    #[serde(default)]
+    pub host_nqn: Option<String>,
     /// Prefix of the per-domain subsystem NQNs (`<prefix>:mv-<domain>`).
     #[serde(default = "default_nqn_prefix")]
     pub nqn_prefix: String,
@@ -217,7 +222,18 @@ impl DisksConfig {
             return Err("disks.spdk (SPDK's RPC socket path) is required".into());
         }
         match self.frontend {
-            DiskFrontend::Nvmf => drop(self.fabric_listener()?),
+            DiskFrontend::Nvmf => {
+                self.fabric_listener()?;
+                let h = self.host_nqn.as_deref().unwrap_or("");
+                if h.is_empty() {
+                    return Err("disks.host_nqn is required with frontend = \"nvmf\": the per-domain subsystem admits only the server's own NVMe host NQN".into());
+                }
+                if !h.starts_with("nqn.") || h.len() > 223 {
+                    return Err(format!(
+                        "disks.host_nqn '{h}' is not an NVMe qualified name (nqn.…, at most 223 bytes)"
+                    ));
+                }
+            }
             DiskFrontend::VfioUser => {
                 if !self.listen.as_deref().is_some_and(|l| l.starts_with('/')) {
                     return Err(
@@ -281,9 +297,20 @@ pub struct NicsConfig {
     /// Driver.
     #[serde(default = "default_nics_driver")]
     pub driver: NicsDriver,
-    /// The DPU's OVSDB: `unix:/var/run/openvswitch/db.sock` or `tcp:192.0.2.10:6640`.
+    /// The DPU's OVSDB: `unix:/var/run/openvswitch/db.sock`, `ssl:192.0.2.10:6640` (with
+    /// `ssl_key`, `ssl_cert`, `ssl_ca`) or, unauthenticated, `tcp:192.0.2.10:6640`.
     #[serde(default)]
     pub ovsdb: Option<String>,
+    /// `ssl:`: our private key (PEM), relative to the configuration file.
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    /// `ssl:`: our certificate (PEM), signed by a CA ovsdb-server trusts.
+    #[serde(default)]
+    pub ssl_cert: Option<PathBuf>,
+    /// `ssl:`: the CA certificate(s) ovsdb-server's certificate must chain to; its
+    /// certificate must also name the address's host.
+    #[serde(default)]
+    pub ssl_ca: Option<PathBuf>,
     /// Bridge for interfaces that name none (`type='ethernet'`).
     #[serde(default = "default_bridge")]
     pub bridge: String,
@@ -366,11 +393,25 @@ impl NicsConfig {
         if self.driver == NicsDriver::Sim {
             return Ok(());
         }
+        let tls = [&self.ssl_key, &self.ssl_cert, &self.ssl_ca];
         match self.ovsdb.as_deref() {
-            Some(a) if a.starts_with("unix:") || a.starts_with("tcp:") => {}
+            Some(a) if a.starts_with("ssl:") => {
+                if tls.iter().any(|p| p.is_none()) {
+                    return Err(format!(
+                        "nics.ovsdb '{a}' needs nics.ssl_key, nics.ssl_cert and nics.ssl_ca"
+                    ));
+                }
+            }
+            Some(a) if a.starts_with("unix:") || a.starts_with("tcp:") => {
+                if tls.iter().any(|p| p.is_some()) {
+                    return Err(
+                        "nics.ssl_key, ssl_cert and ssl_ca apply to an ssl: address only".into(),
+                    );
+                }
+            }
             Some(a) => {
                 return Err(format!(
-                    "nics.ovsdb '{a}' must be unix:/path or tcp:host:port"
+                    "nics.ovsdb '{a}' must be unix:/path, ssl:host:port or tcp:host:port"
                 ))
             }
             None => return Err("nics.ovsdb is required".into()),
@@ -921,7 +962,7 @@ cipher_suite = 17
         bad("representors = [\"pf0vf0\"]", "nics.ovsdb is required");
         bad(
             "ovsdb = \"/run/db.sock\"\nrepresentors = [\"x\"]",
-            "unix:/path or tcp:host:port",
+            "unix:/path, ssl:host:port or tcp:host:port",
         );
         bad("ovsdb = \"unix:/s\"", "has no NIC functions");
         bad(
@@ -1000,6 +1041,23 @@ cipher_suite = 17
     }
 
     #[test]
+    fn ovsdb_ssl_needs_its_key_certificate_and_ca() {
+        let node = |nics: &str| {
+            format!(
+                "[[node]]\nname = \"n1\"\ncores = 1\nmemory_mib = 1024\n[node.bmc]\ndriver = \"sim\"\n[node.nics]\nrepresentors = [\"pf0vf0\"]\n{nics}\n"
+            )
+        };
+        let err = |nics: &str| Config::from_toml(&node(nics)).unwrap_err();
+        assert!(err("ovsdb = \"ssl:10.0.0.7:6640\"").contains("needs nics.ssl_key"));
+        assert!(err("ovsdb = \"unix:/s\"\nssl_ca = \"ca.pem\"").contains("ssl: address only"));
+        assert!(err("ovsdb = \"http://x\"").contains("unix:/path, ssl:host:port"));
+        Config::from_toml(&node(
+            "ovsdb = \"ssl:10.0.0.7:6640\"\nssl_key = \"k.pem\"\nssl_cert = \"c.pem\"\nssl_ca = \"ca.pem\"",
+        ))
+        .unwrap();
+    }
+
+    #[test]
     fn disks_sections_are_checked() {
         let node = |disks: &str| {
             format!(
@@ -1015,8 +1073,17 @@ cipher_suite = 17
                 .contains("absolute path")
         );
         assert!(err("spdk = \"/s\"\nfrontend = \"vhost-blk\"\nbogus = 1").contains("bogus"));
-        let c =
-            Config::from_toml(&node("spdk = \"/s\"\nlisten = \"rdma:[fd00::1]:4420\"")).unwrap();
+        // The fabric subsystem admits one host: its NQN is required and checked.
+        assert!(err("spdk = \"/s\"\nlisten = \"tcp:10.0.0.1:4420\"")
+            .contains("disks.host_nqn is required"));
+        assert!(
+            err("spdk = \"/s\"\nlisten = \"tcp:10.0.0.1:4420\"\nhost_nqn = \"host-7\"")
+                .contains("not an NVMe qualified name")
+        );
+        let c = Config::from_toml(&node(
+            "spdk = \"/s\"\nlisten = \"rdma:[fd00::1]:4420\"\nhost_nqn = \"nqn.2014-08.org.nvmexpress:uuid:7f2a\"",
+        ))
+        .unwrap();
         assert_eq!(
             c.nodes[0]
                 .disks

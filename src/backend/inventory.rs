@@ -42,7 +42,7 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
         };
         let real_nics = nc.nics.as_ref().filter(|n| n.driver == NicsDriver::Ovs);
         let nics: Arc<dyn Nics> = match real_nics {
-            Some(n) => Arc::new(ovs_nics(nc, n, &mut sessions)?),
+            Some(n) => Arc::new(ovs_nics(cfg, nc, n, &mut sessions)?),
             None => sim.clone(),
         };
         let real_disks = nc.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
@@ -104,11 +104,14 @@ fn spdk_disks(nc: &NodeConfig, d: &DisksConfig) -> Result<SpdkDisks, String> {
             let (trtype, addr, port) = d
                 .fabric_listener()
                 .map_err(|e| format!("node '{}': {e}", nc.name))?;
-            Box::new(Nvmf::new(
-                Listen::Fabric { trtype, addr, port },
-                &d.nqn_prefix,
-                attach_timeout,
-            ))
+            Box::new(
+                Nvmf::new(
+                    Listen::Fabric { trtype, addr, port },
+                    &d.nqn_prefix,
+                    attach_timeout,
+                )
+                .admitting(d.host_nqn.clone()),
+            )
         }
         DiskFrontend::VfioUser => Box::new(Nvmf::new(
             Listen::VfioUser {
@@ -141,15 +144,33 @@ fn spdk_disks(nc: &NodeConfig, d: &DisksConfig) -> Result<SpdkDisks, String> {
 }
 
 fn ovs_nics(
+    cfg: &Config,
     nc: &NodeConfig,
     n: &NicsConfig,
     sessions: &mut HashMap<String, Arc<Session>>,
 ) -> Result<OvsNics, String> {
     let addr = n.ovsdb.clone().unwrap_or_default();
     let timeout = Duration::from_secs_f64(n.timeout_s);
+    let tls = match (&n.ssl_key, &n.ssl_cert, &n.ssl_ca) {
+        (Some(k), Some(c), Some(ca)) => {
+            let read = |p: &std::path::PathBuf| {
+                let p = cfg.resolve(p);
+                std::fs::read(&p)
+                    .map_err(|e| format!("node '{}': cannot read {}: {e}", nc.name, p.display()))
+            };
+            Some(
+                crate::backend::ovs::ovsdb::tls_config(&read(ca)?, &read(c)?, &read(k)?)
+                    .map_err(|e| format!("node '{}': OVSDB over ssl: {e}", nc.name))?,
+            )
+        }
+        _ => None,
+    };
+    if addr.starts_with("tcp:") {
+        tracing::warn!(node = %nc.name, ovsdb = %addr, "OVSDB over plain tcp: anyone on that network can change this node's switch; use ssl: or unix:");
+    }
     let session = sessions
         .entry(addr.clone())
-        .or_insert_with(|| Session::start(&addr, timeout))
+        .or_insert_with(|| Session::start(&addr, timeout, tls))
         .clone();
     let functions = n
         .pool()

@@ -116,7 +116,7 @@ async fn main() {
     let raw = Ovsdb::connect(&cli.ovsdb, t).await.expect("connect");
     let nics = OvsNics::new(
         settings("bench-seq", "bench0"),
-        Session::start(&cli.ovsdb, t),
+        Session::start(&cli.ovsdb, t, None),
     );
     let s = spec(0);
     // Warm up both paths (connection, monitor).
@@ -154,7 +154,7 @@ async fn main() {
 
     // Concurrent: one plug per node, all nodes on one shared session (as the daemon has).
     let n = cli.nodes;
-    let session = Session::start(&cli.ovsdb, t);
+    let session = Session::start(&cli.ovsdb, t, None);
     let pools: Vec<Arc<OvsNics>> = (0..n)
         .map(|i| {
             Arc::new(OvsNics::new(

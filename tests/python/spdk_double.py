@@ -393,7 +393,7 @@ class Subsystem:
         self.discovery = discovery
         self.listeners = []          # canonical trid dicts
         self.allow_any_host = discovery
-        self.hosts = []
+        self.hosts = []              # allowed host NQNs, newest first (src)
         self.serial = "00000000000000000000"
         self.model = "SPDK bdev Controller"
         self.max_namespaces = 0 if discovery else 32
@@ -1780,6 +1780,48 @@ class Instance(InstanceModel):
         self.remove_namespace(s, p["nsid"])
         return True
 
+    def rpc_nvmf_subsystem_add_host(self, p, raw):
+        """src nvmf_rpc.c rpc_nvmf_subsystem_add_host, subsystem.c
+        spdk_nvmf_subsystem_add_host_ext, tcp.c nvmf_tcp_subsystem_add_host. Decoded
+        relaxed; unknown subsystem -> -32602 "Invalid parameters". The double has no
+        keyring, so every key name is one SPDK would not find: a dhchap_key or
+        dhchap_ctrlr_key -> -32602 "Invalid parameters" (looked up before the host is
+        added); `psk` is not in the RPC's decoder, only the TCP transport reads it (from
+        the raw params): with a TCP transport any psk (an unknown key, or not a string)
+        fails the add -> -32603 "Internal error", without one it is ignored. The other
+        add_host_ext failures are -32603 "Internal error" too: a host NQN that
+        nvmf_nqn_is_valid refuses, a host already in the list (-EINVAL: neither kept as
+        success nor updated; keys change with nvmf_subsystem_set_keys, not modelled). A
+        new host goes to the head of the list (TAILQ_INSERT_HEAD), so nvmf_get_subsystems
+        shows the newest first."""
+        s = self._subsystem(p["nqn"])
+        if "dhchap_key" in p or "dhchap_ctrlr_key" in p:
+            raise invalid_params()
+        host = p["host"]
+        if not nqn_is_valid(host) or host in s.hosts:
+            raise RpcError(INTERNAL_ERROR, "Internal error")
+        if "psk" in raw and "TCP" in self.transports:
+            raise RpcError(INTERNAL_ERROR, "Internal error")
+        s.hosts.insert(0, host)
+        return True
+
+    def rpc_nvmf_subsystem_remove_host(self, p):
+        """src nvmf_rpc.c rpc_nvmf_subsystem_remove_host, subsystem.c
+        spdk_nvmf_subsystem_remove_host and spdk_nvmf_subsystem_disconnect_host: unknown
+        subsystem -> -32602 "Invalid parameters"; a host not in the list -> -ENOENT ->
+        -32603 "Internal error". New connects from the host are refused from then on, and
+        its controllers on this subsystem are disconnected before the reply (the target
+        waits up to timeout_ms for its qpairs to go; here they go at once, so the
+        "Timeout reached during host removal" error never happens). That holds under
+        allow_any_host too, where the host may connect again."""
+        s = self._subsystem(p["nqn"])
+        host = p["host"]
+        if host not in s.hosts:
+            raise RpcError(INTERNAL_ERROR, "Internal error")
+        s.hosts.remove(host)
+        self.disconnect_hosts(s, [c for c in s.conns if c.hostnqn == host])
+        return True
+
     def rpc_nvmf_subsystem_get_controllers(self, p):
         """01 id 16: one entry per connected host controller."""
         s = self._subsystem(p["nqn"])
@@ -2166,6 +2208,15 @@ METHODS = {
     "nvmf_subsystem_remove_ns": Method(Obj({"nqn": Req(STR), "nsid": Req("u32"),
                                             "tgt_name": Opt(STR)}),
                                        decode_error=DECODE_INVALID_PARAMS),
+    # psk is left out on purpose: add_host decodes relaxed and only the TCP transport
+    # reads psk, from the raw params (see the handler).
+    "nvmf_subsystem_add_host": Method(Obj({
+        "nqn": Req(STR), "host": Req(STR), "tgt_name": Opt(STR), "dhchap_key": Opt(STR),
+        "dhchap_ctrlr_key": Opt(STR)}, relaxed=True),
+        decode_error=DECODE_INVALID_PARAMS, raw=True),
+    "nvmf_subsystem_remove_host": Method(Obj({
+        "nqn": Req(STR), "host": Req(STR), "tgt_name": Opt(STR), "timeout_ms": Opt("u64")}),
+        decode_error=DECODE_INVALID_PARAMS),
     "nvmf_subsystem_get_controllers": Method(SUBSYSTEM_QUERY,
                                              decode_error=DECODE_INVALID_PARAMS),
     "nvmf_subsystem_get_qpairs": Method(SUBSYSTEM_QUERY, decode_error=DECODE_INVALID_PARAMS),

@@ -614,6 +614,89 @@ def fabric_semantics():
 
 
 @check
+def host_admission():
+    """nvmf_subsystem_add_host / remove_host (src nvmf_rpc.c, subsystem.c, tcp.c): without
+    allow_any_host only listed hosts connect; the list shows the newest first; a removed
+    host's controller is disconnected and its reconnects are refused until it is added
+    again; the errors SPDK answers (no keyring in the double: any key name is unknown)."""
+    nqn = "nqn.2016-06.io.spdk:vol1"
+    host_a, host_b = "nqn.2016-06.io.spdk:host-a", "nqn.2016-06.io.spdk:host-b"
+
+    def hosts(sock, subnqn=nqn):
+        return [h["nqn"] for h in call(sock, "nvmf_get_subsystems", {"nqn": subnqn})[0]["hosts"]]
+
+    def refused(sock, method, params, code, message):
+        try:
+            call(sock, method, params)
+            raise AssertionError("%s %s succeeded" % (method, params))
+        except RpcError as e:
+            assert (e.code, e.message) == (code, message), (method, params, e.code, e.message)
+
+    def state(sock, name):
+        return call(sock, "bdev_nvme_get_controllers", {"name": name})[0]["ctrlrs"][0]["state"]
+
+    with SpdkDouble("storage", "dpu") as spdk:
+        S, D = spdk.sock("storage"), spdk.sock("dpu")
+        call(S, "bdev_null_create", {"name": "Null0", "num_blocks": 1024, "block_size": 4096})
+        call(S, "nvmf_create_transport", {"trtype": "TCP"})
+        call(S, "nvmf_create_subsystem", {"nqn": nqn})
+        call(S, "nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "Null0"}})
+        call(S, "nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": {
+            "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "4420"}})
+        attach = dict(ATTACH, hostnqn=host_a, ctrlr_loss_timeout_sec=-1, reconnect_delay_sec=1)
+        refused(D, "bdev_nvme_attach_controller", attach, -5, "Input/output error")
+        assert call(S, "nvmf_subsystem_add_host", {"nqn": nqn, "host": host_b}) is True
+        assert call(S, "nvmf_subsystem_add_host", {"nqn": nqn, "host": host_a}) is True
+        assert hosts(S) == [host_a, host_b]                    # TAILQ_INSERT_HEAD
+        assert call(D, "bdev_nvme_attach_controller", attach) == ["Vol1n1"]
+        assert [c["hostnqn"] for c in call(S, "nvmf_subsystem_get_controllers",
+                                           {"nqn": nqn})] == [host_a]
+        for params, code, message in [
+                ({"nqn": nqn, "host": host_a}, -32603, "Internal error"),        # already there
+                ({"nqn": nqn + "x", "host": host_a}, -32602, "Invalid parameters"),
+                ({"nqn": nqn, "host": "host-c"}, -32603, "Internal error"),      # invalid NQN
+                ({"nqn": nqn, "host": "nqn.2016-06.io.spdk:c", "dhchap_key": "k0"},
+                 -32602, "Invalid parameters"),                                  # no such key
+                ({"nqn": nqn, "host": "nqn.2016-06.io.spdk:c", "psk": "k0"},
+                 -32603, "Internal error"),                        # TCP transport: no such key
+                ({"nqn": nqn}, -32602, "Invalid parameters"),
+                ({"nqn": nqn, "host": host_a, "tgt_name": "t"}, -32603,
+                 "Unable to find a target.")]:
+            refused(S, "nvmf_subsystem_add_host", params, code, message)
+        assert hosts(S) == [host_a, host_b]
+        # Relaxed decoding: unknown keys are ignored; psk is only read by a TCP transport.
+        call(D, "nvmf_create_subsystem", {"nqn": HOST1})
+        assert call(D, "nvmf_subsystem_add_host", {"nqn": HOST1, "host": host_a, "psk": 1,
+                                                   "x": 1}) is True
+        assert hosts(D, HOST1) == [host_a]
+        # Removal: the controller goes, its reconnects are refused, then admitted again.
+        assert call(S, "nvmf_subsystem_remove_host", {"nqn": nqn, "host": host_a,
+                                                      "timeout_ms": 1000}) is True
+        assert hosts(S) == [host_b]
+        assert call(S, "nvmf_subsystem_get_controllers", {"nqn": nqn}) == []
+        assert state(D, "Vol1") == "reconnect_is_delayed"
+        time.sleep(1.3)
+        assert state(D, "Vol1") == "reconnect_is_delayed"
+        refused(D, "bdev_nvme_attach_controller", dict(attach, name="V2"), -5,
+                "Input/output error")
+        for params, code, message in [
+                ({"nqn": nqn, "host": host_a}, -32603, "Internal error"),        # not there
+                ({"nqn": nqn + "x", "host": host_b}, -32602, "Invalid parameters"),
+                ({"nqn": nqn, "host": host_b, "x": 1}, -32602, "Invalid parameters"),
+                ({"nqn": nqn, "host": host_b, "tgt_name": "t"}, -32603,
+                 "Unable to find a target.")]:
+            refused(S, "nvmf_subsystem_remove_host", params, code, message)
+        assert call(S, "nvmf_subsystem_add_host", {"nqn": nqn, "host": host_a}) is True
+        deadline = time.monotonic() + 3
+        while state(D, "Vol1") != "enabled" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state(D, "Vol1") == "enabled" and blocks(spdk, "dpu", "Vol1n1") == 1024
+        assert [c["hostnqn"] for c in call(S, "nvmf_subsystem_get_controllers",
+                                           {"nqn": nqn})] == [host_a]
+    return "add/remove, admission, disconnect on removal, errors"
+
+
+@check
 def iscsi_chap_and_rbd():
     """iSCSI CHAP through an auth group; wrong secret is the same login error; Ceph images
     resized outside SPDK reach the rbd bdev."""

@@ -43,8 +43,10 @@ CHAP_USAGE = "metalvirt-chap-target"
 DPUS = ("dpu", "dpu2", "vhost", "vfu")
 # node name -> (double role, [node.disks] lines besides spdk = …)
 NODES = {
-    "bm-spdk": ("dpu", 'frontend = "nvmf"\nlisten = "tcp:127.0.0.1:4421"'),
-    "bm-spdk2": ("dpu2", 'frontend = "nvmf"\nlisten = "tcp:127.0.0.1:4422"'),
+    "bm-spdk": ("dpu", 'frontend = "nvmf"\nlisten = "tcp:127.0.0.1:4421"\n'
+                'host_nqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000a1"'),
+    "bm-spdk2": ("dpu2", 'frontend = "nvmf"\nlisten = "tcp:127.0.0.1:4422"\n'
+                 'host_nqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000a2"'),
     "bm-vhost": ("vhost", 'frontend = "vhost-blk"'),
     "bm-vfu": ("vfu", 'frontend = "vfio-user"\nlisten = "{vfu_dir}"'),
 }
@@ -352,6 +354,11 @@ class SpdkPeers(unittest.TestCase):
                                              "traddr": "127.0.0.1", "trsvcid": "4421"}])
         self.assertEqual(sub["namespaces"], {"1": f"mv-{h}-vdan1", "2": f"mv-{h}-vdb"})
         self.assertEqual(len(st["subsystems"]), 1, st["subsystems"])
+        # Only the server's own host NQN is admitted (disks.host_nqn), never any host.
+        real = rpc("dpu", "nvmf_get_subsystems", {"nqn": f"{PREFIX}:mv-{h}"})[0]
+        self.assertFalse(real["allow_any_host"])
+        self.assertEqual(real["hosts"],
+                         [{"nqn": "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000a1"}])
         ns = namespaces("dpu", h)
         self.assertEqual(ns[1]["uuid"], vol)
         self.assertEqual(ns[1]["nguid"], vol.replace("-", "").upper())

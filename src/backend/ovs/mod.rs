@@ -213,6 +213,8 @@ struct SessionState {
 pub struct Session {
     addr: String,
     timeout: Duration,
+    /// For `ssl:` addresses.
+    tls: Option<Arc<rustls::ClientConfig>>,
     state: Mutex<SessionState>,
     changed: watch::Sender<u64>,
 }
@@ -234,10 +236,15 @@ fn classify(e: &OvsdbError) -> ErrorKind {
 impl Session {
     /// Starts keeping a connection to `addr` (`unix:/path` or `tcp:host:port`); `timeout`
     /// bounds each call and each connection attempt. Must run inside a tokio runtime.
-    pub fn start(addr: &str, timeout: Duration) -> Arc<Session> {
+    pub fn start(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<Session> {
         let s = Arc::new(Session {
             addr: addr.to_string(),
             timeout,
+            tls,
             state: Mutex::new(SessionState {
                 conn: None,
                 replica: Replica::default(),
@@ -277,7 +284,9 @@ impl Session {
             });
             // The monitor's initial contents rebuild the replica from nothing.
             s.lock().replica = Replica::default();
-            let up = match Ovsdb::connect_with(&s.addr, s.timeout, Some(on_update)).await {
+            let up = match Ovsdb::connect_with(&s.addr, s.timeout, Some(on_update), s.tls.as_ref())
+                .await
+            {
                 Ok(c) => {
                     let c = Arc::new(c);
                     match c.monitor(DB, json!("metalvirt"), monitor_requests()).await {
@@ -973,7 +982,7 @@ mod tests {
     fn nics(srv: &Server, node: &str, reps: &[&str]) -> OvsNics {
         OvsNics::new(
             settings(node, reps),
-            Session::start(&srv.addr(), Duration::from_secs(2)),
+            Session::start(&srv.addr(), Duration::from_secs(2), None),
         )
     }
 
@@ -1091,7 +1100,7 @@ mod tests {
         let mut s = settings("bm-1", &["pf0vf0"]);
         s.wait = WaitFor::Ofport;
         s.plug_timeout = Duration::from_millis(300);
-        let n = OvsNics::new(s, Session::start(&srv.addr(), Duration::from_secs(2)));
+        let n = OvsNics::new(s, Session::start(&srv.addr(), Duration::from_secs(2), None));
         let e = n.plug(&spec(1)).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Timeout);
         assert!(e.msg.contains("is ovs-vswitchd running?"), "{e}");
@@ -1099,7 +1108,7 @@ mod tests {
         // ovs-vswitchd's verdict on a representor it cannot open fails the plug at once.
         let mut s = settings("bm-1", &["pf0vf0"]);
         s.wait = WaitFor::Ofport;
-        let n = OvsNics::new(s, Session::start(&srv.addr(), Duration::from_secs(2)));
+        let n = OvsNics::new(s, Session::start(&srv.addr(), Duration::from_secs(2), None));
         let plug = tokio::spawn(async move { n.plug(&spec(2)).await });
         for _ in 0..200 {
             if srv.vsctl(&["list-ports", "br-int"]) == "pf0vf0" {
@@ -1148,7 +1157,7 @@ mod tests {
                 .display()
                 .to_string(),
         );
-        let n = OvsNics::new(s, Session::start(&srv.addr(), Duration::from_secs(2)));
+        let n = OvsNics::new(s, Session::start(&srv.addr(), Duration::from_secs(2), None));
         n.plug(&spec(1)).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),

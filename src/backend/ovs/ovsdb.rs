@@ -68,6 +68,43 @@ pub enum OvsdbError {
 
 type Reply = Result<Value, OvsdbError>;
 
+/// The TLS set-up of an `ssl:` connection, as ovs-vsctl's `--private-key`, `--certificate`
+/// and `--ca-cert`: the server's certificate must chain to `ca_pem` and name the host it is
+/// reached at; the client proves itself with `cert_pem`/`key_pem` (ovsdb-server's `pssl:`
+/// asks for a client certificate signed by its CA).
+pub fn tls_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(c.map_err(|e| format!("CA certificate: {e}"))?)
+            .map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("the certificate file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
 /// Receives monitor contents: the monitor's id and a `<table-updates>` object (RFC 7047
 /// §4.1.6). Runs on the reader task: it must not block.
 pub type UpdateFn = Arc<dyn Fn(&Value, &Value) + Send + Sync>;
@@ -115,14 +152,16 @@ fn server_error(v: &Value) -> Option<OvsdbError> {
 impl Ovsdb {
     /// Connects to `unix:/path` or `tcp:host:port` (ovs-vsctl's `--db` syntax).
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Ovsdb, OvsdbError> {
-        Self::connect_with(addr, timeout, None).await
+        Self::connect_with(addr, timeout, None, None).await
     }
 
-    /// Like [`Ovsdb::connect`], handing monitor contents to `on_update`.
+    /// Like [`Ovsdb::connect`], handing monitor contents to `on_update`; `ssl:host:port`
+    /// needs `tls` (see [`tls_config`]).
     pub async fn connect_with(
         addr: &str,
         timeout: Duration,
         on_update: Option<UpdateFn>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Ovsdb, OvsdbError> {
         let fail = |reason: String| OvsdbError::Connect {
             addr: addr.to_string(),
@@ -142,8 +181,29 @@ impl Ovsdb {
                 s.set_nodelay(true).ok();
                 let (r, w) = s.into_split();
                 Ok(Self::start(r, w, timeout, on_update.clone()))
+            } else if let Some(hp) = addr.strip_prefix("ssl:") {
+                let tls =
+                    tls.ok_or_else(|| fail("ssl: needs a key, a certificate and a CA".into()))?;
+                let (host, _) = hp
+                    .rsplit_once(':')
+                    .ok_or_else(|| fail("ssl: address without a port".into()))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| fail(format!("'{host}': {e}")))?;
+                let s = tokio::net::TcpStream::connect(hp)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                s.set_nodelay(true).ok();
+                let s = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, s)
+                    .await
+                    .map_err(|e| fail(format!("TLS: {e}")))?;
+                let (r, w) = tokio::io::split(s);
+                Ok(Self::start(r, w, timeout, on_update.clone()))
             } else {
-                Err(fail("the address must start with unix: or tcp:".into()))
+                Err(fail(
+                    "the address must start with unix:, tcp: or ssl:".into(),
+                ))
             }
         };
         tokio::time::timeout(timeout, connect)
@@ -359,7 +419,7 @@ impl Ovsdb {
 mod tests {
     //! Against a real ovsdb-server on a private database (Open vSwitch's own schema).
 
-    use super::super::testing::Server;
+    use super::super::testing::{make_pki, Server};
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -400,6 +460,59 @@ mod tests {
         let n = server.read(&mut buf).await.unwrap();
         let echo: Value = serde_json::from_slice(&buf[..n]).unwrap();
         assert_eq!(echo, json!({"id": "echo", "result": ["k"], "error": null}));
+    }
+
+    #[tokio::test]
+    async fn ssl_with_client_certificates_against_ovsdb_server() {
+        let srv = Server::start_ssl();
+        let read = |n: &str| std::fs::read(srv.path(n)).unwrap();
+        let t = Duration::from_secs(5);
+        let good = tls_config(
+            &read("ovs-ca.pem"),
+            &read("ovs-client.pem"),
+            &read("ovs-client.key"),
+        )
+        .unwrap();
+        let db = Ovsdb::connect_with(&srv.ssl_addr(), t, None, Some(&good))
+            .await
+            .unwrap();
+        assert!(db
+            .list_dbs()
+            .await
+            .unwrap()
+            .contains(&"Open_vSwitch".to_string()));
+        // Without a client certificate of its CA, ovsdb-server hangs up.
+        make_pki(srv.dir.path(), "rogue");
+        let rogue = tls_config(
+            &read("ovs-ca.pem"),
+            &read("rogue-client.pem"),
+            &read("rogue-client.key"),
+        )
+        .unwrap();
+        let refused = async {
+            let db = Ovsdb::connect_with(&srv.ssl_addr(), t, None, Some(&rogue)).await?;
+            db.list_dbs().await
+        };
+        assert!(refused.await.is_err(), "a client of another CA is refused");
+        // A server whose certificate does not chain to our CA is refused by us.
+        let wrong_ca = tls_config(
+            &read("rogue-ca.pem"),
+            &read("ovs-client.pem"),
+            &read("ovs-client.key"),
+        )
+        .unwrap();
+        let e = Ovsdb::connect_with(&srv.ssl_addr(), t, None, Some(&wrong_ca))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
+        // Nor is the certificate good for another name than the one it carries.
+        let by_name = srv.ssl_addr().replace("127.0.0.1", "localhost");
+        let e = Ovsdb::connect_with(&by_name, t, None, Some(&good))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
+        // ssl: without TLS settings is a configuration error, not a plain connection.
+        assert!(Ovsdb::connect(&srv.ssl_addr(), t).await.is_err());
     }
 
     #[tokio::test]

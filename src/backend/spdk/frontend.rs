@@ -146,6 +146,9 @@ impl Listen {
 pub struct Nvmf {
     listen: Listen,
     prefix: String,
+    /// The one host the subsystems admit (`None`: any host, for vfio-user, where the only
+    /// host is the one on the PCIe side).
+    host: Option<String>,
     timeout: Duration,
     /// What was made on the target, per connection generation (a restarted SPDK has none).
     made: Mutex<Made>,
@@ -167,9 +170,16 @@ impl Nvmf {
         Nvmf {
             listen,
             prefix: prefix.to_string(),
+            host: None,
             timeout,
             made: Mutex::new(Made::default()),
         }
+    }
+
+    /// Admits only `host` (an NVMe host NQN) to the subsystems, instead of any host.
+    pub fn admitting(mut self, host: Option<String>) -> Self {
+        self.host = host;
+        self
     }
 
     /// What was made, forgotten when the connection to SPDK is a new one.
@@ -250,26 +260,41 @@ impl Nvmf {
                     "nvmf_create_subsystem",
                     Some(json!({
                         "nqn": nqn,
-                        "allow_any_host": true,
+                        "allow_any_host": self.host.is_none(),
                         "serial_number": serial,
                         "model_number": "metalvirt disk",
                     })),
                     self.timeout,
                 )
                 .await;
-            let listening = match created {
-                Ok(_) => false,
+            let (listening, admitted) = match created {
+                Ok(_) => (false, false),
                 // There already (a start interrupted by a crash): adopt it.
                 Err(e) if e.is(code::INTERNAL, Some("Unable to create subsystem")) => {
                     match self.subsystem(spdk, nqn).await? {
-                        Some(s) => s["listen_addresses"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|l| self.listen.matches(l))),
+                        Some(s) => (
+                            s["listen_addresses"]
+                                .as_array()
+                                .is_some_and(|a| a.iter().any(|l| self.listen.matches(l))),
+                            self.host.as_deref().is_none_or(|h| {
+                                s["hosts"]
+                                    .as_array()
+                                    .is_some_and(|a| a.iter().any(|x| x["nqn"] == h))
+                            }),
+                        ),
                         None => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
             };
+            if let (Some(host), false) = (&self.host, admitted) {
+                spdk.call_within(
+                    "nvmf_subsystem_add_host",
+                    Some(json!({"nqn": nqn, "host": host})),
+                    self.timeout,
+                )
+                .await?;
+            }
             if !listening {
                 let added = spdk
                     .call_within(
