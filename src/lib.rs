@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod crash;
 pub mod domain;
 pub mod driver;
 pub mod error;
@@ -18,6 +19,9 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod host;
+#[doc(hidden)]
+pub mod loadgen;
+pub mod memory;
 pub mod persist;
 pub mod protocol;
 pub mod rpc;

@@ -47,6 +47,13 @@ pub struct Outbox {
     tx: mpsc::Sender<Vec<u8>>,
     /// Bytes queued or being written, not yet taken by the client.
     queued: AtomicUsize,
+    /// The most bytes ever queued at once.
+    peak: AtomicUsize,
+    /// Calls taken and not yet answered.
+    inflight: AtomicUsize,
+    /// The largest reply of this connection so far: each call in flight is expected to
+    /// add that much to the queue.
+    max_reply: AtomicUsize,
     /// Above this many queued bytes the reader takes no new calls.
     cap: usize,
     /// Signalled by the writer whenever it has written something.
@@ -64,12 +71,20 @@ impl Outbox {
             Outbox {
                 tx,
                 queued: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                inflight: AtomicUsize::new(0),
+                max_reply: AtomicUsize::new(0),
                 cap,
                 drained: tokio::sync::Notify::new(),
                 closing,
             },
             rx,
         )
+    }
+
+    /// The most bytes this connection ever had queued at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
     }
 
     /// Bytes queued and not yet written.
@@ -100,15 +115,40 @@ impl Outbox {
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    /// Waits until the queued bytes are at or below the cap (true), or the connection is
-    /// closing (false).
+    /// A call was taken from the client.
+    pub fn begin_call(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A call's reply of `len` bytes was queued.
+    pub fn end_call(&self, len: usize) {
+        self.max_reply.fetch_max(len, Ordering::AcqRel);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    /// Whether another call may be taken: what is queued plus what the calls in flight are
+    /// expected to add (each as much as the largest reply so far) stays within the cap. A
+    /// client with nothing queued and nothing in flight may always make one call.
+    fn has_room(&self) -> bool {
+        let inflight = self.inflight.load(Ordering::Acquire);
+        let queued = self.queued();
+        if queued == 0 && inflight == 0 {
+            return true;
+        }
+        let expected = inflight.saturating_mul(self.max_reply.load(Ordering::Acquire));
+        queued.saturating_add(expected) <= self.cap
+    }
+
+    /// Waits until there is room for another call (true), or the connection is closing
+    /// (false).
     pub async fn wait_room(&self) -> bool {
         loop {
             let drained = self.drained.notified();
             if self.is_closing() {
                 return false;
             }
-            if self.queued() <= self.cap {
+            if self.has_room() {
                 return true;
             }
             tokio::select! {
@@ -128,6 +168,7 @@ impl Outbox {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return false;
         }
+        self.peak.fetch_max(before + n, Ordering::Relaxed);
         true
     }
 }

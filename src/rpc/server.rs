@@ -28,12 +28,20 @@ use crate::protocol::xdr::{Reader, Xdr};
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 /// Calls being executed, over all connections (for the drain at shutdown).
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+/// Memory that closed connections held (their largest output queue and buffers), not yet
+/// given back to the system.
+static FREED_SINCE_TRIM: AtomicU64 = AtomicU64::new(0);
+/// Above this much, the heap is trimmed ([`crate::memory::trim`]).
+const TRIM_AFTER: u64 = 4 * 1024 * 1024;
+/// What one connection costs besides its output (buffers, tasks, state), roughly.
+const CONN_COST: u64 = 12 * 1024;
 /// How long a SIGTERM waits for calls in flight (a BMC power-on can take a minute).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Per-connection read buffer. Most messages are far smaller; a larger frame is read
-/// straight into its own allocation. (64 KiB per direction would cost 640 MB at 5000 clients.)
-const READ_BUF: usize = 8 * 1024;
+/// straight into its own allocation. (64 KiB per direction would cost 640 MB at 5000 clients;
+/// a flood of idle connections costs this much each.)
+const READ_BUF: usize = 4 * 1024;
 /// Per-connection write buffer (replies queued together go out in one write).
 const WRITE_BUF: usize = 16 * 1024;
 
@@ -73,9 +81,24 @@ pub async fn serve(
     let ro_only = Arc::new(Semaphore::new(cfg.max_readonly_clients));
     let a = tokio::spawn(accept_loop(driver.clone(), rw, false, all.clone(), None));
     let b = tokio::spawn(accept_loop(driver.clone(), ro, true, all, Some(ro_only)));
+    // Closed connections' memory goes back to the system, in batches.
+    let trimmer = tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if FREED_SINCE_TRIM.load(Ordering::Relaxed) < TRIM_AFTER {
+                continue;
+            }
+            let freed = FREED_SINCE_TRIM.swap(0, Ordering::Relaxed);
+            let released = tokio::task::spawn_blocking(crate::memory::trim)
+                .await
+                .unwrap_or(false);
+            tracing::debug!(freed, released, "heap trimmed after connections closed");
+        }
+    });
     shutdown.await;
     a.abort();
     b.abort();
+    trimmer.abort();
     for p in paths {
         let _ = std::fs::remove_file(p);
     }
@@ -272,8 +295,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     limit: Duration,
     id: u64,
 ) {
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BUF);
-    'outer: while let Some(first) = rx.recv().await {
+    // Allocated on first use: an idle connection holds no write buffer.
+    let mut batch: Vec<u8> = Vec::new();
+    'outer: loop {
+        // Until the connection closes; then what is still queued goes out (each write
+        // within its time limit) and the writer ends.
+        let first = tokio::select! {
+            f = rx.recv() => f,
+            _ = out.closed() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else { break };
         let mut next = Some(first);
         while let Some(f) = next.take() {
             if f.len() > WRITE_BUF / 2 {
@@ -410,6 +441,7 @@ where
                 };
                 let c = client.clone();
                 IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+                out.begin_call();
                 tokio::spawn(async move {
                     let payload = &body[HEADER_LEN..];
                     // A bug in one handler must not leave its client waiting forever.
@@ -428,7 +460,9 @@ where
                             )
                         }
                     };
+                    let len = f.len();
                     c.send(f);
+                    c.out.end_call(len);
                     drop(permit);
                     IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -464,6 +498,8 @@ where
     // Let in-flight calls finish (a BMC call is not abandoned half-way), then stop the
     // writer: it flushes what is queued unless the client has stopped taking bytes.
     let _ = permits.acquire_many(limit as u32).await;
+    // Every reply is queued: the writer flushes them and ends.
+    out.close();
     let doomed = client.with(|s| {
         s.callbacks.clear();
         std::mem::take(&mut s.autodestroy)
@@ -474,5 +510,6 @@ where
     }
     drop(client);
     let _ = writer.await;
+    FREED_SINCE_TRIM.fetch_add(out.peak() as u64 + CONN_COST, Ordering::Relaxed);
     tracing::info!(client = id, peer = %peer, "client disconnected");
 }
