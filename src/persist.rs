@@ -8,6 +8,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Numbers temporary files, so concurrent writers of one file never share one.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// Writes `data` to `path` atomically with the given file mode.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -16,7 +19,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     // A unique temporary name, so concurrent writers of one file never share a temp file;
     // the last rename wins.
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
         ".{}.{}.new",
         name.to_string_lossy(),
@@ -37,6 +39,32 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         return Err(e);
     }
     sync_dir(dir)
+}
+
+/// Replaces `path` with `data` atomically (a reader sees the old or the new content) but
+/// without fsync: for state that need not survive a power cut, only a killed process.
+pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.new",
+        name.to_string_lossy(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+    }
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// Removes a file (missing is fine) and syncs its directory.

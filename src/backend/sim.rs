@@ -103,6 +103,17 @@ impl Shared {
         self.with_lab(node, |n, _| f(n))
     }
 
+    /// Reads a node's state (nothing is written: reads are the common case, e.g. the
+    /// power watcher's).
+    fn read<T>(&self, node: &str, f: impl FnOnce(&SimNodeState) -> BResult<T>) -> BResult<T> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = st
+            .nodes
+            .get(node)
+            .ok_or_else(|| BackendError::new(format!("simulated node {node} is gone")))?;
+        f(n)
+    }
+
     /// Like [`Shared::with`], with the volume sizes too.
     fn with_lab<T>(
         &self,
@@ -115,9 +126,11 @@ impl Shared {
             .get_mut(node)
             .ok_or_else(|| BackendError::new(format!("simulated node {node} is gone")))?;
         let r = f(n, volumes)?;
-        // Written under the lock: the file always reflects the latest state.
-        let json = serde_json::to_vec_pretty(&*st).map_err(|e| BackendError::new(e.to_string()))?;
-        crate::persist::write_atomic(&self.file, &json, 0o644)
+        // Written under the lock: the file always reflects the latest state. Replaced
+        // atomically but not fsynced: simulated hardware outlives a killed daemon (the page
+        // cache keeps it), and a power cut has no meaning for it.
+        let json = serde_json::to_vec(&*st).map_err(|e| BackendError::new(e.to_string()))?;
+        crate::persist::write_replace(&self.file, &json, 0o644)
             .map_err(|e| BackendError::new(format!("cannot save simulated lab state: {e}")))?;
         Ok(r)
     }
@@ -224,7 +237,7 @@ pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, 
 impl Power for SimNode {
     async fn state(&self) -> BResult<PowerReading> {
         self.shared
-            .with(&self.name, |n| Ok(PowerReading::ok(n.power)))
+            .read(&self.name, |n| Ok(PowerReading::ok(n.power)))
     }
 
     async fn on(&self) -> BResult<()> {
@@ -259,7 +272,7 @@ impl Power for SimNode {
         // Graceful: the OS takes a while to go down; the call itself returns at once. The
         // shutdown belongs to the current boot: if the server is forced off and booted again
         // meanwhile, the new OS knows nothing of it.
-        let boot = self.shared.with(&self.name, |n| Ok(n.boots))?;
+        let boot = self.shared.read(&self.name, |n| Ok(n.boots))?;
         let shared = self.shared.clone();
         let name = self.name.clone();
         let ms = shared.cfg.graceful_shutdown_ms;
@@ -364,7 +377,7 @@ impl Disks for SimNode {
 
     async fn list(&self) -> BResult<Vec<String>> {
         self.shared
-            .with(&self.name, |n| Ok(n.disks.keys().cloned().collect()))
+            .read(&self.name, |n| Ok(n.disks.keys().cloned().collect()))
     }
 
     async fn resize(&self, handle: &str, bytes: u64) -> BResult<u64> {
@@ -406,7 +419,7 @@ impl Disks for SimNode {
     }
 
     async fn stats(&self, handle: &str) -> BResult<BlockStats> {
-        self.shared.with(&self.name, |n| {
+        self.shared.read(&self.name, |n| {
             let d = n
                 .disks
                 .get(handle)
@@ -480,11 +493,11 @@ impl Nics for SimNode {
 
     async fn list(&self) -> BResult<Vec<String>> {
         self.shared
-            .with(&self.name, |n| Ok(n.nics.keys().cloned().collect()))
+            .read(&self.name, |n| Ok(n.nics.keys().cloned().collect()))
     }
 
     async fn stats(&self, handle: &str) -> BResult<IfStats> {
-        self.shared.with(&self.name, |n| {
+        self.shared.read(&self.name, |n| {
             let x = n
                 .nics
                 .get(handle)

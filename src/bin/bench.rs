@@ -5,19 +5,15 @@
 //! Usage: metalvirt-bench --socket PATH [--name URI] [--conns N] [--depth D] [--secs S]
 //!        [--domains N] [--pid PID] [--label TEXT] [--json]
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use metalvirt::protocol::header::{frame_with, Header, REMOTE_PROGRAM};
+use metalvirt::loadgen::{rss_kib, CallError, Conn};
 use metalvirt::protocol::procs as p;
 use metalvirt::protocol::types::*;
-use metalvirt::protocol::xdr::{from_bytes, Xdr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use metalvirt::protocol::xdr::from_bytes;
 
 #[derive(Debug, Parser, Clone)]
 #[command(name = "metalvirt-bench")]
@@ -51,101 +47,6 @@ struct Cli {
     json: bool,
 }
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<(u32, Vec<u8>)>>>>;
-
-/// One connection with pipelined calls matched by serial.
-struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
-    pending: Pending,
-    serial: AtomicU64,
-}
-
-#[derive(Debug)]
-struct CallError(String);
-
-impl Conn {
-    async fn open(path: &str, name: &str) -> Arc<Conn> {
-        let s = UnixStream::connect(path).await.expect("connect");
-        let (mut rd, mut wr) = s.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(async move {
-            while let Some(f) = rx.recv().await {
-                if wr.write_all(&f).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let pend = pending.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut l = [0u8; 4];
-                if rd.read_exact(&mut l).await.is_err() {
-                    return;
-                }
-                let n = u32::from_be_bytes(l) as usize - 4;
-                let mut b = vec![0u8; n];
-                if rd.read_exact(&mut b).await.is_err() {
-                    return;
-                }
-                let w = |i: usize| u32::from_be_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
-                let (ty, serial, status) = (w(3), w(4), w(5));
-                if w(0) == 0x6b65_6570 && w(2) == 1 {
-                    continue; // server PINGs are not answered: runs are short
-                }
-                if ty != 1 {
-                    continue;
-                }
-                if let Some(tx) = pend.lock().await.remove(&serial) {
-                    let _ = tx.send((status, b[24..].to_vec()));
-                }
-            }
-        });
-        let c = Arc::new(Conn {
-            tx,
-            pending,
-            serial: AtomicU64::new(0),
-        });
-        c.call(p::AUTH_LIST, &()).await.expect("auth list");
-        c.call(
-            p::CONNECT_OPEN,
-            &ConnectOpenArgs {
-                name: Some(name.to_string()),
-                flags: 0,
-            },
-        )
-        .await
-        .expect("open");
-        c
-    }
-
-    async fn call<T: Xdr>(&self, proc_: i32, args: &T) -> Result<Vec<u8>, CallError> {
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed) as u32;
-        let h = Header {
-            prog: REMOTE_PROGRAM,
-            vers: 1,
-            proc_,
-            mtype: 0,
-            serial,
-            status: 0,
-        };
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().await.insert(serial, tx);
-        self.tx
-            .send(frame_with(&h, args))
-            .await
-            .map_err(|_| CallError("connection closed".into()))?;
-        let (status, payload) = rx
-            .await
-            .map_err(|_| CallError("connection closed".into()))?;
-        if status != 0 {
-            let e: RemoteError = from_bytes(&payload).map_err(|e| CallError(e.0))?;
-            return Err(CallError(e.message.unwrap_or_default()));
-        }
-        Ok(payload)
-    }
-}
-
 fn domain_xml(name: &str) -> String {
     format!(
         "<domain type='kvm'><name>{name}</name><memory unit='MiB'>1024</memory><vcpu>1</vcpu>\
@@ -154,12 +55,6 @@ fn domain_xml(name: &str) -> String {
 <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/><model type='virtio'/></interface>\
 </devices></domain>"
     )
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    l.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Runs `op` on every (connection, slot) until time is up; returns calls/s.
@@ -192,7 +87,7 @@ where
                         }
                         Err(e) => {
                             if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                                eprintln!("error: {}", e.0);
+                                eprintln!("error: {e}");
                             }
                         }
                     }
@@ -257,7 +152,7 @@ async fn main() {
                     &LookupByUuidArgs { uuid: dom.uuid },
                 )
                 .await?;
-            let dom = from_bytes::<Dom>(&r).map_err(|e| CallError(e.0))?.dom;
+            let dom = from_bytes::<Dom>(&r).map_err(CallError::decode)?.dom;
             c.call(p::DOMAIN_GET_INFO, &Dom { dom }).await.map(|_| ())
         }
     })
@@ -300,7 +195,7 @@ async fn main() {
                 },
             )
             .await?;
-        let dom = from_bytes::<Dom>(&r).map_err(|e| CallError(e.0))?.dom;
+        let dom = from_bytes::<Dom>(&r).map_err(CallError::decode)?.dom;
         c.call(p::DOMAIN_UNDEFINE, &Dom { dom }).await.map(|_| ())
     })
     .await;

@@ -927,17 +927,20 @@ impl DomainDef {
             return Ok(());
         };
         let mut used: Vec<(String, u32)> = Vec::new();
-        for ctrl in devices.children_named("controller") {
+        for ctrl in devices.children_named_mut("controller") {
             let ty = ctrl.attr("type").unwrap_or("").to_string();
-            if let Some(idx) = ctrl.attr("index") {
-                let Ok(idx) = idx.trim().parse::<u32>() else {
+            if let Some(text) = ctrl.attr("index") {
+                let Ok(idx) = text.trim().parse::<u32>() else {
                     return fail(format!(
-                        "Invalid value for attribute 'index' in element 'controller': '{idx}'."
+                        "Invalid value for attribute 'index' in element 'controller': '{text}'."
                     ));
                 };
                 if used.iter().any(|(t, i)| *t == ty && *i == idx) {
                     return fail(format!("Multiple '{ty}' controllers with index '{idx}'"));
                 }
+                // Kept as the number it is (libvirt formats the value it parsed): everything
+                // that reads the index later (aliases, addresses) sees the same one.
+                ctrl.set_attr("index", idx.to_string());
                 used.push((ty, idx));
             }
         }
@@ -1438,14 +1441,19 @@ pub(super) fn normalize_device(
         }
     }
     if dev.name == "interface" && !keep_aliases {
-        let generated = dev
-            .child("target")
-            .and_then(|t| t.attr("dev"))
-            .is_some_and(|d| GENERATED_IFNAME_PREFIXES.iter().any(|p| d.starts_with(p)));
-        if generated {
-            if let Some(t) = dev.child_mut("target") {
+        // Every <target> (a second one would otherwise survive to the next parse, which
+        // strips it then: the definition would change when read back).
+        let mut generated = false;
+        for t in dev.children_named_mut("target") {
+            let gen = t
+                .attr("dev")
+                .is_some_and(|d| GENERATED_IFNAME_PREFIXES.iter().any(|p| d.starts_with(p)));
+            if gen {
                 t.remove_attr("dev");
+                generated = true;
             }
+        }
+        if generated {
             dev.retain_elements(|e| {
                 !(e.name == "target" && e.attrs.is_empty() && e.children.is_empty())
             });

@@ -179,6 +179,7 @@ impl Driver {
                         };
                         obj.with(|s| notes.into_iter().for_each(|n| s.note(n)));
                         self.journal_add(obj, step).await?;
+                        crate::crash::point("attach:journaled");
                         match node.disks.attach(&spec).await {
                             Ok(dev) => Some((spec.handle, dev)),
                             Err(e) => {
@@ -210,6 +211,7 @@ impl Driver {
                     representor: None,
                 };
                 self.journal_add(obj, step).await?;
+                crate::crash::point("attach:journaled");
                 match node.nics.plug(&spec).await {
                     Ok(rep) => {
                         if view.target_dev.is_none() {
@@ -231,7 +233,9 @@ impl Driver {
         if let Some((handle, dev)) = step {
             obj.with(|s| set_device(&mut s.journal, &handle, dev));
         }
+        crate::crash::point("attach:mapped");
         self.commit_live(obj, &tree).await?;
+        crate::crash::point("attach:committed");
         tracing::info!(domain = %r.name, alias = %alias, node = %n, "device attached");
         self.emit(&obj.dom_ref(), EventKind::DeviceAdded(alias));
         Ok(())
@@ -354,6 +358,7 @@ impl Driver {
         tree.remove_device(index);
         let (old_def, old_xml) = obj.with(|s| (s.def.clone(), s.live_xml.clone()));
         self.commit_live(obj, &tree).await?;
+        crate::crash::point("detach:committed");
         let r = obj.dom_ref();
         let result = if !mapped {
             Ok(())
@@ -364,6 +369,7 @@ impl Driver {
         };
         match result {
             Ok(()) => {
+                crate::crash::point("detach:unmapped");
                 if mapped {
                     self.journal_drop(obj, &handle).await;
                 }
@@ -535,11 +541,13 @@ impl Driver {
                 info.capacity
             )));
         }
+        crate::crash::point("resize:before");
         let now = node
             .disks
             .resize(&handle, bytes)
             .await
             .map_err(|e| VirError::backend(&format!("cannot resize disk {target}"), &e))?;
+        crate::crash::point("resize:after");
         tracing::info!(domain = %obj.dom_ref().name, disk = %target, bytes = now, "disk resized");
         Ok(())
     }

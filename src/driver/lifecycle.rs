@@ -523,6 +523,7 @@ impl Driver {
             )));
         }
         tracing::info!(domain = %name, node = %node.spec.name, disks = disks.len(), nics = nics.len(), "starting");
+        crate::crash::point("start:recorded");
 
         let mut cancel = obj.cancel_watch();
         let mut result = self
@@ -541,6 +542,7 @@ impl Driver {
         // restart that found it still "starting" would undo it under its workload.
         let mut live = None;
         if result.is_ok() {
+            crate::crash::point("start:powered");
             let id = self.fresh_id();
             show_representors(&obj.uuid, &mut tree, &journal);
             let live_def = StoredDef::new(&tree);
@@ -563,7 +565,10 @@ impl Driver {
             status.xml = live_def.config_xml().to_string();
             status.journal = journal.clone();
             match self.store.save_status(&status).await {
-                Ok(()) => live = Some((id, live_def, live_xml, state, rsn)),
+                Ok(()) => {
+                    crate::crash::point("start:active");
+                    live = Some((id, live_def, live_xml, state, rsn))
+                }
                 Err(e) => {
                     result = Err(VirError::operation_failed(&format!(
                         "cannot record the start of domain '{name}': {e}"
@@ -663,6 +668,7 @@ impl Driver {
         if let Some(e) = first_err {
             return Err(e);
         }
+        crate::crash::point("start:mapped");
         if paused {
             return Ok(());
         }
@@ -709,6 +715,7 @@ impl Driver {
             .save_status(status)
             .await
             .map_err(|e| VirError::operation_failed(&format!("cannot record power on: {e}")))?;
+        crate::crash::point("start:power-journaled");
         let on = if before.state == PowerState::Off {
             node.power.on().await
         } else {
@@ -820,6 +827,7 @@ impl Driver {
         // Recorded before the power goes off: a restart mid-stop finishes the stop.
         self.persist_status(obj, Phase::Stopping, Some(shutoff_reason))
             .await?;
+        crate::crash::point("stop:recorded");
         if power_off {
             let n = &node.spec.name;
             let r = match node.power.off(true).await {
@@ -833,11 +841,13 @@ impl Driver {
                 return Err(e);
             }
         }
+        crate::crash::point("stop:powered-off");
         let rest: Vec<Step> = journal
             .into_iter()
             .filter(|s| *s != Step::PowerOn)
             .collect();
         let errors = self.undo(&node, &rest, &name).await;
+        crate::crash::point("stop:unmapped");
         self.release(&node.spec.name, obj.uuid);
         if let Err(e) = self.store.delete_status(&obj.uuid).await {
             tracing::error!(domain = %name, "cannot delete status: {e}");

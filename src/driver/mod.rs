@@ -717,6 +717,7 @@ impl Driver {
                         return Err(io_err("cannot save domain definition", e));
                     }
                     drop(job);
+                    crate::crash::point("define:acked");
                     let r = obj.dom_ref();
                     self.emit_lifecycle(
                         &r,

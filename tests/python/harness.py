@@ -85,12 +85,15 @@ class Daemon:
 
     `sim` is a dict of extra [sim] keys; `extra` a TOML string merged on top
     (its keys win inside the same section); `raw` TOML text appended as is (for
-    arrays of tables such as the [[node]] inventory).
+    arrays of tables such as the [[node]] inventory). `env` holds extra environment
+    variables for the daemon process (e.g. METALVIRT_CRASH_AT); change `self.env` before a
+    restart to start it differently on the same directories.
     """
 
-    def __init__(self, sim=None, extra="", ceph_secret=True, raw=""):
+    def __init__(self, sim=None, extra="", ceph_secret=True, raw="", env=None):
         self.ceph_secret = ceph_secret
         self.raw = raw
+        self.env = dict(env or {})
         self.binary = os.environ.get("METALVIRTD")
         if not self.binary:
             raise DaemonError("set METALVIRTD to the path of the metalvirtd binary")
@@ -143,6 +146,7 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("METALVIRT_LOG", "info,metalvirt=debug")
         env["NO_COLOR"] = "1"
+        env.update(self.env)
         log_start = os.path.getsize(self.path("daemon.log")) if os.path.exists(
             self.path("daemon.log")) else 0
         with open(self.path("daemon.log"), "ab") as log:

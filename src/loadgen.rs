@@ -1,0 +1,149 @@
+//! A libvirt remote-protocol client for the load tools (`metalvirt-bench`, `metalvirt-soak`):
+//! many calls in flight on one connection, matched by serial. Not used by the daemon.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::protocol::header::{frame_with, Header, REMOTE_PROGRAM};
+use crate::protocol::procs as p;
+use crate::protocol::types::{ConnectOpenArgs, RemoteError};
+use crate::protocol::xdr::{from_bytes, Xdr, XdrError};
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<(u32, Vec<u8>)>>>>;
+
+/// One connection with pipelined calls matched by serial.
+pub struct Conn {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    serial: AtomicU64,
+}
+
+/// A failed call: the daemon's error (code and message) or a broken connection (code 0).
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// `virErrorNumber`, 0 when the connection failed.
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+impl CallError {
+    fn closed() -> Self {
+        CallError {
+            code: 0,
+            message: "connection closed".into(),
+        }
+    }
+
+    /// A reply that does not decode.
+    pub fn decode(e: XdrError) -> Self {
+        CallError {
+            code: 0,
+            message: format!("undecodable reply: {e}"),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)
+    }
+}
+
+impl Conn {
+    /// Connects and opens `name` (AUTH_LIST, CONNECT_OPEN); panics when the daemon is not there.
+    pub async fn open(path: &str, name: &str) -> Arc<Conn> {
+        let s = UnixStream::connect(path).await.expect("connect");
+        let (mut rd, mut wr) = s.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if wr.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let pend = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut l = [0u8; 4];
+                if rd.read_exact(&mut l).await.is_err() {
+                    return;
+                }
+                let n = u32::from_be_bytes(l) as usize - 4;
+                let mut b = vec![0u8; n];
+                if rd.read_exact(&mut b).await.is_err() {
+                    return;
+                }
+                let w = |i: usize| u32::from_be_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+                let (ty, serial, status) = (w(3), w(4), w(5));
+                if w(0) == 0x6b65_6570 && w(2) == 1 {
+                    continue; // server PINGs are not answered: runs are short
+                }
+                if ty != 1 {
+                    continue;
+                }
+                if let Some(tx) = pend.lock().await.remove(&serial) {
+                    let _ = tx.send((status, b[24..].to_vec()));
+                }
+            }
+        });
+        let c = Arc::new(Conn {
+            tx,
+            pending,
+            serial: AtomicU64::new(0),
+        });
+        c.call(p::AUTH_LIST, &()).await.expect("auth list");
+        c.call(
+            p::CONNECT_OPEN,
+            &ConnectOpenArgs {
+                name: Some(name.to_string()),
+                flags: 0,
+            },
+        )
+        .await
+        .expect("open");
+        c
+    }
+
+    /// One call; waits for its reply.
+    pub async fn call<T: Xdr>(&self, proc_: i32, args: &T) -> Result<Vec<u8>, CallError> {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed) as u32;
+        let h = Header {
+            prog: REMOTE_PROGRAM,
+            vers: 1,
+            proc_,
+            mtype: 0,
+            serial,
+            status: 0,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().await.insert(serial, tx);
+        self.tx
+            .send(frame_with(&h, args))
+            .await
+            .map_err(|_| CallError::closed())?;
+        let (status, payload) = rx.await.map_err(|_| CallError::closed())?;
+        if status != 0 {
+            let e: RemoteError = from_bytes(&payload).map_err(CallError::decode)?;
+            return Err(CallError {
+                code: e.code,
+                message: e.message.unwrap_or_default(),
+            });
+        }
+        Ok(payload)
+    }
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
