@@ -44,10 +44,10 @@ for t in "${targets[@]}"; do
     -artifact_prefix="$work/artifacts/$t/" >"$log" 2>&1
   rc=$?
   set -e
-  pick() { grep -o "$1" | grep -o '[0-9]*$' | tail -n1 || true; }
+  pick() { grep -ao "$1" | grep -o '[0-9]*$' | tail -n1 || true; }
   execs=$(pick 'stat::number_of_executed_units: *[0-9]*' <"$log")
   speed=$(pick 'stat::average_exec_per_sec: *[0-9]*' <"$log")
-  last=$(grep -E '^#[0-9]+' "$log" | tail -n1 || true)
+  last=$(grep -aE '^#[0-9]+' "$log" | tail -n1 || true)
   cov=$(echo "$last" | pick 'cov: [0-9]*')
   ft=$(echo "$last" | pick 'ft: [0-9]*')
   corp=$(echo "$last" | pick 'corp: [0-9]*')

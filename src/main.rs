@@ -31,45 +31,7 @@ struct Cli {
     config_dir: Option<PathBuf>,
 }
 
-/// glibc's malloc settings the daemon runs with, unless the environment sets them already.
-/// By default glibc raises its mmap threshold each time a large block is freed, so large
-/// replies (an XML of megabytes, queued for a client that does not read) end up in its heaps
-/// and stay resident after the client is gone; a fixed threshold sends them back to the
-/// system when freed, and two arenas keep small blocks from spreading over many heaps.
-/// Measured in docs/RELIABILITY.md.
-const MALLOC_ENV: [(&str, &str); 2] = [
-    ("MALLOC_MMAP_THRESHOLD_", "131072"),
-    ("MALLOC_ARENA_MAX", "2"),
-];
-
-/// glibc reads those variables once, at start-up: the daemon sets them and runs itself again
-/// (same pid, same open descriptors). If that fails it carries on with glibc's defaults.
-fn settle_malloc() {
-    const DONE: &str = "METALVIRT_MALLOC_SET";
-    if std::env::var_os(DONE).is_some()
-        || MALLOC_ENV
-            .iter()
-            .all(|(k, _)| std::env::var_os(k).is_some())
-    {
-        return;
-    }
-    for (k, v) in MALLOC_ENV {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
-    std::env::set_var(DONE, "1");
-    use std::os::unix::ffi::OsStrExt;
-    let args: Result<Vec<std::ffi::CString>, _> = std::env::args_os()
-        .map(|a| std::ffi::CString::new(a.as_bytes()))
-        .collect();
-    if let Ok(args) = args {
-        let _ = nix::unistd::execv(c"/proc/self/exe", &args);
-    }
-}
-
 fn main() {
-    settle_malloc();
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // `METALVIRT_LOG` takes directives like `info` or `warn,metalvirt::driver=debug`.
