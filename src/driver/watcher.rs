@@ -40,6 +40,9 @@ pub(super) struct NodeWatch {
 /// `VIR_DOMAIN_PAUSED_UNKNOWN`.
 const PAUSED_UNKNOWN: i32 = 0;
 
+/// A domain's run when a reading was taken: its id and node (-1 and none: shut off).
+type Run = (i32, Option<String>);
+
 impl Driver {
     /// Starts the watcher task.
     pub(super) fn start_watcher(self: &Arc<Self>) {
@@ -57,17 +60,20 @@ impl Driver {
     /// One pass: polls every bound node that is due and acts on what it reads.
     pub async fn watch_once(&self) {
         let now = Instant::now();
-        let mut bound: Vec<(Arc<DomainObj>, Node)> = self
+        // Each reading is for one run: (id, node) as it was when the node was chosen. By the
+        // time the reading is acted on, the domain may have stopped and started again,
+        // elsewhere: an old reading must not stop the new run.
+        let mut bound: Vec<(Arc<DomainObj>, Node, Run)> = self
             .all()
             .into_iter()
             .filter_map(|o| {
-                let n = o.with(|s| {
+                let (n, run) = o.with(|s| {
                     ((s.state == st::RUNNING || s.state == st::PAUSED) && s.quarantine.is_none())
-                        .then(|| s.node.clone())
+                        .then(|| s.node.clone().map(|n| (n, (s.id, s.node.clone()))))
                         .flatten()
                 })?;
                 let node = self.node(&n)?.clone();
-                Some((o, node))
+                Some((o, node, run))
             })
             .collect();
         // Free nodes whose last domain is shut off: a server powered on behind its back.
@@ -84,28 +90,28 @@ impl Driver {
                 continue;
             };
             if obj.with(|s| s.state == st::SHUTOFF && !s.removed) {
-                bound.push((obj, node.clone()));
+                bound.push((obj, node.clone(), (-1, None)));
             }
         }
         let due: Vec<_> = {
             let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-            w.retain(|name, _| bound.iter().any(|(_, n)| &n.spec.name == name));
+            w.retain(|name, _| bound.iter().any(|(_, n, _)| &n.spec.name == name));
             bound
                 .into_iter()
-                .filter(|(_, n)| w.get(&n.spec.name).is_none_or(|x| x.next_due <= now))
+                .filter(|(_, n, _)| w.get(&n.spec.name).is_none_or(|x| x.next_due <= now))
                 .collect()
         };
         let slots = Semaphore::new(self.cfg.watcher.max_concurrency);
         let slots = &slots;
-        let readings = join_all(due.into_iter().map(|(obj, node)| async move {
+        let readings = join_all(due.into_iter().map(|(obj, node, run)| async move {
             let _slot = slots.acquire().await;
             let r = node.power.state().await;
-            (obj, node, r)
+            (obj, node, run, r)
         }))
         .await;
-        for (obj, node, r) in readings {
+        for (obj, node, run, r) in readings {
             self.schedule(&node.spec.name, r.is_ok());
-            self.observe(&obj, &node, r).await;
+            self.observe(&obj, &node, &run, r).await;
         }
     }
 
@@ -129,11 +135,16 @@ impl Driver {
         }
     }
 
-    async fn observe(&self, obj: &Arc<DomainObj>, node: &Node, r: BResult<PowerReading>) {
+    async fn observe(&self, obj: &Arc<DomainObj>, node: &Node, run: &Run, r: BResult<PowerReading>) {
         // State changes need the job: a start, stop or restart in progress owns the domain.
         let Ok(_job) = obj.job.try_lock() else {
             return;
         };
+        // A reading of another run (or of the node a shut-off domain last ran on, which has
+        // started since) says nothing about this one.
+        if obj.with(|s| s.id != run.0 || s.node != run.1) {
+            return;
+        }
         let n = &node.spec.name;
         let reading = match r {
             Err(e) => {
