@@ -632,7 +632,7 @@ pub fn live_aliases(devices: &Element, machine: Option<&str>) -> Vec<Option<Stri
     let serial_count = devices.children_named("serial").count();
     let mut counters: HashMap<&'static str, usize> = HashMap::new();
     let mut console_seen = 0usize;
-    devices
+    let mut aliases: Vec<Option<String>> = devices
         .elements()
         .map(|dev| {
             let generated = match dev.name.as_str() {
@@ -666,7 +666,36 @@ pub fn live_aliases(devices: &Element, machine: Option<&str>) -> Vec<Option<Stri
                 None => generated,
             }
         })
-        .collect()
+        .collect();
+    // Generated names can meet (disks `sdb` and `vdb` on one bus are both disk 1, a device
+    // given `virtio-disk1` when it went live): later ones take the next free suffix, so the
+    // live XML always reads back. The console that mirrors the serial port keeps its alias.
+    let explicit: Vec<bool> = devices.elements().map(|d| alias_of(d).is_some()).collect();
+    let mut taken: std::collections::HashSet<String> = devices
+        .elements()
+        .filter_map(alias_of)
+        .map(str::to_string)
+        .collect();
+    for (i, (dev, alias)) in devices.elements().zip(aliases.iter_mut()).enumerate() {
+        let Some(a) = alias.as_mut() else { continue };
+        let mirror = dev.name == "console" && a == "serial0";
+        if explicit[i] || mirror {
+            continue;
+        }
+        if taken.contains(a.as_str()) {
+            *a = unique(a, &taken);
+        }
+        taken.insert(a.clone());
+    }
+    aliases
+}
+
+/// `base` with the smallest `-N` suffix no alias in `taken` has.
+fn unique(base: &str, taken: &std::collections::HashSet<String>) -> String {
+    (1..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|a| !taken.contains(a))
+        .unwrap_or_else(|| base.to_string())
 }
 
 /// The alias a device hot-plugged into `devices` gets (libvirt's rule: disks are named from
@@ -676,7 +705,18 @@ pub fn hotplug_alias(devices: &Element, dev: &Element) -> Option<String> {
         return Some(ua.to_string());
     }
     if dev.name == "disk" {
-        return disk_alias(dev);
+        let a = disk_alias(dev)?;
+        let taken: std::collections::HashSet<String> = devices
+            .elements()
+            .filter_map(alias_of)
+            .map(str::to_string)
+            .collect();
+        // Named from the target, unless another device has that name already.
+        return Some(if taken.contains(&a) {
+            unique(&a, &taken)
+        } else {
+            a
+        });
     }
     let prefix = counted_prefix(dev)?;
     let next = devices

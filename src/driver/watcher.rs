@@ -135,7 +135,13 @@ impl Driver {
         }
     }
 
-    async fn observe(&self, obj: &Arc<DomainObj>, node: &Node, run: &Run, r: BResult<PowerReading>) {
+    async fn observe(
+        &self,
+        obj: &Arc<DomainObj>,
+        node: &Node,
+        run: &Run,
+        r: BResult<PowerReading>,
+    ) {
         // State changes need the job: a start, stop or restart in progress owns the domain.
         let Ok(_job) = obj.job.try_lock() else {
             return;
