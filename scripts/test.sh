@@ -15,4 +15,5 @@ cargo build -q --bins
 METALVIRTD=$PWD/target/debug/metalvirtd /usr/bin/python3 benches/bmc_peers.py --rounds 2 --watch-secs 3 >/dev/null
 METALVIRTD=$PWD/target/debug/metalvirtd /usr/bin/python3 benches/ovs_peers.py --rounds 2 --domains 10 >/dev/null
 target/debug/metalvirt-spdk-bench --rounds 2 --domains 10 >/dev/null
+BIN=target/debug ./scripts/soak.sh --clients 5 --calls 60 --non-readers 2 --idle 20 --settle-secs 1 >/dev/null
 cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
