@@ -38,13 +38,16 @@ pub async fn read_values<R: AsyncRead + Unpin>(mut r: R, mut on_value: impl FnMu
     }
 }
 
-/// Writes each message from `rx` to `w` until the channel closes or writing fails.
+/// Writes each message from `rx` to `w` until the channel closes or writing fails, then shuts
+/// the write side down, so the peer sees the end even when the read side lives on (a
+/// stream split in two halves stays open while either is alive).
 pub async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     while let Some(msg) = rx.recv().await {
         if w.write_all(&msg).await.is_err() {
             return;
         }
     }
+    let _ = w.shutdown().await;
 }
 
 #[cfg(test)]
