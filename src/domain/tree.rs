@@ -22,6 +22,24 @@ pub const MAX_NODES: usize = 50_000;
 /// Most attributes one element may carry.
 pub const MAX_ATTRS: usize = 256;
 
+/// Checks an element about to open `depth` levels down against the limits.
+fn open_element(
+    input: &str,
+    pos: u64,
+    depth: usize,
+    max_depth: usize,
+    nodes: &mut usize,
+) -> Result<(), XmlError> {
+    if depth >= max_depth {
+        return Err(XmlError::at(
+            input,
+            pos,
+            format!("document nested deeper than the limit of {MAX_DEPTH} levels"),
+        ));
+    }
+    count_node(input, pos, nodes)
+}
+
 fn count_node(input: &str, pos: u64, nodes: &mut usize) -> Result<(), XmlError> {
     *nodes += 1;
     if *nodes > MAX_NODES {
@@ -323,26 +341,12 @@ impl Element {
                             "extra content at the end of the document: second root element",
                         ));
                     }
-                    if stack.len() >= max_depth {
-                        return Err(XmlError::at(
-                            input,
-                            pos,
-                            format!("document nested deeper than the limit of {MAX_DEPTH} levels"),
-                        ));
-                    }
-                    count_node(input, pos, &mut nodes)?;
+                    open_element(input, pos, stack.len(), max_depth, &mut nodes)?;
                     stack.push(element_from_start(input, pos, &start)?);
                 }
                 Event::Empty(start) => {
                     pending.flush(input, &mut stack)?;
-                    if stack.len() >= max_depth {
-                        return Err(XmlError::at(
-                            input,
-                            pos,
-                            format!("document nested deeper than the limit of {MAX_DEPTH} levels"),
-                        ));
-                    }
-                    count_node(input, pos, &mut nodes)?;
+                    open_element(input, pos, stack.len(), max_depth, &mut nodes)?;
                     let el = element_from_start(input, pos, &start)?;
                     close_element(input, pos, el, &mut stack, &mut root)?;
                 }

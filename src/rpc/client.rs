@@ -144,7 +144,11 @@ impl Outbox {
     /// (false).
     pub async fn wait_room(&self) -> bool {
         loop {
+            // Registered before the checks: a writer that drains between the check and the
+            // wait must still wake us (notify_waiters only wakes registered waiters).
             let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
             if self.is_closing() {
                 return false;
             }
