@@ -134,7 +134,8 @@ fn audit_object(api: &str, args: &[u8], reply: Option<&[u8]>) -> String {
 /// leave an audit line (target `metalvirt::audit`): who, what, on which object, result.
 pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let r = call_inner(c, proc_, args).await;
-    if let Some(info) = p::info(proc_).filter(audited) {
+    let enabled = tracing::enabled!(target: "metalvirt::audit", tracing::Level::INFO);
+    if let Some(info) = p::info(proc_).filter(|i| enabled && audited(i)) {
         let object = audit_object(info.api, args, r.as_ref().ok().map(|v| v.as_slice()));
         match &r {
             Ok(_) => tracing::info!(
