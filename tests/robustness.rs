@@ -410,3 +410,24 @@ fn a_live_definition_this_version_cannot_read_is_quarantined_running() {
     let st = d.virsh_ok(&["domstate", "--reason", "q2"]);
     assert!(st.contains("shut off (destroyed)"), "{st}");
 }
+
+#[test]
+fn a_run_on_a_node_no_longer_configured_is_quarantined() {
+    let mut d = Daemon::start("");
+    let f = d.file("g.xml", &pinned_xml("gone", "node-4"));
+    d.virsh_ok(&["define", f.to_str().unwrap()]);
+    d.virsh_ok(&["start", "gone"]);
+    d.stop();
+    // The operator shrank the inventory while the server ran.
+    d.extra_config = "[sim]\nnodes = 3\n".into();
+    d.restart();
+    let info = d.virsh_ok(&["dominfo", "gone"]);
+    assert!(info.contains("running"), "{info}");
+    assert!(
+        info.contains("its node 'node-4' is no longer configured"),
+        "{info}"
+    );
+    let e = d.virsh_err(&["destroy", "gone"]);
+    assert!(e.contains("domain is quarantined"), "{e}");
+    assert!(status_file(&d, "gone").exists(), "its live state is kept");
+}
