@@ -424,6 +424,19 @@ NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 METALVIRT_NS = "https://metalvirt.dev/xmlns/1"
 
 
+def pinned_domain_xml(name, node, devices, dom_uuid):
+    """A 2-vCPU, 2 GiB domain pinned to `node` with the given device elements."""
+    return f"""<domain type='kvm'>
+  <name>{name}</name>
+  <uuid>{dom_uuid}</uuid>
+  <memory unit='GiB'>2</memory>
+  <vcpu>2</vcpu>
+  <metadata><mv:node xmlns:mv='{METALVIRT_NS}' name='{node}'/></metadata>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>{''.join(devices)}</devices>
+</domain>"""
+
+
 def nova_instance_xml(display_name="web-1", root_volume="11111111-2222-3333-4444-555555555555",
                       port_id="0d3c4f7e-5a1b-4c2d-8e9f-a0b1c2d3e4f5"):
     """The <nova:instance> metadata element nova writes (PROTOCOL.md 4.6)."""

@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import libvirt  # noqa: E402
 
 import peers  # noqa: E402
-from harness import METALVIRT_NS, Daemon  # noqa: E402
+from harness import Daemon, pinned_domain_xml  # noqa: E402
 from spdk_client import RpcError, SpdkDouble, call  # noqa: E402
 
 L = libvirt
@@ -291,15 +291,7 @@ def nic(mac):
 
 
 def domain_xml(name, dom_uuid, devices):
-    return f"""<domain type='kvm'>
-  <name>{name}</name>
-  <uuid>{dom_uuid}</uuid>
-  <memory unit='GiB'>2</memory>
-  <vcpu>2</vcpu>
-  <metadata><mv:node xmlns:mv='{METALVIRT_NS}' name='{NODE}'/></metadata>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>{''.join(devices)}</devices>
-</domain>"""
+    return pinned_domain_xml(name, NODE, devices, dom_uuid)
 
 
 def live_devices(xml_text):

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import libvirt  # noqa: E402
 
 from harness import (  # noqa: E402
-    CEPH_KEY, CEPH_SECRET_UUID, METALVIRT_NS, Daemon, EventCollector, expect_error,
+    CEPH_KEY, CEPH_SECRET_UUID, Daemon, EventCollector, expect_error,
+    pinned_domain_xml,
     start_event_loop, wait_until,
 )
 from spdk_client import RpcError, SpdkDouble, call  # noqa: E402
@@ -243,15 +244,7 @@ def rbd_disk(target, image, secret=CEPH_SECRET_UUID, serial=None):
 
 
 def domain_xml(name, node, disks, dom_uuid):
-    return f"""<domain type='kvm'>
-  <name>{name}</name>
-  <uuid>{dom_uuid}</uuid>
-  <memory unit='GiB'>2</memory>
-  <vcpu>2</vcpu>
-  <metadata><mv:node xmlns:mv='{METALVIRT_NS}' name='{node}'/></metadata>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>{''.join(disks)}</devices>
-</domain>"""
+    return pinned_domain_xml(name, node, disks, dom_uuid)
 
 
 def hexid(dom_uuid):
