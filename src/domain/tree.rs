@@ -186,10 +186,29 @@ fn resolve_entity(name: &str) -> Option<char> {
     }
 }
 
+/// An XML Name (XML 1.0 §2.3, simplified to what can be told per character: every
+/// non-ASCII character is allowed): what quick-xml takes for a name can hold quotes and `=`
+/// (`<a='1'>` is one name to it), which would not read back.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || !c.is_ascii();
+    start(first) && chars.all(|c| start(c) || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
 fn element_from_start(input: &str, pos: u64, start: &BytesStart<'_>) -> Result<Element, XmlError> {
     let name = start.name().as_ref().to_string();
     if name.is_empty() {
         return Err(XmlError::at(input, pos, "element name is missing"));
+    }
+    if !valid_name(&name) {
+        return Err(XmlError::at(
+            input,
+            pos,
+            format!("invalid element name '{name}'"),
+        ));
     }
     let mut attrs: Vec<(String, String)> = Vec::new();
     // quick-xml's own duplicate check allocates per element; ours below
@@ -203,6 +222,13 @@ fn element_from_start(input: &str, pos: u64, start: &BytesStart<'_>) -> Result<E
             )
         })?;
         let key = attr.key.as_ref().to_string();
+        if !valid_name(&key) {
+            return Err(XmlError::at(
+                input,
+                pos,
+                format!("invalid attribute name '{key}' in element <{name}>"),
+            ));
+        }
         let value = attr
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| {
@@ -996,5 +1022,25 @@ mod tests {
             cur = next;
         }
         assert!(root.check_limits().unwrap_err().message.contains("levels"));
+    }
+
+    /// Found by the device_xml fuzz target: `<mac='52:…'>` was one element named
+    /// `mac='52:…` to the tokenizer, and came back from formatting as something else.
+    #[test]
+    fn names_must_be_xml_names() {
+        for bad in ["<a='1'/>", "<1a/>", "<r -a='1'/>"] {
+            let e = Element::parse(bad).unwrap_err();
+            assert!(e.message.contains("invalid"), "{bad}: {e}");
+        }
+        // Refused by the tokenizer itself.
+        assert!(Element::parse("<r><m'x/></r>").is_err());
+        assert!(Element::parse("<r a'b='1'/>").is_err());
+        for good in [
+            "<nova:instance xmlns:nova='u'/>",
+            "<a-b.c_d/>",
+            "<é ü='1'/>",
+        ] {
+            Element::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 }
