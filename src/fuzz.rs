@@ -338,13 +338,15 @@ pub fn run(name: &str, data: &[u8]) {
 
 /// One remote call packet: length word, header (call, serial 1, status OK), payload.
 pub fn call_packet(proc_: i32, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(28 + payload.len());
-    f.extend_from_slice(&((28 + payload.len()) as u32).to_be_bytes());
-    for w in [REMOTE_PROGRAM, 1, proc_ as u32, 0, 1, 0] {
-        f.extend_from_slice(&w.to_be_bytes());
-    }
-    f.extend_from_slice(payload);
-    f
+    let h = Header {
+        prog: REMOTE_PROGRAM,
+        vers: 1,
+        proc_,
+        mtype: MessageType::Call as u32,
+        serial: 1,
+        status: 0,
+    };
+    crate::protocol::header::frame(&h, payload)
 }
 
 fn xdr_string(s: &str) -> Vec<u8> {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use metalvirt::loadgen::{rss_kib, CallError, Conn};
+use metalvirt::protocol::header::{Header, MessageType, REMOTE_PROGRAM};
 use metalvirt::protocol::procs as p;
 use metalvirt::protocol::types::*;
 use metalvirt::protocol::xdr::{from_bytes, to_bytes};
@@ -171,13 +172,15 @@ fn non_reader(path: String, big: Domain, stop: Arc<AtomicBool>) -> u64 {
         return 0;
     };
     let frame = |proc_: i32, serial: u32, payload: &[u8]| {
-        let mut f = Vec::new();
-        f.extend_from_slice(&((28 + payload.len()) as u32).to_be_bytes());
-        for w in [0x2000_8086u32, 1, proc_ as u32, 0, serial, 0] {
-            f.extend_from_slice(&w.to_be_bytes());
-        }
-        f.extend_from_slice(payload);
-        f
+        let h = Header {
+            prog: REMOTE_PROGRAM,
+            vers: 1,
+            proc_,
+            mtype: MessageType::Call as u32,
+            serial,
+            status: 0,
+        };
+        metalvirt::protocol::header::frame(&h, payload)
     };
     let open = to_bytes(&ConnectOpenArgs {
         name: Some("qemu:///system".into()),

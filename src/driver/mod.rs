@@ -196,12 +196,7 @@ impl DomainObj {
         self.check_quarantine()?;
         let guard = match tokio::time::timeout(wait, self.job.lock()).await {
             Ok(g) => g,
-            Err(_) => {
-                let holder = *self.job_holder.lock().unwrap_or_else(|e| e.into_inner());
-                return Err(VirError::operation_timeout(&format!(
-                    "cannot acquire state change lock (held by {holder})"
-                )));
-            }
+            Err(_) => return Err(self.lock_timeout()),
         };
         *self.job_holder.lock().unwrap_or_else(|e| e.into_inner()) = api;
         Ok(Job { _guard: guard })
@@ -230,12 +225,17 @@ impl DomainObj {
                 return Ok((Job { _guard: guard }, cancelled));
             }
             if tokio::time::Instant::now() >= deadline {
-                let holder = *self.job_holder.lock().unwrap_or_else(|e| e.into_inner());
-                return Err(VirError::operation_timeout(&format!(
-                    "cannot acquire state change lock (held by {holder})"
-                )));
+                return Err(self.lock_timeout());
             }
         }
+    }
+
+    /// libvirt's answer when the job stays taken: who holds it.
+    fn lock_timeout(&self) -> VirError {
+        let holder = *self.job_holder.lock().unwrap_or_else(|e| e.into_inner());
+        VirError::operation_timeout(&format!(
+            "cannot acquire state change lock (held by {holder})"
+        ))
     }
 
     /// A quarantined domain refuses every operation (its server is left as it was).

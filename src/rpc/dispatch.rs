@@ -137,26 +137,19 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
     let enabled = tracing::enabled!(target: "metalvirt::audit", tracing::Level::INFO);
     if let Some(info) = p::info(proc_).filter(|i| enabled && audited(i)) {
         let object = audit_object(info.api, args, r.as_ref().ok().map(|v| v.as_slice()));
-        match &r {
-            Ok(_) => tracing::info!(
-                target: "metalvirt::audit",
-                client = c.id,
-                peer = %c.peer,
-                call = info.api,
-                object = %object,
-                "ok"
-            ),
-            Err(e) => tracing::info!(
-                target: "metalvirt::audit",
-                client = c.id,
-                peer = %c.peer,
-                call = info.api,
-                object = %object,
-                code = e.code,
-                "refused: {}",
-                e.message
-            ),
-        }
+        let (code, outcome) = match &r {
+            Ok(_) => (0, "ok".to_string()),
+            Err(e) => (e.code, format!("refused: {}", e.message)),
+        };
+        tracing::info!(
+            target: "metalvirt::audit",
+            client = c.id,
+            peer = %c.peer,
+            call = info.api,
+            object = %object,
+            code,
+            "{outcome}"
+        );
     }
     r
 }

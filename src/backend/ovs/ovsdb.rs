@@ -466,13 +466,13 @@ mod tests {
     async fn ssl_with_client_certificates_against_ovsdb_server() {
         let srv = Server::start_ssl();
         let read = |n: &str| std::fs::read(srv.path(n)).unwrap();
+        // (CA we trust, our certificate's PKI)
+        let tls = |ca: &str, pki: &str| {
+            let (cert, key) = (format!("{pki}-client.pem"), format!("{pki}-client.key"));
+            tls_config(&read(ca), &read(&cert), &read(&key)).unwrap()
+        };
         let t = Duration::from_secs(5);
-        let good = tls_config(
-            &read("ovs-ca.pem"),
-            &read("ovs-client.pem"),
-            &read("ovs-client.key"),
-        )
-        .unwrap();
+        let good = tls("ovs-ca.pem", "ovs");
         let db = Ovsdb::connect_with(&srv.ssl_addr(), t, None, Some(&good))
             .await
             .unwrap();
@@ -483,24 +483,14 @@ mod tests {
             .contains(&"Open_vSwitch".to_string()));
         // Without a client certificate of its CA, ovsdb-server hangs up.
         make_pki(srv.dir.path(), "rogue");
-        let rogue = tls_config(
-            &read("ovs-ca.pem"),
-            &read("rogue-client.pem"),
-            &read("rogue-client.key"),
-        )
-        .unwrap();
+        let rogue = tls("ovs-ca.pem", "rogue");
         let refused = async {
             let db = Ovsdb::connect_with(&srv.ssl_addr(), t, None, Some(&rogue)).await?;
             db.list_dbs().await
         };
         assert!(refused.await.is_err(), "a client of another CA is refused");
         // A server whose certificate does not chain to our CA is refused by us.
-        let wrong_ca = tls_config(
-            &read("rogue-ca.pem"),
-            &read("ovs-client.pem"),
-            &read("ovs-client.key"),
-        )
-        .unwrap();
+        let wrong_ca = tls("rogue-ca.pem", "ovs");
         let e = Ovsdb::connect_with(&srv.ssl_addr(), t, None, Some(&wrong_ca))
             .await
             .unwrap_err();
