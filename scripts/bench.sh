@@ -44,12 +44,12 @@ env METALVIRT_LOG=warn ${MV_ENV:-} ./target/release/metalvirtd --config "$LAB/me
   --state-dir "$LAB/mv-state" --config-dir "$LAB/mv-etc" 2>"$LAB/metalvirtd.log" &
 MV_PID=$!
 for i in $(seq 200); do
-  [ -S "$LAB/libvirt/libvirt-sock" ] && [ -S "$LAB/mv/libvirt-sock" ] && break
+  [ -S "$LAB/libvirt/libvirt-sock" ] && [ -S "$LAB/mv/virtmetald-sock" ] && break
   sleep 0.05
 done
 sleep 0.2
 
-./target/release/metalvirt-bench --json --label metalvirtd --socket "$LAB/mv/libvirt-sock" \
+./target/release/metalvirt-bench --json --label metalvirtd --socket "$LAB/mv/virtmetald-sock" \
   --name qemu:///system --pid "$MV_PID" "$@" > "$LAB/mv.json"
 ./target/release/metalvirt-bench --json --label "libvirtd 9.0 test driver" --socket "$LAB/libvirt/libvirt-sock" \
   --name test:///default --pid "$LV_PID" "$@" > "$LAB/lv.json"

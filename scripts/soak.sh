@@ -28,10 +28,10 @@ CONF
 env METALVIRT_LOG=warn ${MV_ENV:-} "$BIN/metalvirtd" --config "$LAB/metalvirtd.toml" --socket-dir "$LAB/run" \
   --state-dir "$LAB/state" --config-dir "$LAB/etc" 2>"$LAB/metalvirtd.log" &
 MV_PID=$!
-for _ in $(seq 200); do [ -S "$LAB/run/libvirt-sock" ] && break; sleep 0.05; done
+for _ in $(seq 200); do [ -S "$LAB/run/virtmetald-sock" ] && break; sleep 0.05; done
 sleep 0.3
 set +e
-"$BIN/metalvirt-soak" --socket "$LAB/run/libvirt-sock" --ro-socket "$LAB/run/libvirt-sock-ro" \
+"$BIN/metalvirt-soak" --socket "$LAB/run/virtmetald-sock" --ro-socket "$LAB/run/virtmetald-sock-ro" \
   --pid "$MV_PID" "$@"
 rc=$?
 set -e

@@ -11,7 +11,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the unix sockets are created (`libvirt-sock`, `libvirt-sock-ro`).
+    /// Where the unix sockets are created (`virtmetald-sock`, `virtmetald-sock-ro`): by
+    /// default `/run/libvirt`, where libvirt's client looks for `metal:///system` (for a
+    /// daemon not run by root, `$XDG_RUNTIME_DIR/libvirt`, for `metal:///session`).
     pub socket_dir: PathBuf,
     /// Persistent definitions (domains/, autostart/).
     pub config_dir: PathBuf,
@@ -48,8 +50,51 @@ pub struct Config {
     pub keepalive_count: u32,
     /// Power watcher settings.
     pub watcher: WatcherConfig,
+    /// TLS listener on when the network listeners are (libvirtd's `listen_tls`).
+    pub listen_tls: bool,
+    /// Plain TCP listener on when the network listeners are (`listen_tcp`); needs
+    /// `auth_tcp = "none"`, as there is no SASL here.
+    pub listen_tcp: bool,
+    /// Address the network listeners bind (`listen_addr`; default all addresses, IPv6 and
+    /// IPv4).
+    pub listen_addr: Option<String>,
+    /// TLS port (`tls_port`, 16514).
+    pub tls_port: Port,
+    /// TCP port (`tcp_port`, 16509).
+    pub tcp_port: Port,
+    /// Authentication on the TCP listener (`auth_tcp`): only "none" is served.
+    pub auth_tcp: String,
+    /// Authentication on the TLS listener besides the certificate (`auth_tls`): "none".
+    pub auth_tls: String,
+    /// The server's private key (`key_file`).
+    pub key_file: PathBuf,
+    /// The server's certificate, with intermediates after it (`cert_file`).
+    pub cert_file: PathBuf,
+    /// CA certificate(s) client certificates must chain to (`ca_file`).
+    pub ca_file: PathBuf,
+    /// Revoked client certificates (`crl_file`, PEM).
+    pub crl_file: Option<PathBuf>,
+    /// Client certificate Distinguished Names allowed (`tls_allowed_dn_list`, fnmatch
+    /// patterns such as `"C=GB,O=Example,CN=*"`). Empty: any certificate from the CA.
+    pub tls_allowed_dn_list: Vec<String>,
+    /// Client DNs that get a read-only connection (every mutating call refused with
+    /// `VIR_ERR_OPERATION_DENIED`), whether or not they also match the allowed list.
+    pub tls_readonly_dn_list: Vec<String>,
+    /// Network connections not yet authenticated (TLS handshake in progress) at once
+    /// (libvirtd's `max_anonymous_clients`).
+    pub max_anonymous_clients: usize,
+    /// The network listeners are on (the `--listen` option, as libvirtd's).
+    #[serde(skip)]
+    pub listen: bool,
     /// The simulated lab (its node count applies only when there is no `[[node]]`).
     pub sim: SimConfig,
+    /// Whether the simulated lab runs when there is no `[[node]]`: with no configuration file,
+    /// or a file with a `[sim]` section. A file with neither serves no nodes.
+    #[serde(skip)]
+    pub sim_lab: bool,
+    /// Whether `socket_dir` was configured (or given on the command line).
+    #[serde(skip)]
+    pub socket_dir_set: bool,
     /// The node inventory: one entry per bare-metal server.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
@@ -600,7 +645,7 @@ pub struct SimConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            socket_dir: PathBuf::from("/run/metalvirt"),
+            socket_dir: PathBuf::from(SYSTEM_SOCKET_DIR),
             config_dir: PathBuf::from("/etc/metalvirt"),
             state_dir: PathBuf::from("/var/lib/metalvirt"),
             rw_socket_mode: 0o700,
@@ -615,7 +660,24 @@ impl Default for Config {
             keepalive_interval_ms: 5000,
             keepalive_count: 5,
             watcher: WatcherConfig::default(),
+            listen_tls: true,
+            listen_tcp: false,
+            listen_addr: None,
+            tls_port: Port(16514),
+            tcp_port: Port(16509),
+            auth_tcp: "sasl".into(),
+            auth_tls: "none".into(),
+            key_file: PathBuf::from("/etc/pki/libvirt/private/serverkey.pem"),
+            cert_file: PathBuf::from("/etc/pki/libvirt/servercert.pem"),
+            ca_file: PathBuf::from("/etc/pki/CA/cacert.pem"),
+            crl_file: None,
+            tls_allowed_dn_list: Vec::new(),
+            tls_readonly_dn_list: Vec::new(),
+            max_anonymous_clients: 20,
+            listen: false,
             sim: SimConfig::default(),
+            sim_lab: true,
+            socket_dir_set: false,
             nodes: Vec::new(),
             base_dir: PathBuf::from("."),
         }
@@ -655,12 +717,71 @@ impl Default for SimConfig {
     }
 }
 
+/// Where the packaged configuration lives; read when `--config` is not given and it exists.
+pub const DEFAULT_FILE: &str = "/etc/metalvirt/metalvirtd.toml";
+/// The system daemon's socket directory (libvirt's for `metal:///system`).
+pub const SYSTEM_SOCKET_DIR: &str = "/run/libvirt";
+
+/// The user's runtime directory: `$XDG_RUNTIME_DIR`, else `~/.cache` (libvirt's choice).
+fn user_runtime_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))
+}
+
+/// A TCP port: a number, or a string holding one (libvirtd.conf writes `tls_port = "16514"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port(pub u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Port, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        let bad = |v: &dyn std::fmt::Display| {
+            serde::de::Error::custom(format!("'{v}' is not a port number (1-65535)"))
+        };
+        let n = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::S(s) => s.trim().parse::<i64>().map_err(|_| bad(&s))?,
+        };
+        match u16::try_from(n) {
+            Ok(p) if p > 0 => Ok(Port(p)),
+            _ => Err(bad(&n)),
+        }
+    }
+}
+
 impl Config {
     /// Parses a TOML document strictly.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Parsed into the structure for its errors (they name line, column and key), then
+        // as a table for which keys the file sets.
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        c.sim_lab = table.contains_key("sim");
+        c.socket_dir_set = table.contains_key("socket_dir");
         c.validate()?;
         Ok(c)
+    }
+
+    /// Defaults that depend on who runs the daemon: for a user other than root, the socket
+    /// directory (unless configured) is the runtime directory's `libvirt/`, as for libvirt's
+    /// session daemons, so `metal:///session` finds it.
+    pub fn apply_user_defaults(&mut self, uid: u32) {
+        if uid == 0 || self.socket_dir_set {
+            return;
+        }
+        if let Some(d) = user_runtime_dir() {
+            self.socket_dir = d.join("libvirt");
+        }
     }
 
     /// Loads a file.
@@ -707,6 +828,38 @@ impl Config {
         }
         if !(self.job_wait_timeout_s > 0.0 && self.job_wait_timeout_s <= 3600.0) {
             return Err("job_wait_timeout_s must be above 0 and at most 3600".into());
+        }
+        if !matches!(self.auth_tcp.as_str(), "none" | "sasl") {
+            return Err(format!(
+                "auth_tcp '{}' is unknown: \"none\" or \"sasl\" (libvirtd's default; not served here)",
+                self.auth_tcp
+            ));
+        }
+        if self.listen_tcp && self.auth_tcp != "none" {
+            return Err(format!(
+                "listen_tcp = true needs auth_tcp = \"none\": metalvirtd has no SASL (auth_tcp is \"{}\"), and plain TCP is unauthenticated and unencrypted; use TLS (listen_tls) instead",
+                self.auth_tcp
+            ));
+        }
+        if self.auth_tls != "none" {
+            return Err(format!(
+                "auth_tls '{}' is not supported: TLS clients are authenticated by their certificate (auth_tls = \"none\")",
+                self.auth_tls
+            ));
+        }
+        if self.max_anonymous_clients == 0 {
+            return Err("max_anonymous_clients must be at least 1".into());
+        }
+        if matches!(&self.listen_addr, Some(a) if a.trim().is_empty()) {
+            return Err("listen_addr must not be empty (leave it out to listen on all addresses)".into());
+        }
+        for (key, list) in [
+            ("tls_allowed_dn_list", &self.tls_allowed_dn_list),
+            ("tls_readonly_dn_list", &self.tls_readonly_dn_list),
+        ] {
+            if list.iter().any(|p| p.trim().is_empty()) {
+                return Err(format!("{key} has an empty pattern"));
+            }
         }
         if self.watcher.interval_ms == 0 {
             return Err("watcher.interval_ms must be at least 1".into());

@@ -10,6 +10,7 @@
 //! - [`events`], [`persist`], [`config`], [`host`], [`error`]
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod crash;
 pub mod domain;

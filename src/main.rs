@@ -1,39 +1,21 @@
 //! `metalvirtd`: the daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Parser;
-use metalvirt::config::Config;
+use metalvirt::cli::Cli;
+use metalvirt::config::{self, Config};
 use metalvirt::driver::Driver;
-use metalvirt::rpc::server::{self, RO_SOCKET, RW_SOCKET};
+use metalvirt::rpc::listen::{self, Role};
+use metalvirt::rpc::server;
+use metalvirt::rpc::tls::Gate;
 use tokio::signal::unix::{signal, SignalKind};
-
-/// Serves bare-metal servers as libvirt domains over the libvirt remote protocol.
-///
-/// With no configuration it runs the built-in SIMULATED lab (no real hardware is touched).
-#[derive(Debug, Parser)]
-#[command(name = "metalvirtd", version)]
-struct Cli {
-    /// TOML configuration file (see packaging/metalvirtd.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Number of simulated nodes in the built-in lab.
-    #[arg(long)]
-    sim_nodes: Option<usize>,
-    /// Directory for the sockets `libvirt-sock` and `libvirt-sock-ro`.
-    #[arg(long)]
-    socket_dir: Option<PathBuf>,
-    /// Directory for live state (must survive daemon restarts).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Directory for persistent domain definitions.
-    #[arg(long)]
-    config_dir: Option<PathBuf>,
-}
 
 fn main() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    let cli = Cli::parse();
     // `METALVIRT_LOG` takes directives like `info` or `warn,metalvirt::driver=debug`.
     let spec = std::env::var("METALVIRT_LOG").unwrap_or_else(|_| "info".into());
     let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
@@ -50,28 +32,15 @@ fn main() {
         .with(filter)
         .init();
     metalvirt::uptime_ns();
-    let cli = Cli::parse();
-    let mut cfg = match &cli.config {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("metalvirtd: {e}");
-                std::process::exit(2);
-            }
-        },
-        None => Config::default(),
+    let (cfg, file) = match configure(&cli) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("metalvirtd: {e}");
+            std::process::exit(if cli.check_config { 1 } else { 2 });
+        }
     };
-    if let Some(n) = cli.sim_nodes {
-        cfg.sim.nodes = n;
-    }
-    if let Some(d) = cli.socket_dir {
-        cfg.socket_dir = d;
-    }
-    if let Some(d) = cli.state_dir {
-        cfg.state_dir = d;
-    }
-    if let Some(d) = cli.config_dir {
-        cfg.config_dir = d;
+    if cli.check_config {
+        std::process::exit(check_config(&cfg, file.as_deref()));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,28 +53,125 @@ fn main() {
     }
 }
 
+/// The configuration: `--config`, else the packaged file when it exists, else the defaults
+/// (the simulated lab); then the command line's overrides.
+fn configure(cli: &Cli) -> Result<(Config, Option<PathBuf>), String> {
+    let default = Path::new(config::DEFAULT_FILE);
+    let file = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None if default.exists() => Some(default.to_path_buf()),
+        None => None,
+    };
+    let mut cfg = match &file {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(n) = cli.sim_nodes {
+        cfg.sim.nodes = n;
+        cfg.sim_lab = true;
+        cfg.nodes.clear();
+    }
+    if let Some(d) = &cli.socket_dir {
+        cfg.socket_dir = d.clone();
+        cfg.socket_dir_set = true;
+    }
+    if let Some(d) = &cli.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if let Some(d) = &cli.config_dir {
+        cfg.config_dir = d.clone();
+    }
+    cfg.apply_user_defaults(nix::unistd::getuid().as_raw());
+    cfg.listen = cli.listen;
+    Ok((cfg, file))
+}
+
+/// `--check-config`: what the daemon would refuse at start-up, without contacting any BMC
+/// or DPU. Returns the exit status.
+fn check_config(cfg: &Config, file: Option<&Path>) -> i32 {
+    let name = file
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(no configuration file: the defaults)".into());
+    let mut problems = Vec::new();
+    // The inventory is built as at start-up (password files, CA bundles, NIC pools), in a
+    // runtime that is never run: connections it would open never start.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let nodes = {
+        let _g = rt.enter();
+        match metalvirt::backend::inventory::build(cfg) {
+            Ok(n) => n.len(),
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                0
+            }
+        }
+    };
+    drop(rt);
+    let tls_used = cfg.listen && cfg.listen_tls;
+    let tls = if tls_used || cfg.resolve(&cfg.cert_file).exists() {
+        match Gate::load(cfg) {
+            Ok(_) => "certificate, key and CA valid",
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                "invalid"
+            }
+        }
+    } else {
+        "not set up (no --listen, no server certificate)"
+    };
+    if problems.is_empty() {
+        let what = if cfg.nodes.is_empty() && cfg.sim_lab {
+            format!("the simulated lab ({nodes} nodes)")
+        } else {
+            format!("{nodes} nodes")
+        };
+        println!(
+            "{name}: valid: {what}; sockets in {}; TLS: {tls}",
+            cfg.socket_dir.display()
+        );
+        0
+    } else {
+        for p in problems {
+            eprintln!("{p}");
+        }
+        1
+    }
+}
+
 async fn run(cfg: Config) -> Result<(), String> {
-    metalvirt::persist::ensure_dir(&cfg.socket_dir, 0o755)
-        .map_err(|e| format!("cannot create {}: {e}", cfg.socket_dir.display()))?;
     metalvirt::persist::ensure_dir(&cfg.state_dir, 0o700)
         .map_err(|e| format!("cannot create {}: {e}", cfg.state_dir.display()))?;
+    let activated = listen::activated_sockets()?;
+    if activated.is_empty() {
+        metalvirt::persist::ensure_dir(&cfg.socket_dir, 0o755)
+            .map_err(|e| format!("cannot create {}: {e}", cfg.socket_dir.display()))?;
+    }
     let nodes = metalvirt::backend::inventory::build(&cfg)?;
-    let rw_path = cfg.socket_dir.join(RW_SOCKET);
-    let ro_path = cfg.socket_dir.join(RO_SOCKET);
-    let rw = server::bind(&rw_path, cfg.rw_socket_mode)
-        .map_err(|e| format!("cannot listen on {}: {e}", rw_path.display()))?;
-    let ro = server::bind(&ro_path, cfg.ro_socket_mode)
-        .map_err(|e| format!("cannot listen on {}: {e}", ro_path.display()))?;
+    let listeners = listen::open_all(&cfg, activated)?;
+    let tls = if listeners.iter().any(|l| l.role == Role::Tls) {
+        Some(Arc::new(Gate::load(&cfg)?))
+    } else {
+        None
+    };
     let driver = Driver::open(cfg, nodes.clone()).await?;
     driver.start_background();
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tracing::info!(socket = %rw_path.display(), ro_socket = %ro_path.display(), domains = driver.all().len(), "ready");
-    server::serve(driver, rw, ro, vec![rw_path, ro_path], async move {
+    let places: Vec<String> = listeners.iter().map(|l| l.place.clone()).collect();
+    let domains = driver.all().len();
+    tracing::info!(listen = ?places, domains, "ready");
+    listen::notify(&format!(
+        "READY=1\nSTATUS=serving {} nodes, {domains} domains",
+        nodes.len()
+    ));
+    server::serve(driver, listeners, tls, async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        listen::notify("STOPPING=1\nSTATUS=finishing calls in flight");
     })
     .await;
     // Log out of BMC sessions (Redfish BMCs have few session slots).

@@ -1,6 +1,6 @@
 //! Builds the nodes from the configuration: the `[[node]]` inventory with each node's BMC
-//! driver, disk mapping and NIC plumbing, or the default simulated lab when there is no
-//! inventory.
+//! driver, disk mapping and NIC plumbing; with no inventory, the simulated lab (no
+//! configuration file, a `[sim]` section or `--sim-nodes`) or no nodes at all.
 //!
 //! Disks of nodes without `[node.disks]` and NICs of nodes without `[node.nics]` are the
 //! simulated lab's; every such node says so at start-up and in `virDomainGetMessages`. Nodes
@@ -23,6 +23,12 @@ use crate::config::{
 
 /// The nodes the daemon serves.
 pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
+    if cfg.nodes.is_empty() && !cfg.sim_lab {
+        tracing::warn!(
+            "no nodes configured: serving, with no server to run domains on; add [[node]] entries to the configuration (or a [sim] section for the simulated lab)"
+        );
+        return Ok(Vec::new());
+    }
     if cfg.nodes.is_empty() {
         tracing::warn!(
             nodes = cfg.sim.nodes,

@@ -19,22 +19,58 @@ use crate::protocol::types::{
 /// Frames a connection may have queued for writing before it counts as too slow.
 pub const OUT_QUEUE: usize = 2048;
 
-/// Who is on the other end of a connection (`SO_PEERCRED` on unix sockets).
+/// How a client reached the daemon.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// A unix socket.
+    #[default]
+    Unix,
+    /// The TLS listener (a verified client certificate).
+    Tls,
+    /// The plain TCP listener (`auth_tcp = "none"`): neither encrypted nor authenticated.
+    Tcp,
+}
+
+/// Who is on the other end of a connection: `SO_PEERCRED` on unix sockets, the address and
+/// the certificate's Distinguished Name on TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
+    /// How the client connected.
+    pub transport: Transport,
     /// User id, when the transport tells it.
     pub uid: Option<u32>,
     /// Process id, when the transport tells it.
     pub pid: Option<i32>,
+    /// Network address.
+    pub addr: Option<std::net::SocketAddr>,
+    /// The client certificate's Distinguished Name.
+    pub dn: Option<Arc<str>>,
+}
+
+impl Peer {
+    /// libvirt's "secure" connection: unix sockets and TLS, not plain TCP.
+    pub fn secure(&self) -> bool {
+        self.transport != Transport::Tcp
+    }
 }
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.uid, self.pid) {
-            (Some(u), Some(p)) => write!(f, "uid {u} pid {p}"),
-            (Some(u), None) => write!(f, "uid {u}"),
-            _ => f.write_str("unknown peer"),
+            (Some(u), Some(p)) => write!(f, "uid {u} pid {p}")?,
+            (Some(u), None) => write!(f, "uid {u}")?,
+            _ => {}
         }
+        match (&self.transport, self.addr) {
+            (Transport::Tls, Some(a)) => write!(f, "tls {a}")?,
+            (Transport::Tcp, Some(a)) => write!(f, "tcp {a}")?,
+            (Transport::Unix, _) if self.uid.is_none() => f.write_str("unknown peer")?,
+            _ => {}
+        }
+        if let Some(dn) = &self.dn {
+            write!(f, " dn '{dn}'")?;
+        }
+        Ok(())
     }
 }
 
@@ -212,7 +248,8 @@ pub struct ClientState {
 pub struct Client {
     /// Connection number, for logs.
     pub id: u64,
-    /// Came in on the read-only socket.
+    /// Read-only whatever the client asks: the read-only socket, or a TLS client in
+    /// `tls_readonly_dn_list`.
     pub ro_socket: bool,
     /// The process on the other end.
     pub peer: Peer,

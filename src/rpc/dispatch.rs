@@ -192,7 +192,10 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
             let a: ConnectOpenArgs = dec(args)?;
             let name = a.name.unwrap_or_default();
             let base = name.split('?').next().unwrap_or("");
-            if !matches!(base, "" | "qemu:///system" | "metal:///system") {
+            if !matches!(
+                base,
+                "" | "qemu:///system" | "metal:///system" | "qemu:///session" | "metal:///session"
+            ) {
                 return Err(VirError::new(
                     code::NO_CONNECT,
                     from::NONE,
@@ -229,7 +232,9 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
         p::CONNECT_GET_URI => ret(Str {
             s: "qemu:///system".into(),
         }),
-        p::CONNECT_IS_SECURE => ret(Int { v: 1 }),
+        p::CONNECT_IS_SECURE => ret(Int {
+            v: i32::from(c.peer.secure()),
+        }),
         p::CONNECT_GET_MAX_VCPUS => {
             let a: GetMaxVcpusArgs = dec(args)?;
             if let Some(t) = a.type_.as_deref() {

@@ -5,17 +5,18 @@
 //! the reader stops reading (libvirtd's behaviour), so a client cannot queue unbounded work.
 //! Keepalive PINGs are answered by the reader itself, so they are never stuck behind calls.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::client::{Client, Outbox, Peer};
+use super::client::{Client, Outbox, Peer, Transport};
 use super::dispatch;
+use super::listen::{Listener, Role, Socket};
+use super::tls::Gate;
 use crate::driver::Driver;
 use crate::error::VirError;
 use crate::protocol::header::{
@@ -45,44 +46,39 @@ const READ_BUF: usize = 4 * 1024;
 /// Per-connection write buffer (replies queued together go out in one write).
 const WRITE_BUF: usize = 16 * 1024;
 
-/// Socket file names inside the socket directory.
-pub const RW_SOCKET: &str = "libvirt-sock";
-/// Read-only socket.
-pub const RO_SOCKET: &str = "libvirt-sock-ro";
-
-/// Binds a unix socket, replacing a stale socket file, with the given mode.
-pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        // A live daemon would answer; a stale file from a killed one would refuse.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running daemon", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(l)
-}
-
-/// Serves both sockets until `shutdown` resolves; then removes the socket files.
+/// Serves every listener until `shutdown` resolves; then removes the socket files the daemon
+/// created and lets calls in flight finish.
 pub async fn serve(
     driver: Arc<Driver>,
-    rw: UnixListener,
-    ro: UnixListener,
-    paths: Vec<PathBuf>,
+    listeners: Vec<Listener>,
+    tls: Option<Arc<Gate>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let cfg = driver.config();
-    let all = Arc::new(Semaphore::new(cfg.max_clients));
-    let ro_only = Arc::new(Semaphore::new(cfg.max_readonly_clients));
-    let a = tokio::spawn(accept_loop(driver.clone(), rw, false, all.clone(), None));
-    let b = tokio::spawn(accept_loop(driver.clone(), ro, true, all, Some(ro_only)));
+    let slots = Slots {
+        all: Arc::new(Semaphore::new(cfg.max_clients)),
+        ro_only: Arc::new(Semaphore::new(cfg.max_readonly_clients)),
+        anonymous: Arc::new(Semaphore::new(cfg.max_anonymous_clients)),
+    };
+    let mut paths = Vec::new();
+    let mut tasks = Vec::new();
+    for l in listeners {
+        paths.extend(l.owned_path.clone());
+        let d = driver.clone();
+        let slots = slots.clone();
+        match (l.socket, l.role) {
+            (Socket::Unix(u), role) => {
+                tasks.push(tokio::spawn(accept_unix(d, u, role == Role::Ro, slots)));
+            }
+            (Socket::Inet(t), Role::Tls) => match &tls {
+                Some(g) => tasks.push(tokio::spawn(accept_net(d, t, Some(g.clone()), slots))),
+                None => tracing::error!(listen = %l.place, "TLS listener without TLS settings; not served"),
+            },
+            (Socket::Inet(t), _) => tasks.push(tokio::spawn(accept_net(d, t, None, slots))),
+        }
+    }
     // Closed connections' memory goes back to the system, in batches.
-    let trimmer = tokio::spawn(async {
+    tasks.push(tokio::spawn(async {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             if FREED_SINCE_TRIM.load(Ordering::Relaxed) < TRIM_AFTER {
@@ -94,11 +90,11 @@ pub async fn serve(
                 .unwrap_or(false);
             tracing::debug!(freed, released, "heap trimmed after connections closed");
         }
-    });
+    }));
     shutdown.await;
-    a.abort();
-    b.abort();
-    trimmer.abort();
+    for t in tasks {
+        t.abort();
+    }
     for p in paths {
         let _ = std::fs::remove_file(p);
     }
@@ -116,6 +112,16 @@ pub async fn serve(
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// Connection slots, as libvirtd's limits: every client takes one of `all`; read-only ones
+/// also one of `ro_only`; network clients one of `anonymous` until their certificate is
+/// checked.
+#[derive(Clone)]
+struct Slots {
+    all: Arc<Semaphore>,
+    ro_only: Arc<Semaphore>,
+    anonymous: Arc<Semaphore>,
+}
+
 /// Counts refused connections and logs them at most every 10 s (a flood must not flood the
 /// log too).
 #[derive(Default)]
@@ -125,7 +131,7 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn refuse(&mut self, why: &str, peer: Peer) {
+    fn refuse(&mut self, why: &str, peer: &Peer) {
         self.count += 1;
         let now = tokio::time::Instant::now();
         if self
@@ -148,18 +154,13 @@ fn peer_of(stream: &UnixStream) -> Peer {
         Ok(c) => Peer {
             uid: Some(c.uid()),
             pid: c.pid(),
+            ..Peer::default()
         },
         Err(_) => Peer::default(),
     }
 }
 
-async fn accept_loop(
-    driver: Arc<Driver>,
-    l: UnixListener,
-    ro: bool,
-    all: Arc<Semaphore>,
-    ro_only: Option<Arc<Semaphore>>,
-) {
+async fn accept_unix(driver: Arc<Driver>, l: UnixListener, ro: bool, slots: Slots) {
     let mut refusals = Refusals::default();
     loop {
         let (stream, _) = match l.accept().await {
@@ -173,24 +174,102 @@ async fn accept_loop(
         let peer = peer_of(&stream);
         // The read-only cap first: a read-only flood is refused before it touches the
         // slots read-write clients need.
-        let ro_permit = match &ro_only {
-            Some(s) => match s.clone().try_acquire_owned() {
+        let ro_permit = if ro {
+            match slots.ro_only.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    refusals.refuse("too many read-only clients (max_readonly_clients)", peer);
+                    refusals.refuse("too many read-only clients (max_readonly_clients)", &peer);
                     continue;
                 }
-            },
-            None => None,
+            }
+        } else {
+            None
         };
-        let Ok(permit) = all.clone().try_acquire_owned() else {
-            refusals.refuse("too many clients (max_clients)", peer);
+        let Ok(permit) = slots.all.clone().try_acquire_owned() else {
+            refusals.refuse("too many clients (max_clients)", &peer);
             continue;
         };
         let driver = driver.clone();
         tokio::spawn(async move {
             let (rd, wr) = stream.into_split();
             handle(driver, rd, wr, ro, peer).await;
+            drop(permit);
+            drop(ro_permit);
+        });
+    }
+}
+
+/// The TLS listener (with `gate`) or the plain TCP one.
+async fn accept_net(driver: Arc<Driver>, l: TcpListener, gate: Option<Arc<Gate>>, slots: Slots) {
+    let mut refusals = Refusals::default();
+    let transport = if gate.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    loop {
+        let (stream, addr) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut peer = Peer {
+            transport,
+            addr: Some(addr),
+            ..Peer::default()
+        };
+        // Handshakes in progress have their own, small cap, so a flood of connections that
+        // never finish one cannot hold the slots of real clients for long.
+        let Ok(anonymous) = slots.anonymous.clone().try_acquire_owned() else {
+            refusals.refuse("too many unauthenticated clients (max_anonymous_clients)", &peer);
+            continue;
+        };
+        let Ok(permit) = slots.all.clone().try_acquire_owned() else {
+            refusals.refuse("too many clients (max_clients)", &peer);
+            continue;
+        };
+        let driver = driver.clone();
+        let gate = gate.clone();
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let Some(gate) = gate else {
+                drop(anonymous);
+                let (rd, wr) = stream.into_split();
+                handle(driver, rd, wr, false, peer).await;
+                drop(permit);
+                return;
+            };
+            let (tls, who) = match gate.admit(stream, addr).await {
+                Ok(x) => x,
+                Err(r) => {
+                    tracing::warn!(
+                        addr = %addr,
+                        dn = r.dn.as_deref().unwrap_or("-"),
+                        "TLS client refused: {}",
+                        r.why
+                    );
+                    return;
+                }
+            };
+            drop(anonymous);
+            peer.dn = Some(who.dn.into());
+            let ro_permit = if who.readonly {
+                match slots.ro_only.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::warn!(peer = %peer, "too many read-only clients (max_readonly_clients); refusing");
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let (rd, wr) = tokio::io::split(tls);
+            handle(driver, rd, wr, who.readonly, peer).await;
             drop(permit);
             drop(ro_permit);
         });
@@ -372,8 +451,8 @@ where
     let write_limit = cfg.client_write_timeout();
     let (out, rx) = Outbox::new(cfg.max_client_output_bytes);
     let out = Arc::new(out);
-    let client = Arc::new(Client::new(id, ro, peer, out.clone(), driver));
     tracing::info!(client = id, ro, peer = %peer, "client connected");
+    let client = Arc::new(Client::new(id, ro, peer, out.clone(), driver));
 
     let writer = tokio::spawn(write_loop(wr, rx, out.clone(), write_limit, id));
 
@@ -508,6 +587,7 @@ where
         let d = client.driver.clone();
         tokio::spawn(async move { d.autodestroy(uuid, id).await });
     }
+    let peer = client.peer.clone();
     drop(client);
     let _ = writer.await;
     FREED_SINCE_TRIM.fetch_add(out.peak() as u64 + CONN_COST, Ordering::Relaxed);

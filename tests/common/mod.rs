@@ -108,11 +108,11 @@ impl Daemon {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/libvirt-sock")
+        self.dir.path().join("run/virtmetald-sock")
     }
 
     pub fn ro_socket(&self) -> PathBuf {
-        self.dir.path().join("run/libvirt-sock-ro")
+        self.dir.path().join("run/virtmetald-sock-ro")
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -87,13 +87,15 @@ class Daemon:
     (its keys win inside the same section); `raw` TOML text appended as is (for
     arrays of tables such as the [[node]] inventory). `env` holds extra environment
     variables for the daemon process (e.g. METALVIRT_CRASH_AT); change `self.env` before a
-    restart to start it differently on the same directories.
+    restart to start it differently on the same directories. `args` are extra command-line
+    arguments (e.g. --listen).
     """
 
-    def __init__(self, sim=None, extra="", ceph_secret=True, raw="", env=None):
+    def __init__(self, sim=None, extra="", ceph_secret=True, raw="", env=None, args=()):
         self.ceph_secret = ceph_secret
         self.raw = raw
         self.env = dict(env or {})
+        self.args = list(args)
         self.binary = os.environ.get("METALVIRTD")
         if not self.binary:
             raise DaemonError("set METALVIRTD to the path of the metalvirtd binary")
@@ -157,6 +159,7 @@ class Daemon:
                     "--socket-dir", self.path("run"),
                     "--state-dir", self.path("state"),
                     "--config-dir", self.path("etc"),
+                    *self.args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -229,11 +232,11 @@ class Daemon:
 
     @property
     def socket(self):
-        return self.path("run", "libvirt-sock")
+        return self.path("run", "virtmetald-sock")
 
     @property
     def ro_socket(self):
-        return self.path("run", "libvirt-sock-ro")
+        return self.path("run", "virtmetald-sock-ro")
 
     @property
     def uri(self):
