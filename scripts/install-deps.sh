@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(libvirt-clients libvirt-dev python3-libvirt libxml2-utils pkg-config gcc
-          openipmi ipmitool openssl curl openvswitch-switch ovn-central ovn-host)
+          openipmi ipmitool openssl curl openvswitch-switch ovn-central ovn-host
+          python3-cryptography systemd dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1165,9 +1165,56 @@ cipher_suite = 17
     }
 
     #[test]
+    fn network_listener_settings_like_libvirtd() {
+        let c = Config::from_toml("tls_port = \"16600\"\ntcp_port = 16601\n").unwrap();
+        assert_eq!((c.tls_port, c.tcp_port), (Port(16600), Port(16601)));
+        assert!(c.listen_tls && !c.listen_tcp);
+        for (text, key) in [
+            ("tls_port = \"https\"", "'https' is not a port number"),
+            ("tls_port = 0", "'0' is not a port number"),
+            ("tcp_port = 70000", "'70000' is not a port number"),
+            ("listen_tcp = true", "auth_tcp"),
+            ("auth_tcp = \"kerberos\"", "auth_tcp 'kerberos'"),
+            ("auth_tls = \"sasl\"", "auth_tls 'sasl'"),
+            ("max_anonymous_clients = 0", "max_anonymous_clients"),
+            ("listen_addr = \" \"", "listen_addr"),
+            ("tls_allowed_dn_list = [\"\"]", "tls_allowed_dn_list"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        Config::from_toml("listen_tcp = true\nauth_tcp = \"none\"\n").unwrap();
+    }
+
+    #[test]
+    fn simulated_lab_only_without_a_file_or_with_a_sim_section() {
+        assert!(Config::default().sim_lab);
+        assert!(!Config::from_toml("keepalive_count = 3\n").unwrap().sim_lab);
+        assert!(Config::from_toml("[sim]\n").unwrap().sim_lab);
+    }
+
+    #[test]
+    fn socket_dir_for_users_other_than_root() {
+        let mut c = Config::default();
+        c.apply_user_defaults(0);
+        assert_eq!(c.socket_dir, Path::new(SYSTEM_SOCKET_DIR));
+        let mut c = Config::from_toml("socket_dir = \"/srv/s\"\n").unwrap();
+        c.apply_user_defaults(1000);
+        assert_eq!(c.socket_dir, Path::new("/srv/s"));
+        if std::env::var_os("XDG_RUNTIME_DIR").is_some() || std::env::var_os("HOME").is_some() {
+            let mut c = Config::default();
+            c.apply_user_defaults(1000);
+            assert!(c.socket_dir.ends_with("libvirt"), "{}", c.socket_dir.display());
+            assert_ne!(c.socket_dir, Path::new(SYSTEM_SOCKET_DIR));
+        }
+    }
+
+    #[test]
     fn packaged_example_parses() {
         let p = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/metalvirtd.toml");
-        Config::load(Path::new(p)).unwrap();
+        let c = Config::load(Path::new(p)).unwrap();
+        // As installed it serves no servers: neither an inventory nor the simulation.
+        assert!(c.nodes.is_empty() && !c.sim_lab);
         // Its commented node inventory is valid too, once uncommented.
         let text = std::fs::read_to_string(p).unwrap();
         let from = text.find("# [[node]]").expect("an inventory example");
