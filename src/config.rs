@@ -851,7 +851,9 @@ impl Config {
             return Err("max_anonymous_clients must be at least 1".into());
         }
         if matches!(&self.listen_addr, Some(a) if a.trim().is_empty()) {
-            return Err("listen_addr must not be empty (leave it out to listen on all addresses)".into());
+            return Err(
+                "listen_addr must not be empty (leave it out to listen on all addresses)".into(),
+            );
         }
         for (key, list) in [
             ("tls_allowed_dn_list", &self.tls_allowed_dn_list),
@@ -1204,7 +1206,11 @@ cipher_suite = 17
         if std::env::var_os("XDG_RUNTIME_DIR").is_some() || std::env::var_os("HOME").is_some() {
             let mut c = Config::default();
             c.apply_user_defaults(1000);
-            assert!(c.socket_dir.ends_with("libvirt"), "{}", c.socket_dir.display());
+            assert!(
+                c.socket_dir.ends_with("libvirt"),
+                "{}",
+                c.socket_dir.display()
+            );
             assert_ne!(c.socket_dir, Path::new(SYSTEM_SOCKET_DIR));
         }
     }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::protocol::header::{frame_with, Header, REMOTE_PROGRAM};
@@ -59,7 +59,15 @@ impl Conn {
     /// Connects and opens `name` (AUTH_LIST, CONNECT_OPEN); panics when the daemon is not there.
     pub async fn open(path: &str, name: &str) -> Arc<Conn> {
         let s = UnixStream::connect(path).await.expect("connect");
-        let (mut rd, mut wr) = s.into_split();
+        Conn::open_on(s, name).await
+    }
+
+    /// Opens `name` on a connected stream (unix, TCP or TLS).
+    pub async fn open_on<S>(s: S, name: &str) -> Arc<Conn>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(s);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(async move {
@@ -139,6 +147,45 @@ impl Conn {
         }
         Ok(payload)
     }
+}
+
+/// A TLS client as libvirt's: the certificates of a libvirt pkipath (`cacert.pem`,
+/// `clientcert.pem`, `clientkey.pem` in `pki`).
+pub fn tls_client(pki: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+    let read = |f: &str| std::fs::read(pki.join(f)).map_err(|e| format!("{f}: {e}"));
+    let cfg = crate::backend::ovs::ovsdb::tls_config(
+        &read("cacert.pem")?,
+        &read("clientcert.pem")?,
+        &read("clientkey.pem")?,
+    )?;
+    Ok(tokio_rustls::TlsConnector::from(cfg))
+}
+
+/// Connects over TLS as libvirt's client does: the handshake, then the server's
+/// confirmation byte (1 = admitted).
+pub async fn tls_connect(
+    tls: &tokio_rustls::TlsConnector,
+    addr: &str,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let mut s = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)
+        .await
+        .map_err(|e| format!("{addr}: no confirmation byte: {e}"))?;
+    if b[0] != 1 {
+        return Err(format!("{addr}: server verification failed"));
+    }
+    Ok(s)
 }
 
 /// Resident memory of a process, in KiB.

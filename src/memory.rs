@@ -5,7 +5,8 @@
 //! too). The server calls it, at most every few seconds, after connections that held much
 //! memory have closed (`rpc::server`).
 //!
-//! The crate's only `unsafe`: one call into glibc with no pointer arguments.
+//! One of the crate's two audited `unsafe` uses (the other: `rpc::listen::adopt`): one call
+//! into glibc with no pointer arguments.
 #![allow(unsafe_code)]
 
 /// Returns free heap pages to the system; true when some were released.

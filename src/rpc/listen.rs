@@ -170,9 +170,8 @@ fn adopt(raw: i32) -> Result<OwnedFd, String> {
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
     fcntl(borrowed, FcntlArg::F_GETFD)
         .map_err(|e| format!("socket activation: descriptor {raw}: {e}"))?;
-    let listening =
-        nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::AcceptConn)
-            .map_err(|e| format!("socket activation: descriptor {raw} is not a socket: {e}"))?;
+    let listening = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| format!("socket activation: descriptor {raw} is not a socket: {e}"))?;
     if !listening {
         return Err(format!(
             "socket activation: descriptor {raw} is not a listening socket (Accept=no is needed)"
@@ -290,10 +289,7 @@ pub fn open_all(cfg: &Config, activated: Vec<(String, OwnedFd)>) -> Result<Vec<L
                 continue;
             }
             for l in bind_inet(cfg.listen_addr.as_deref(), port)? {
-                let place = l
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+                let place = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 out.push(Listener {
                     role,
                     socket: Socket::Inet(l),
@@ -317,7 +313,11 @@ pub fn open_all(cfg: &Config, activated: Vec<(String, OwnedFd)>) -> Result<Vec<L
                 "PLAIN TCP LISTENER: no authentication and no encryption (auth_tcp = \"none\"); anyone who can reach {} controls every server; use TLS", l.place
             );
         }
-        let how = if l.passed { "passed by systemd" } else { "bound" };
+        let how = if l.passed {
+            "passed by systemd"
+        } else {
+            "bound"
+        };
         tracing::info!(listen = %l.place, "{} ({how})", l.role.name());
     }
     Ok(out)

@@ -72,7 +72,9 @@ pub async fn serve(
             }
             (Socket::Inet(t), Role::Tls) => match &tls {
                 Some(g) => tasks.push(tokio::spawn(accept_net(d, t, Some(g.clone()), slots))),
-                None => tracing::error!(listen = %l.place, "TLS listener without TLS settings; not served"),
+                None => {
+                    tracing::error!(listen = %l.place, "TLS listener without TLS settings; not served")
+                }
             },
             (Socket::Inet(t), _) => tasks.push(tokio::spawn(accept_net(d, t, None, slots))),
         }
@@ -225,7 +227,10 @@ async fn accept_net(driver: Arc<Driver>, l: TcpListener, gate: Option<Arc<Gate>>
         // Handshakes in progress have their own, small cap, so a flood of connections that
         // never finish one cannot hold the slots of real clients for long.
         let Ok(anonymous) = slots.anonymous.clone().try_acquire_owned() else {
-            refusals.refuse("too many unauthenticated clients (max_anonymous_clients)", &peer);
+            refusals.refuse(
+                "too many unauthenticated clients (max_anonymous_clients)",
+                &peer,
+            );
             continue;
         };
         let Ok(permit) = slots.all.clone().try_acquire_owned() else {

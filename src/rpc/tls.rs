@@ -127,7 +127,10 @@ fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{key} {}: {e}", path.display()))?;
     if v.is_empty() {
-        return Err(format!("{key} {}: no PEM certificate in it", path.display()));
+        return Err(format!(
+            "{key} {}: no PEM certificate in it",
+            path.display()
+        ));
     }
     Ok(v)
 }
@@ -150,7 +153,8 @@ impl Gate {
                 .add(c.clone())
                 .map_err(|e| format!("ca_file {}: {e}", ca_path.display()))?;
         }
-        check_own_chain(&chain, &ca).map_err(|e| format!("cert_file {}: {e}", cert_path.display()))?;
+        check_own_chain(&chain, &ca)
+            .map_err(|e| format!("cert_file {}: {e}", cert_path.display()))?;
         let mut crls = Vec::new();
         if let Some(p) = &cfg.crl_file {
             let p = cfg.resolve(p);
@@ -209,13 +213,12 @@ impl Gate {
         addr: SocketAddr,
     ) -> Result<(TlsStream<TcpStream>, Admitted), Refused> {
         let refuse = |dn: Option<String>, why: String| Refused { dn, why };
-        let mut tls = match tokio::time::timeout(self.handshake_limit, self.acceptor.accept(tcp))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(refuse(None, format!("TLS handshake failed: {e}"))),
-            Err(_) => return Err(refuse(None, "TLS handshake timed out".into())),
-        };
+        let mut tls =
+            match tokio::time::timeout(self.handshake_limit, self.acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(refuse(None, format!("TLS handshake failed: {e}"))),
+                Err(_) => return Err(refuse(None, "TLS handshake timed out".into())),
+            };
         let verdict = self.check(tls.get_ref().1.peer_certificates());
         match verdict {
             Ok(a) => {
@@ -296,10 +299,9 @@ fn check_own_chain(chain: &[CertificateDer<'_>], ca: &[CertificateDer<'_>]) -> R
             .map_err(|_| format!("'{}' is not signed by '{}'", w[0].subject(), w[1].subject()))?;
     }
     let last = certs.last().expect("a non-empty chain");
-    if cas
-        .iter()
-        .any(|ca| ca.subject() == last.issuer() && last.verify_signature(Some(ca.public_key())).is_ok())
-    {
+    if cas.iter().any(|ca| {
+        ca.subject() == last.issuer() && last.verify_signature(Some(ca.public_key())).is_ok()
+    }) {
         return Ok(());
     }
     Err(format!(

@@ -224,7 +224,9 @@ impl Ovsdb {
         });
         let (out, rx) = mpsc::unbounded_channel();
         tokio::spawn(jsonstream::write_loop(w, rx));
-        tokio::spawn(Self::read_loop(r, shared.clone(), out.clone()));
+        // The reader answers echo requests through a weak sender: once this handle is
+        // dropped the writer ends and shuts the connection, which ends the reader too.
+        tokio::spawn(Self::read_loop(r, shared.clone(), out.downgrade()));
         Ovsdb {
             shared,
             out,
@@ -236,7 +238,7 @@ impl Ovsdb {
     async fn read_loop<R: AsyncRead + Unpin>(
         r: R,
         shared: Arc<Shared>,
-        out: mpsc::UnboundedSender<Vec<u8>>,
+        out: mpsc::WeakUnboundedSender<Vec<u8>>,
     ) {
         let end = jsonstream::read_values(r, |v| Self::dispatch(v, &shared, &out)).await;
         if end == jsonstream::End::Malformed {
@@ -254,12 +256,14 @@ impl Ovsdb {
         }
     }
 
-    fn dispatch(v: Value, shared: &Shared, out: &mpsc::UnboundedSender<Vec<u8>>) {
+    fn dispatch(v: Value, shared: &Shared, out: &mpsc::WeakUnboundedSender<Vec<u8>>) {
         match v.get("method").and_then(Value::as_str) {
             // Keepalive: answer with the params, as RFC 7047 §4.1.11 asks.
             Some("echo") => {
                 let reply = json!({"id": v["id"], "result": v["params"], "error": null});
-                let _ = out.send(reply.to_string().into_bytes());
+                if let Some(out) = out.upgrade() {
+                    let _ = out.send(reply.to_string().into_bytes());
+                }
             }
             Some("update") => {
                 if let (Some(f), Some(p)) = (&shared.on_update, v["params"].as_array()) {
@@ -433,6 +437,22 @@ mod tests {
             json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", "br-int"]],
                    "mutations": [["ports", "insert", ["set", [["named-uuid", "port"]]]]]}),
         ]
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_closes_the_connection() {
+        // (Found by fuzzing: the reader's own sender kept the writer, and so the
+        // connection and both tasks, alive for ever after the handle was dropped.)
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (r, w) = tokio::io::split(client);
+        let db = Ovsdb::start(r, w, Duration::from_secs(5), None);
+        drop(db);
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("the connection is shut when the handle goes")
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[tokio::test]

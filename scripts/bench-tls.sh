@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# TLS benchmark: calls/s and latency (p50/p99) of GET_LIB_VERSION and LOOKUP_BY_UUID+GET_INFO
+# over metalvirtd's TLS listener and its unix socket, and over libvirtd 9.0's TLS listener
+# (test driver), with the same client (metalvirt-bench) in the same run; plus what a new
+# connection costs (connect, TLS handshake with client certificate, confirmation byte,
+# AUTH_LIST, CONNECT_OPEN, one call, close).
+# Usage: scripts/bench_tls.sh [extra metalvirt-bench args, e.g. --secs 5 --conns 8]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for p in libvirt-daemon libvirt-clients python3-cryptography; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients python3-cryptography; break; }
+done
+BIN=${BIN:-target/release}
+[ "$BIN" = target/release ] && cargo build --release --bins -q
+LAB=$(mktemp -d /tmp/metalvirt-bench-tls.XXXXXX)
+cleanup() {
+  [ -n "${LV_PID:-}" ] && kill "$LV_PID" 2>/dev/null && wait "$LV_PID" 2>/dev/null || true
+  [ -n "${MV_PID:-}" ] && kill "$MV_PID" 2>/dev/null && wait "$MV_PID" 2>/dev/null || true
+  rm -rf "$LAB"
+}
+trap cleanup EXIT
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+/usr/bin/python3 -c 'import sys; sys.path.insert(0, "tests/python"); from pki import Pki; Pki(sys.argv[1])' "$LAB/pki"
+PKI=$LAB/pki/server
+CLIENT=$LAB/pki/clients/nova
+MV_PORT=$(free_port)
+LV_PORT=$(free_port)
+
+mkdir -p "$LAB/libvirt/nodrivers"
+cat > "$LAB/libvirt/libvirtd.conf" <<CONF
+listen_tls = 1
+listen_tcp = 0
+listen_addr = "127.0.0.1"
+tls_port = "$LV_PORT"
+key_file = "$PKI/serverkey.pem"
+cert_file = "$PKI/servercert.pem"
+ca_file = "$PKI/cacert.pem"
+auth_tls = "none"
+unix_sock_dir = "$LAB/libvirt"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+log_outputs = "3:file:$LAB/libvirt/libvirtd.log"
+CONF
+LIBVIRT_DRIVER_DIR=$LAB/libvirt/nodrivers libvirtd --listen -f "$LAB/libvirt/libvirtd.conf" >"$LAB/libvirt/stdout.log" 2>&1 &
+LV_PID=$!
+
+cat > "$LAB/metalvirtd.toml" <<CONF
+listen_addr = "127.0.0.1"
+tls_port = $MV_PORT
+key_file = "$PKI/serverkey.pem"
+cert_file = "$PKI/servercert.pem"
+ca_file = "$PKI/cacert.pem"
+[sim]
+nodes = 4
+power_latency_ms = 0
+disk_latency_ms = 0
+nic_latency_ms = 0
+CONF
+env METALVIRT_LOG=warn "$BIN/metalvirtd" --listen --config "$LAB/metalvirtd.toml" --socket-dir "$LAB/mv" \
+  --state-dir "$LAB/mv-state" --config-dir "$LAB/mv-etc" 2>"$LAB/metalvirtd.log" &
+MV_PID=$!
+for _ in $(seq 200); do
+  [ -S "$LAB/libvirt/libvirt-sock" ] && [ -S "$LAB/mv/virtmetald-sock" ] && break
+  sleep 0.05
+done
+sleep 0.3
+
+common=(--json --domains 100 --connect-rounds 200 --workloads GET_LIB_VERSION,LOOKUP_BY_UUID+GET_INFO)
+"$BIN/metalvirt-bench" "${common[@]}" --label "metalvirtd unix" --socket "$LAB/mv/virtmetald-sock" \
+  --name qemu:///system --pid "$MV_PID" "$@" > "$LAB/mv-unix.json"
+"$BIN/metalvirt-bench" "${common[@]}" --label "metalvirtd TLS" --tls "127.0.0.1:$MV_PORT" --pki "$CLIENT" \
+  --name qemu:///system --pid "$MV_PID" "$@" > "$LAB/mv-tls.json"
+"$BIN/metalvirt-bench" "${common[@]}" --label "libvirtd 9.0 TLS" --tls "127.0.0.1:$LV_PORT" --pki "$CLIENT" \
+  --name test:///default --pid "$LV_PID" "$@" > "$LAB/lv-tls.json"
+
+/usr/bin/python3 - "$LAB/mv-unix.json" "$LAB/mv-tls.json" "$LAB/lv-tls.json" <<'PY'
+import json, sys
+mu, mt, lt = (json.load(open(p)) for p in sys.argv[1:4])
+print("| workload | metalvirtd unix | metalvirtd TLS | libvirtd 9.0 TLS | metalvirtd TLS / libvirtd TLS |")
+print("|---|---:|---:|---:|---:|")
+for k in ["GET_LIB_VERSION", "LOOKUP_BY_UUID+GET_INFO"]:
+    cell = lambda r: f"{r[k]:,.0f} calls/s (p99 {r[k + '_p99_us'] / 1000:.2f} ms)"
+    print(f"| {k} | {cell(mu)} | {cell(mt)} | {cell(lt)} | {mt[k] / lt[k]:.1f}x |")
+cell = lambda r: f"{r['connect_p50_us'] / 1000:.2f} ms (p99 {r['connect_p99_us'] / 1000:.2f})"
+print(f"| new connection (p50) | {cell(mu)} | {cell(mt)} | {cell(lt)} | "
+      f"{lt['connect_p50_us'] / mt['connect_p50_us']:.1f}x faster |")
+PY
