@@ -68,23 +68,40 @@ for _ in $(seq 200); do
 done
 sleep 0.3
 
-common=(--json --domains 100 --connect-rounds 200 --workloads GET_LIB_VERSION,LOOKUP_BY_UUID+GET_INFO)
-"$BIN/metalvirt-bench" "${common[@]}" --label "metalvirtd unix" --socket "$LAB/mv/virtmetald-sock" \
-  --name qemu:///system --pid "$MV_PID" "$@" > "$LAB/mv-unix.json"
-"$BIN/metalvirt-bench" "${common[@]}" --label "metalvirtd TLS" --tls "127.0.0.1:$MV_PORT" --pki "$CLIENT" \
-  --name qemu:///system --pid "$MV_PID" "$@" > "$LAB/mv-tls.json"
-"$BIN/metalvirt-bench" "${common[@]}" --label "libvirtd 9.0 TLS" --tls "127.0.0.1:$LV_PORT" --pki "$CLIENT" \
-  --name test:///default --pid "$LV_PID" "$@" > "$LAB/lv-tls.json"
+common=(--json --domains 100 --workloads GET_LIB_VERSION,LOOKUP_BY_UUID+GET_INFO)
+# Throughput (8 connections x 4 calls in flight, or what "$@" says), then latency at rest
+# (one connection, one call at a time) and connection set-up.
+bench() { # label, json prefix, endpoint args...
+  local label=$1 out=$2; shift 2
+  "$BIN/metalvirt-bench" "${common[@]}" --label "$label" "$@" "${extra[@]}" > "$LAB/$out.json"
+  "$BIN/metalvirt-bench" "${common[@]}" --label "$label" --conns 1 --depth 1 --secs 2 \
+    --connect-rounds 200 "$@" > "$LAB/$out-1.json"
+}
+extra=("$@")
+bench "metalvirtd unix" mv-unix --socket "$LAB/mv/virtmetald-sock" --name qemu:///system --pid "$MV_PID"
+bench "metalvirtd TLS" mv-tls --tls "127.0.0.1:$MV_PORT" --pki "$CLIENT" --name qemu:///system --pid "$MV_PID"
+bench "libvirtd 9.0 TLS" lv-tls --tls "127.0.0.1:$LV_PORT" --pki "$CLIENT" --name test:///default --pid "$LV_PID"
 
-/usr/bin/python3 - "$LAB/mv-unix.json" "$LAB/mv-tls.json" "$LAB/lv-tls.json" <<'PY'
+/usr/bin/python3 - "$LAB" <<'PY'
 import json, sys
-mu, mt, lt = (json.load(open(p)) for p in sys.argv[1:4])
-print("| workload | metalvirtd unix | metalvirtd TLS | libvirtd 9.0 TLS | metalvirtd TLS / libvirtd TLS |")
+lab = sys.argv[1]
+load = lambda n: json.load(open(f"{lab}/{n}.json"))
+runs = [("mv-unix", "metalvirtd unix"), ("mv-tls", "metalvirtd TLS"), ("lv-tls", "libvirtd 9.0 TLS")]
+full = {k: load(k) for k, _ in runs}
+one = {k: load(k + "-1") for k, _ in runs}
+ms = lambda us: f"{us / 1000:.2f}"
+print("| measure | " + " | ".join(l for _, l in runs) + " | metalvirtd TLS / libvirtd TLS |")
 print("|---|---:|---:|---:|---:|")
-for k in ["GET_LIB_VERSION", "LOOKUP_BY_UUID+GET_INFO"]:
-    cell = lambda r: f"{r[k]:,.0f} calls/s (p99 {r[k + '_p99_us'] / 1000:.2f} ms)"
-    print(f"| {k} | {cell(mu)} | {cell(mt)} | {cell(lt)} | {mt[k] / lt[k]:.1f}x |")
-cell = lambda r: f"{r['connect_p50_us'] / 1000:.2f} ms (p99 {r['connect_p99_us'] / 1000:.2f})"
-print(f"| new connection (p50) | {cell(mu)} | {cell(mt)} | {cell(lt)} | "
-      f"{lt['connect_p50_us'] / mt['connect_p50_us']:.1f}x faster |")
+for w in ["GET_LIB_VERSION", "LOOKUP_BY_UUID+GET_INFO"]:
+    cells = [f"{full[k][w]:,.0f}" for k, _ in runs]
+    print(f"| {w}: calls/s, 8 conns x 4 in flight | " + " | ".join(cells) +
+          f" | {full['mv-tls'][w] / full['lv-tls'][w]:.1f}x |")
+    cells = [f"{ms(full[k][w + '_p99_us'])}" for k, _ in runs]
+    print(f"| {w}: p99 ms under that load | " + " | ".join(cells) + " | |")
+    cells = [f"{ms(one[k][w + '_p50_us'])} / {ms(one[k][w + '_p99_us'])}" for k, _ in runs]
+    print(f"| {w}: p50 / p99 ms, one call at a time | " + " | ".join(cells) +
+          f" | {one['lv-tls'][w + '_p99_us'] / one['mv-tls'][w + '_p99_us']:.1f}x lower p99 |")
+cells = [f"{ms(one[k]['connect_p50_us'])} / {ms(one[k]['connect_p99_us'])}" for k, _ in runs]
+print("| new connection p50 / p99 ms (connect, handshake, open, one call, close) | " +
+      " | ".join(cells) + f" | {one['lv-tls']['connect_p50_us'] / one['mv-tls']['connect_p50_us']:.1f}x faster |")
 PY

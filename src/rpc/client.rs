@@ -151,6 +151,11 @@ impl Outbox {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Calls taken and not yet answered.
+    pub fn calls_in_flight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
     /// A call was taken from the client.
     pub fn begin_call(&self) {
         self.inflight.fetch_add(1, Ordering::AcqRel);

@@ -389,6 +389,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = out.closed() => rx.try_recv().ok(),
         };
         let Some(first) = first else { break };
+        if rx.is_empty() && out.calls_in_flight() > 0 {
+            // Other calls of this client are running (often on this worker, right behind
+            // us): one turn of the scheduler lets their replies join this write, so a
+            // pipelining client gets one segment (one TLS record) for several replies.
+            tokio::task::yield_now().await;
+        }
         let mut next = Some(first);
         while let Some(f) = next.take() {
             if f.len() > WRITE_BUF / 2 {
