@@ -410,7 +410,7 @@ impl NicsConfig {
         let expand = |v: &[String]| -> Result<Vec<String>, String> {
             let mut out = Vec::new();
             for p in v {
-                out.extend(crate::backend::ovs::expand(p)?);
+                out.extend(expand_pattern(p)?);
             }
             Ok(out)
         };
@@ -1003,6 +1003,25 @@ impl NodeConfig {
     }
 }
 
+/// Expands a representor pattern: `pf0vf{0..15}` gives `pf0vf0` … `pf0vf15`; a name without
+/// braces is itself.
+pub fn expand_pattern(pattern: &str) -> Result<Vec<String>, String> {
+    let Some((head, rest)) = pattern.split_once('{') else {
+        return Ok(vec![pattern.to_string()]);
+    };
+    let bad = || format!("bad range in '{pattern}' (expected e.g. pf0vf{{0..15}})");
+    let (range, tail) = rest.split_once('}').ok_or_else(bad)?;
+    let (a, b) = range.split_once("..").ok_or_else(bad)?;
+    let (a, b): (u32, u32) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b || b - a >= 4096 || tail.contains('{') {
+        return Err(bad());
+    }
+    Ok((a..=b).map(|i| format!("{head}{i}{tail}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1307,5 +1326,27 @@ cipher_suite = 17
         assert!(Config::from_toml(&two)
             .unwrap_err()
             .contains("both name SPDK socket /s"));
+    }
+
+    #[test]
+    fn representor_patterns_expand_pattern() {
+        assert_eq!(
+            expand_pattern("pf0vf{0..2}").unwrap(),
+            ["pf0vf0", "pf0vf1", "pf0vf2"]
+        );
+        assert_eq!(
+            expand_pattern("en3f0pf0sf{8..9}x").unwrap(),
+            ["en3f0pf0sf8x", "en3f0pf0sf9x"]
+        );
+        assert_eq!(expand_pattern("eth7").unwrap(), ["eth7"]);
+        for bad in [
+            "pf{3..1}",
+            "pf{a..b}",
+            "pf{0..1",
+            "pf{0-3}",
+            "pf{0..1}{0..1}",
+        ] {
+            assert!(expand_pattern(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -176,19 +176,6 @@ impl VirError {
         )
     }
 
-    /// A backend failure in context (`what`: "cannot power on node-1"), with the libvirt code
-    /// its kind calls for.
-    pub fn backend(what: &str, e: &crate::backend::BackendError) -> Self {
-        use crate::backend::ErrorKind;
-        let detail = format!("{what}: {e}");
-        match e.kind {
-            ErrorKind::Auth => Self::auth_failed(&detail),
-            ErrorKind::Timeout => Self::operation_timeout(&detail),
-            ErrorKind::Unsupported => Self::operation_unsupported(&detail),
-            ErrorKind::Failed | ErrorKind::Unreachable => Self::operation_failed(&detail),
-        }
-    }
-
     /// `VIR_ERR_OPERATION_DENIED` for a mutating API on a read-only connection.
     pub fn read_only(api: &str) -> Self {
         Self::new(

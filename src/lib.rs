@@ -1,13 +1,18 @@
 //! metalvirt: bare-metal servers behind DPUs, served to libvirt clients (virsh,
 //! libvirt-python, OpenStack nova) over the libvirt remote protocol.
 //!
-//! Module map (dependencies point downwards only):
-//! - [`rpc`]: sockets, connections, dispatch (the only place driver results become wire data)
-//! - [`protocol`]: XDR, headers, procedure table, wire structs — no I/O, no domain logic
+//! Module map (dependencies point downwards only; `tests/module_layers.rs` checks it):
+//! - [`rpc`]: listeners (unix, TLS, TCP, socket activation), connections, dispatch (the only
+//!   place driver results become wire data)
+//! - [`host`]: capabilities, node info and other host descriptions
 //! - [`driver`]: registry, lifecycle state machine, hardware pipelines, recovery
+//! - [`backend`]: hardware traits and their implementations (Redfish, IPMI, SPDK, OVS/OVN, the
+//!   simulated lab); [`secrets`]: the secret store
 //! - [`domain`]: the domain XML model — pure data
-//! - [`backend`]: hardware traits and their implementations (the simulated lab today)
-//! - [`events`], [`persist`], [`config`], [`host`], [`error`]
+//! - [`protocol`]: XDR, headers, procedure table, wire structs — no I/O, no domain logic;
+//!   [`config`]: the configuration file
+//! - leaves: [`error`], [`persist`], [`events`], [`secret_value`], [`crash`], [`memory`],
+//!   [`cli`]
 
 pub mod backend;
 pub mod cli;
@@ -26,6 +31,7 @@ pub mod memory;
 pub mod persist;
 pub mod protocol;
 pub mod rpc;
+pub mod secret_value;
 pub mod secrets;
 
 use std::sync::OnceLock;

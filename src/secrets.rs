@@ -6,7 +6,6 @@
 //! is wiped when dropped.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -83,33 +82,7 @@ pub fn usage_name(t: i32) -> &'static str {
         .unwrap_or("none")
 }
 
-/// A secret value: redacted in `Debug`, zeroed when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(Vec<u8>);
-
-impl SecretValue {
-    /// Wraps bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        SecretValue(bytes)
-    }
-    /// The bytes (handed to the backend that needs them, never logged).
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<redacted {} bytes>", self.0.len())
-    }
-}
-
-impl Drop for SecretValue {
-    fn drop(&mut self) {
-        self.0.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&self.0);
-    }
-}
+pub use crate::secret_value::SecretValue;
 
 /// A secret's definition (`<secret>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,7 +285,7 @@ impl Secrets {
             };
             let value = match std::fs::read(path.with_extension("base64")) {
                 Ok(b) => match base64::engine::general_purpose::STANDARD.decode(b.trim_ascii()) {
-                    Ok(v) => Some(SecretValue(v)),
+                    Ok(v) => Some(SecretValue::new(v)),
                     Err(_) => {
                         tracing::error!(uuid = %def.uuid, "secret value file is not base64; value ignored");
                         None
@@ -470,13 +443,13 @@ impl Secrets {
 
     /// `virSecretSetValue`.
     pub async fn set_value(&self, uuid: &Uuid, value: Vec<u8>, flags: u32) -> VirResult<()> {
-        let value = SecretValue(value);
+        let value = SecretValue::new(value);
         VirError::check_flags(flags, 0, "virSecretSetValue")?;
-        if value.0.len() > VALUE_MAX {
+        if value.expose().len() > VALUE_MAX {
             // What libvirt's own client says before it would send such a value.
             return Err(VirError::rpc(&format!(
                 "value length greater than maximum: {} > {VALUE_MAX}",
-                value.0.len()
+                value.expose().len()
             )));
         }
         let _w = self.write.lock().await;
@@ -603,7 +576,7 @@ mod tests {
                 .unwrap();
         assert_eq!((v.usage_type, v.usage_id.as_str()), (usage::VOLUME, "/v/1"));
         assert_eq!(
-            format!("{:?}", SecretValue(b"AQBxyz".to_vec())),
+            format!("{:?}", SecretValue::new(b"AQBxyz".to_vec())),
             "<redacted 6 bytes>"
         );
     }

@@ -216,7 +216,7 @@ fn bmc_desc(nc: &NodeConfig) -> String {
     format!("{kind} {}", nc.bmc.address.as_deref().unwrap_or(""))
 }
 
-fn password(cfg: &Config, nc: &NodeConfig) -> Result<crate::secrets::SecretValue, String> {
+fn password(cfg: &Config, nc: &NodeConfig) -> Result<crate::secret_value::SecretValue, String> {
     let file = nc
         .bmc
         .password_file

@@ -13,6 +13,8 @@ pub mod bmc;
 pub mod inventory;
 pub mod jsonstream;
 pub mod ovs;
+#[doc(hidden)]
+pub(crate) mod scripted;
 pub mod sim;
 pub mod spdk;
 
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::secrets::SecretValue;
+use crate::secret_value::SecretValue;
 
 /// What kind of failure a backend call met; the driver maps it to a libvirt error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -113,7 +113,7 @@ impl Driver {
         let dev = parse_device(xml, false)?;
         match dev.name.as_str() {
             "interface" => devices::check_interface(&devices::interface_of(&dev))?,
-            "disk" => devices::disk_volume(&devices::disk_view(0, &dev, None)).map(drop)?,
+            "disk" => super::volumes::disk_volume(&devices::disk_view(0, &dev, None)).map(drop)?,
             _ => {}
         }
         // Prepare the config change first: it fails without side effects.
@@ -185,7 +185,7 @@ impl Driver {
                             Err(e) => {
                                 let _ = node.disks.detach(&spec.handle).await;
                                 self.journal_drop(obj, &spec.handle).await;
-                                return Err(VirError::backend(
+                                return Err(super::backend_error(
                                     &format!(
                                         "cannot map disk {} ({}) on {n}",
                                         spec.target, spec.source
@@ -222,7 +222,7 @@ impl Driver {
                     Err(e) => {
                         let _ = node.nics.unplug(&spec.handle).await;
                         self.journal_drop(obj, &spec.handle).await;
-                        return Err(VirError::backend(
+                        return Err(super::backend_error(
                             &format!("cannot plug NIC {} on {n}", spec.mac),
                             &e,
                         ));
@@ -533,7 +533,7 @@ impl Driver {
         };
         let node = self.live_node(obj)?;
         let info = node.disks.info(&handle).await.map_err(|e| {
-            VirError::backend(&format!("cannot read the size of disk {target}"), &e)
+            super::backend_error(&format!("cannot read the size of disk {target}"), &e)
         })?;
         if bytes < info.capacity {
             return Err(VirError::invalid_arg(&format!(
@@ -546,7 +546,7 @@ impl Driver {
             .disks
             .resize(&handle, bytes)
             .await
-            .map_err(|e| VirError::backend(&format!("cannot resize disk {target}"), &e))?;
+            .map_err(|e| super::backend_error(&format!("cannot resize disk {target}"), &e))?;
         crate::crash::point("resize:after");
         tracing::info!(domain = %obj.dom_ref().name, disk = %target, bytes = now, "disk resized");
         Ok(())
@@ -606,7 +606,7 @@ impl Driver {
                 .disks
                 .stats(&h)
                 .await
-                .map_err(|e| VirError::backend("cannot read disk statistics", &e))?;
+                .map_err(|e| super::backend_error("cannot read disk statistics", &e))?;
             sum.rd_req += s.rd_req;
             sum.rd_bytes += s.rd_bytes;
             sum.wr_req += s.wr_req;
@@ -639,7 +639,7 @@ impl Driver {
         node.nics
             .stats(&handle)
             .await
-            .map_err(|e| VirError::backend("cannot read interface statistics", &e))
+            .map_err(|e| super::backend_error("cannot read interface statistics", &e))
     }
 
     // ------------------------------------------------------------------ reconcile

@@ -102,7 +102,7 @@ pub(super) fn disk_spec(
             })
         }
     };
-    let volume = crate::domain::devices::disk_volume(d)?;
+    let volume = super::volumes::disk_volume(d)?;
     if let (Some(s), Some(a)) = (secrets, &auth) {
         check_secret_usage(s, &volume, a, &target)?;
     }
@@ -242,7 +242,7 @@ pub(super) fn check_devices(def: &DomainDef) -> VirResult<()> {
         .try_for_each(crate::domain::devices::check_interface)?;
     def.disks()
         .iter()
-        .try_for_each(|d| crate::domain::devices::disk_volume(d).map(drop))
+        .try_for_each(|d| super::volumes::disk_volume(d).map(drop))
 }
 
 /// Handles a live definition owns: what its journal may hold.
@@ -647,7 +647,7 @@ impl Driver {
                 Ok(dev) => set_device(journal, &spec.handle, dev),
                 Err(e) => {
                     first_err.get_or_insert_with(|| {
-                        VirError::backend(
+                        super::backend_error(
                             &format!("cannot map disk {} ({}) on {n}", spec.target, spec.source),
                             &e,
                         )
@@ -660,7 +660,7 @@ impl Driver {
                 Ok(rep) => set_device(journal, &spec.handle, rep),
                 Err(e) => {
                     first_err.get_or_insert_with(|| {
-                        VirError::backend(&format!("cannot plug NIC {} on {n}", spec.mac), &e)
+                        super::backend_error(&format!("cannot plug NIC {} on {n}", spec.mac), &e)
                     });
                 }
             }
@@ -701,13 +701,13 @@ impl Driver {
     ) -> VirResult<()> {
         let n = &node.spec.name;
         let before = node.power.state().await.map_err(|e| {
-            VirError::backend(&format!("cannot read the power state of node {n}"), &e)
+            super::backend_error(&format!("cannot read the power state of node {n}"), &e)
         })?;
         node.power
             .set_boot(&boot_request(def, node))
             .await
             .map_err(|e| {
-                VirError::backend(&format!("cannot set the boot device of node {n}"), &e)
+                super::backend_error(&format!("cannot set the boot device of node {n}"), &e)
             })?;
         journal.push(Step::PowerOn);
         status.journal = journal.clone();
@@ -722,10 +722,10 @@ impl Driver {
             tracing::warn!(node = %n, state = ?before.state, "server was already powered on; force-restarting it to boot the domain");
             node.power.restart(true).await
         };
-        on.map_err(|e| VirError::backend(&format!("cannot power on node {n}"), &e))?;
+        on.map_err(|e| super::backend_error(&format!("cannot power on node {n}"), &e))?;
         wait_power(node, PowerState::On)
             .await
-            .map_err(|e| VirError::backend(&format!("power on of node {n}"), &e))
+            .map_err(|e| super::backend_error(&format!("power on of node {n}"), &e))
     }
 
     /// `virDomainCreate(WithFlags)`.
@@ -833,8 +833,11 @@ impl Driver {
             let r = match node.power.off(true).await {
                 Ok(()) => wait_power(&node, PowerState::Off)
                     .await
-                    .map_err(|e| VirError::backend(&format!("power off of node {n}"), &e)),
-                Err(e) => Err(VirError::backend(&format!("cannot power off node {n}"), &e)),
+                    .map_err(|e| super::backend_error(&format!("power off of node {n}"), &e)),
+                Err(e) => Err(super::backend_error(
+                    &format!("cannot power off node {n}"),
+                    &e,
+                )),
             };
             if let Err(e) = r {
                 let _ = self.persist_active(obj).await;
@@ -973,7 +976,7 @@ impl Driver {
             obj.with(|s| s.power_grace_until = None);
         }
         node.power.off(false).await.map_err(|e| {
-            VirError::backend(&format!("graceful shutdown of node {}", node.spec.name), &e)
+            super::backend_error(&format!("graceful shutdown of node {}", node.spec.name), &e)
         })?;
         obj.with(|s| s.shutdown_requested = true);
         Ok(())
@@ -996,7 +999,7 @@ impl Driver {
         obj.with(|s| s.power_grace_until = Some(grace));
         node.power.restart(hard).await.map_err(|e| {
             obj.with(|s| s.power_grace_until = None);
-            VirError::backend(&format!("restart of node {}", node.spec.name), &e)
+            super::backend_error(&format!("restart of node {}", node.spec.name), &e)
         })?;
         let r = obj.dom_ref();
         self.emit(&r, EventKind::Reboot);

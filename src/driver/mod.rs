@@ -16,6 +16,7 @@ mod lifecycle;
 pub mod state;
 pub mod store;
 pub mod stored;
+pub mod volumes;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -1022,5 +1023,19 @@ impl Driver {
             }
         }
         Ok(())
+    }
+}
+
+/// The one map from a backend failure to a libvirt error, in context (`what`: "cannot power
+/// on node-1"): the code its kind calls for. Above the backends, so neither they nor
+/// `error` know of each other.
+pub(crate) fn backend_error(what: &str, e: &crate::backend::BackendError) -> VirError {
+    use crate::backend::ErrorKind;
+    let detail = format!("{what}: {e}");
+    match e.kind {
+        ErrorKind::Auth => VirError::auth_failed(&detail),
+        ErrorKind::Timeout => VirError::operation_timeout(&detail),
+        ErrorKind::Unsupported => VirError::operation_unsupported(&detail),
+        ErrorKind::Failed | ErrorKind::Unreachable => VirError::operation_failed(&detail),
     }
 }

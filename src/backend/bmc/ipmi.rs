@@ -21,7 +21,7 @@ use crate::backend::{
     BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading,
     PowerState,
 };
-use crate::secrets::SecretValue;
+use crate::secret_value::SecretValue;
 
 /// Settings of one IPMI BMC.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::secrets::SecretValue;
+use crate::secret_value::SecretValue;
 
 /// Reads a BMC password: the first line of `path`, without its line end. A file that group
 /// or others can read is used, with a warning.

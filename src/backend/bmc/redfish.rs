@@ -26,7 +26,7 @@ use crate::backend::{
     BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading,
     PowerState,
 };
-use crate::secrets::SecretValue;
+use crate::secret_value::SecretValue;
 
 /// Where the service root lives.
 const ROOT: &str = "/redfish/v1/";

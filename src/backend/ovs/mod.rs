@@ -877,34 +877,15 @@ impl Nics for OvsNics {
     }
 }
 
-/// Expands a representor pattern: `pf0vf{0..15}` gives `pf0vf0` … `pf0vf15`; a name without
-/// braces is itself.
-pub fn expand(pattern: &str) -> Result<Vec<String>, String> {
-    let Some((head, rest)) = pattern.split_once('{') else {
-        return Ok(vec![pattern.to_string()]);
-    };
-    let bad = || format!("bad range in '{pattern}' (expected e.g. pf0vf{{0..15}})");
-    let (range, tail) = rest.split_once('}').ok_or_else(bad)?;
-    let (a, b) = range.split_once("..").ok_or_else(bad)?;
-    let (a, b): (u32, u32) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if a > b || b - a >= 4096 || tail.contains('{') {
-        return Err(bad());
-    }
-    Ok((a..=b).map(|i| format!("{head}{i}{tail}")).collect())
-}
-
 /// Fuzz target: the OVSDB client and the replica NIC plumbing reads from, against a server
 /// whose every reply and notification is taken from `data` (see [`crate::fuzz`]): monitor
 /// contents and updates, transact and list_dbs results, echo.
 #[doc(hidden)]
 pub fn fuzz_replies(data: &[u8]) {
-    let script = crate::fuzz::script(data, 64);
-    crate::fuzz::runtime().block_on(async {
+    let script = crate::backend::scripted::script(data, 64);
+    crate::backend::scripted::runtime().block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(crate::fuzz::scripted_peer(server, script, |id| {
+        tokio::spawn(crate::backend::scripted::scripted_peer(server, script, |id| {
             json!({"id": id, "result": null, "error": "fuzz", "details": "no more replies"})
         }));
         let (r, w) = tokio::io::split(client);
@@ -1190,27 +1171,5 @@ mod tests {
         // The replica follows the restarted server: pf0vf0 is free, pf0vf1 taken.
         assert_eq!(n.plug(&spec(3)).await.unwrap(), "pf0vf0");
         assert_eq!(n.list().await.unwrap(), [spec(3).handle]);
-    }
-
-    #[test]
-    fn representor_patterns_expand() {
-        assert_eq!(
-            expand("pf0vf{0..2}").unwrap(),
-            ["pf0vf0", "pf0vf1", "pf0vf2"]
-        );
-        assert_eq!(
-            expand("en3f0pf0sf{8..9}x").unwrap(),
-            ["en3f0pf0sf8x", "en3f0pf0sf9x"]
-        );
-        assert_eq!(expand("eth7").unwrap(), ["eth7"]);
-        for bad in [
-            "pf{3..1}",
-            "pf{a..b}",
-            "pf{0..1",
-            "pf{0-3}",
-            "pf{0..1}{0..1}",
-        ] {
-            assert!(expand(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -866,11 +866,11 @@ impl Disks for SpdkDisks {
 /// statistics, resize, healing, tidying and unmapping must cope with whatever comes back.
 #[doc(hidden)]
 pub fn fuzz_replies(data: &[u8]) {
-    let script = crate::fuzz::script(data, 64);
+    let script = crate::backend::scripted::script(data, 64);
     let peer_script = script.clone();
     let connect: rpc::Connector = Arc::new(move || {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(crate::fuzz::scripted_peer(
+        tokio::spawn(crate::backend::scripted::scripted_peer(
             server,
             peer_script.clone(),
             |id| json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found"}}),
@@ -930,7 +930,7 @@ pub fn fuzz_replies(data: &[u8]) {
         },
         2,
     );
-    crate::fuzz::runtime().block_on(async {
+    crate::backend::scripted::runtime().block_on(async {
         // Once the script is used up every reply is "Method not found": the steps after
         // that add little, so the run ends there (short inputs run fast).
         let left = || !script.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
@@ -1255,7 +1255,7 @@ mod tests {
         vdc.auth = Some(crate::backend::DiskAuth {
             username: Some("cinder".into()),
             secret_uuid: Uuid::nil().to_string(),
-            key: Some(crate::secrets::SecretValue::new(key.to_vec())),
+            key: Some(crate::secret_value::SecretValue::new(key.to_vec())),
         });
         b.attach(&vdc).await.unwrap();
         assert_eq!(b.info(&vdc.handle).await.unwrap().capacity, 64 << 20);
@@ -1450,13 +1450,13 @@ mod tests {
         s.auth = Some(crate::backend::DiskAuth {
             username: Some("chap".into()),
             secret_uuid: Uuid::nil().to_string(),
-            key: Some(crate::secrets::SecretValue::new(b"s3cret".to_vec())),
+            key: Some(crate::secret_value::SecretValue::new(b"s3cret".to_vec())),
         });
         assert_eq!(
             iscsi_url(&s, "iqn.x:d", 1, "192.0.2.1", 3260).unwrap(),
             "iscsi://chap%s3cret@192.0.2.1:3260/iqn.x:d/1"
         );
-        s.auth.as_mut().unwrap().key = Some(crate::secrets::SecretValue::new(b"a@b".to_vec()));
+        s.auth.as_mut().unwrap().key = Some(crate::secret_value::SecretValue::new(b"a@b".to_vec()));
         let e = iscsi_url(&s, "iqn.x:d", 1, "192.0.2.1", 3260).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
         assert!(!e.msg.contains("a@b"));
