@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use uuid::Uuid;
 
-use super::state::{reason, st};
+use super::state::{st, DomainState, Paused, Running, Shutoff, Transition};
 use super::store::{Found, Phase, Status, Step};
 use super::stored::{LiveXml, StoredDef};
 use super::{DomRef, DomState, DomainObj, Driver};
@@ -24,7 +24,7 @@ use crate::backend::{DiskAuth, Volume};
 use crate::domain::def::{DomainDef, LiveInfo};
 use crate::domain::devices::{DiskDef, InterfaceDef};
 use crate::error::{VirError, VirResult};
-use crate::events::{lifecycle as ev, EventKind};
+use crate::events::EventKind;
 use crate::secrets::Secrets;
 
 /// `virDomainCreateFlags` accepted by the start APIs.
@@ -507,8 +507,8 @@ impl Driver {
             uuid: obj.uuid,
             name: name.clone(),
             id: -1,
-            state: st::SHUTOFF,
-            reason: reason::SHUTOFF_UNKNOWN,
+            state: DomainState::DEFINED.code(),
+            reason: DomainState::DEFINED.reason_code(),
             node: node.spec.name.clone(),
             phase: Phase::Starting,
             persistent,
@@ -553,21 +553,22 @@ impl Driver {
                     node: node.spec.name.clone(),
                 },
             ));
-            let (state, rsn) = if paused {
-                (st::PAUSED, reason::PAUSED_USER)
-            } else {
-                (st::RUNNING, reason::RUNNING_BOOTED)
+            // The state the run will have, recorded first (the transition itself comes
+            // below, with its events).
+            let to = match obj.with(|s| s.state()).next(Transition::Started { paused }) {
+                Ok((to, _)) => to,
+                Err(e) => return Err(VirError::internal(&e.to_string())),
             };
             status.id = id;
-            status.state = state;
-            status.reason = rsn;
+            status.state = to.code();
+            status.reason = to.reason_code();
             status.phase = Phase::Active;
             status.xml = live_def.config_xml().to_string();
             status.journal = journal.clone();
             match self.store.save_status(&status).await {
                 Ok(()) => {
                     crate::crash::point("start:active");
-                    live = Some((id, live_def, live_xml, state, rsn))
+                    live = Some((id, live_def, live_xml))
                 }
                 Err(e) => {
                     result = Err(VirError::operation_failed(&format!(
@@ -576,7 +577,7 @@ impl Driver {
                 }
             }
         }
-        let Some((id, live_def, live_xml, state, rsn)) = live else {
+        let Some((id, live_def, live_xml)) = live else {
             let err = result
                 .err()
                 .unwrap_or_else(|| VirError::internal("start not recorded"));
@@ -586,8 +587,7 @@ impl Driver {
                 tracing::error!(domain = %name, "cannot delete status: {e}");
             }
             obj.with(|s| {
-                s.state = st::SHUTOFF;
-                s.reason = reason::SHUTOFF_FAILED;
+                s.apply(Transition::StartFailed);
                 if !cleanup.is_empty() {
                     s.note(format!(
                         "cleanup after failed start left: {}",
@@ -598,9 +598,8 @@ impl Driver {
             tracing::warn!(domain = %name, "start failed and was rolled back: {err}");
             return Err(err);
         };
-        obj.with(|s| {
-            s.state = state;
-            s.reason = rsn;
+        let events = obj.with(|s| {
+            let events = s.apply(Transition::Started { paused });
             s.id = id;
             s.node = Some(node.spec.name.clone());
             s.journal = journal;
@@ -613,13 +612,11 @@ impl Driver {
             for n in notes {
                 s.note(n);
             }
+            events
         });
         self.set_id(obj, -1, id);
         let r = obj.dom_ref();
-        self.emit_lifecycle(&r, ev::STARTED, ev::STARTED_BOOTED);
-        if paused {
-            self.emit_lifecycle(&r, ev::SUSPENDED, ev::SUSPENDED_PAUSED);
-        }
+        self.emit_all(&r, &events);
         tracing::info!(domain = %name, id, node = %node.spec.name, paused, "started");
         Ok(r)
     }
@@ -813,8 +810,7 @@ impl Driver {
     pub(super) async fn stop_locked(
         &self,
         obj: &Arc<DomainObj>,
-        shutoff_reason: i32,
-        stopped_detail: i32,
+        why: Shutoff,
         power_off: bool,
     ) -> VirResult<()> {
         let (node_name, journal, name) =
@@ -825,7 +821,7 @@ impl Driver {
             .cloned()
             .ok_or_else(|| VirError::internal(&format!("domain '{name}' has no node")))?;
         // Recorded before the power goes off: a restart mid-stop finishes the stop.
-        self.persist_status(obj, Phase::Stopping, Some(shutoff_reason))
+        self.persist_status(obj, Phase::Stopping, Some(why as i32))
             .await?;
         crate::crash::point("stop:recorded");
         if power_off {
@@ -855,10 +851,9 @@ impl Driver {
         if let Err(e) = self.store.delete_status(&obj.uuid).await {
             tracing::error!(domain = %name, "cannot delete status: {e}");
         }
-        let (old_id, persistent) = obj.with(|s| {
+        let (old_id, persistent, events) = obj.with(|s| {
             let old = s.id;
-            s.state = st::SHUTOFF;
-            s.reason = shutoff_reason;
+            let events = s.apply(Transition::Stopped(why));
             s.id = -1;
             s.node = None;
             s.journal.clear();
@@ -876,14 +871,14 @@ impl Driver {
                 s.messages
                     .push(format!("cleanup after stop left: {}", errors.join("; ")));
             }
-            (old, s.persistent)
+            (old, s.persistent, events)
         });
         self.set_id(obj, old_id, -1);
         let r = obj.dom_ref();
         if !persistent {
             self.remove(obj);
         }
-        self.emit_lifecycle(&r, ev::STOPPED, stopped_detail);
+        self.emit_all(&r, &events);
         tracing::info!(domain = %name, node = %node.spec.name, "stopped");
         Ok(())
     }
@@ -896,7 +891,7 @@ impl Driver {
             if !s.active() {
                 return Err(VirError::operation_invalid("domain is not running"));
             }
-            Ok((s.state, s.node.clone()))
+            Ok((s.state().code(), s.node.clone()))
         })
     }
 
@@ -906,12 +901,11 @@ impl Driver {
         let (_job, cancelled) = obj.begin_destroy_job(self.job_wait()).await?;
         if cancelled && obj.with(|s| !s.active() && !s.removed) {
             // The start gave up and rolled back: the server is off, nothing is mapped.
-            obj.with(|s| s.reason = reason::SHUTOFF_DESTROYED);
+            obj.with(|s| s.apply(Transition::StartCancelled));
             return Ok(());
         }
         Self::check_active(obj)?;
-        self.stop_locked(obj, reason::SHUTOFF_DESTROYED, ev::STOPPED_DESTROYED, true)
-            .await
+        self.stop_locked(obj, Shutoff::Destroyed, true).await
     }
 
     /// `VIR_DOMAIN_START_AUTODESTROY`: the connection that started run `id` of a domain has
@@ -926,10 +920,7 @@ impl Driver {
         }
         let name = obj.with(|s| s.def.name().to_string());
         tracing::info!(domain = %name, "its connection closed: auto-destroying");
-        if let Err(e) = self
-            .stop_locked(&obj, reason::SHUTOFF_DESTROYED, ev::STOPPED_DESTROYED, true)
-            .await
-        {
+        if let Err(e) = self.stop_locked(&obj, Shutoff::Destroyed, true).await {
             tracing::error!(domain = %name, "auto-destroy failed: {e}");
         }
     }
@@ -955,10 +946,9 @@ impl Driver {
         if state == st::PAUSED {
             // Staged: the server is already off, so shutting down only releases the hardware.
             let r = obj.dom_ref();
-            self.emit_lifecycle(&r, ev::SHUTDOWN, ev::SHUTDOWN_FINISHED);
-            return self
-                .stop_locked(obj, reason::SHUTOFF_SHUTDOWN, ev::STOPPED_SHUTDOWN, false)
-                .await;
+            let events = obj.with(|s| s.apply(Transition::ShutdownFinished));
+            self.emit_all(&r, &events);
+            return self.stop_locked(obj, Shutoff::Shutdown, false).await;
         }
         let node = node
             .and_then(|n| self.node(&n).cloned())
@@ -1042,7 +1032,7 @@ impl Driver {
             name,
             id,
             state,
-            reason: reason::PAUSED_USER,
+            reason: obj.with(|s| s.state().reason_code()),
             node: node.spec.name.clone(),
             phase: Phase::Active,
             persistent,
@@ -1056,14 +1046,13 @@ impl Driver {
             let _ = node.power.off(true).await;
             return Err(e);
         }
-        obj.with(|s| {
-            s.state = st::RUNNING;
-            s.reason = reason::RUNNING_UNPAUSED;
+        let events = obj.with(|s| {
             s.journal = journal;
+            s.apply(Transition::Resumed)
         });
         let _ = self.persist_active(obj).await;
         let r = obj.dom_ref();
-        self.emit_lifecycle(&r, ev::RESUMED, ev::RESUMED_UNPAUSED);
+        self.emit_all(&r, &events);
         Ok(())
     }
 
@@ -1165,7 +1154,7 @@ impl Driver {
                         Ok(mut st) => {
                             tracing::warn!(domain = %st.name, node = %st.node, "live state released by the operator: undoing its run (power off, unmap)");
                             st.phase = Phase::Stopping;
-                            st.stop_reason = Some(reason::SHUTOFF_DESTROYED);
+                            st.stop_reason = Some(Shutoff::Destroyed as i32);
                             self.recover(st).await;
                         }
                         Err(why) => tracing::warn!(
@@ -1240,8 +1229,7 @@ impl Driver {
                     s.def = live_def.clone();
                     s.live_xml = Some(live_xml.clone());
                     s.persistent = s.persistent && status.persistent;
-                    s.state = status.state;
-                    s.reason = status.reason;
+                    s.apply(Transition::Recovered(recorded_state(&status)));
                     s.id = status.id;
                     s.node = Some(status.node.clone());
                     s.journal = kept.clone();
@@ -1261,13 +1249,15 @@ impl Driver {
             Phase::Starting | Phase::Stopping => {
                 let errors = self.undo(&node, &status.journal, &status.name).await;
                 let _ = self.store.delete_status(&status.uuid).await;
-                let rsn = match status.phase {
-                    Phase::Starting => reason::SHUTOFF_FAILED,
-                    _ => status.stop_reason.unwrap_or(reason::SHUTOFF_DAEMON),
+                let why = match status.phase {
+                    Phase::Starting => Shutoff::Failed,
+                    _ => status
+                        .stop_reason
+                        .map_or(Shutoff::Daemon, Shutoff::from_code),
                 };
                 if let Ok(obj) = self.lookup_uuid(&status.uuid) {
                     obj.with(|s| {
-                        s.reason = rsn;
+                        s.apply(Transition::InterruptedFinished(why));
                         if !errors.is_empty() {
                             s.messages
                                 .push(format!("recovery cleanup left: {}", errors.join("; ")));
@@ -1330,8 +1320,7 @@ impl Driver {
         tracing::error!(domain = %status.name, node = %status.node, "{note}");
         obj.with(|s| {
             s.quarantine = Some(why.to_string());
-            s.state = status.state;
-            s.reason = status.reason;
+            s.apply(Transition::Recovered(recorded_state(&status)));
             s.id = status.id;
             s.node = Some(status.node.clone());
             s.journal = status.journal.clone();
@@ -1362,8 +1351,7 @@ impl Driver {
         tracing::error!(domain = %name, "{note}");
         obj.with(|s| {
             s.quarantine = Some(why.clone());
-            s.state = st::NOSTATE;
-            s.reason = 0;
+            s.apply(Transition::Unknown);
             s.note(note);
         });
         let mut p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
@@ -1417,4 +1405,16 @@ where
             }
         }
     }
+}
+
+/// The state a status file recorded for an active run; a pair no run can be in (written by
+/// another version) reads as running or paused with the reason unknown.
+fn recorded_state(status: &Status) -> DomainState {
+    DomainState::from_codes(status.state, status.reason)
+        .filter(|s| s.is_active())
+        .unwrap_or(if status.state == st::PAUSED {
+            DomainState::Paused(Paused::Unknown)
+        } else {
+            DomainState::Running(Running::Unknown)
+        })
 }

@@ -32,7 +32,7 @@ use crate::domain::def::{DomainDef, LiveInfo};
 use crate::error::{VirError, VirResult};
 use crate::events::{DomainEvent, EventBus, EventKind};
 use crate::secrets::Secrets;
-use state::{reason, st};
+use state::{st, DomainState, Transition};
 use store::{Status, Step, Store};
 use stored::{LiveXml, StoredDef};
 
@@ -58,10 +58,8 @@ pub struct DomState {
     pub persistent: bool,
     /// Autostart marker set.
     pub autostart: bool,
-    /// `virDomainState`.
-    pub state: i32,
-    /// Reason of `state`.
-    pub reason: i32,
+    /// `virDomainState` with its reason; changed only by [`DomState::apply`].
+    state: DomainState,
     /// Id, -1 when inactive.
     pub id: i32,
     /// Bound node while active.
@@ -82,8 +80,8 @@ pub struct DomState {
     pub live_xml: Option<Arc<LiveXml>>,
     /// A restart was asked for: until then, the server reading off is not a shutdown.
     pub power_grace_until: Option<Instant>,
-    /// The BMC stopped answering the watcher; holds the reason to restore when it answers.
-    pub bmc_lost: Option<i32>,
+    /// The BMC stopped answering the watcher; holds the state to restore when it answers.
+    pub bmc_lost: Option<DomainState>,
     /// The watcher saw the server of a staged (or shut off) domain powered on (reported once).
     pub staged_seen_on: bool,
     /// Why this domain's run could not be recovered: it is left alone (see
@@ -98,8 +96,7 @@ impl DomState {
             new_def: None,
             persistent,
             autostart: false,
-            state: st::SHUTOFF,
-            reason: reason::SHUTOFF_UNKNOWN,
+            state: DomainState::DEFINED,
             id: -1,
             node: None,
             journal: Vec::new(),
@@ -143,7 +140,29 @@ impl DomState {
 
     /// Active (running or staged).
     pub fn active(&self) -> bool {
-        state::is_active(self.state)
+        self.state.is_active()
+    }
+
+    /// The state and its reason.
+    pub fn state(&self) -> DomainState {
+        self.state
+    }
+
+    /// Moves the lifecycle on (see [`state`]): the state and its reason change together, and
+    /// the events that announce the change are returned for the caller to emit once the
+    /// change is durable. A transition the table does not allow leaves the state as it is
+    /// and is logged as the bug it is.
+    pub(crate) fn apply(&mut self, t: Transition) -> Vec<state::Event> {
+        match self.state.next(t) {
+            Ok((to, events)) => {
+                self.state = to;
+                events
+            }
+            Err(e) => {
+                tracing::error!(domain = %self.def.name(), "{e}");
+                Vec::new()
+            }
+        }
     }
 
     /// The persistent definition (pending one first).
@@ -420,6 +439,13 @@ impl Driver {
         self.emit(r, EventKind::Lifecycle { event, detail });
     }
 
+    /// Emits the events a lifecycle transition returned, in order.
+    fn emit_all(&self, r: &DomRef, events: &[state::Event]) {
+        for &(event, detail) in events {
+            self.emit_lifecycle(r, event, detail);
+        }
+    }
+
     // ---------------------------------------------------------------- lookups
 
     /// Finds by uuid.
@@ -496,7 +522,8 @@ impl Driver {
         for obj in self.all() {
             let keep = obj.with(|s| {
                 let active = s.active();
-                let other = !matches!(s.state, st::RUNNING | st::PAUSED | st::SHUTOFF);
+                let code = s.state.code();
+                let other = !matches!(code, st::RUNNING | st::PAUSED | st::SHUTOFF);
                 let g_active = flags & (ACTIVE | INACTIVE) == 0
                     || (flags & ACTIVE != 0 && active)
                     || (flags & INACTIVE != 0 && !active);
@@ -504,9 +531,9 @@ impl Driver {
                     || (flags & PERSISTENT != 0 && s.persistent)
                     || (flags & TRANSIENT != 0 && !s.persistent);
                 let g_state = flags & (RUNNING | PAUSED | SHUTOFF | OTHER) == 0
-                    || (flags & RUNNING != 0 && s.state == st::RUNNING)
-                    || (flags & PAUSED != 0 && s.state == st::PAUSED)
-                    || (flags & SHUTOFF != 0 && s.state == st::SHUTOFF)
+                    || (flags & RUNNING != 0 && code == st::RUNNING)
+                    || (flags & PAUSED != 0 && code == st::PAUSED)
+                    || (flags & SHUTOFF != 0 && code == st::SHUTOFF)
                     || (flags & OTHER != 0 && other);
                 let g_ms = absent(MANAGEDSAVE, NO_MANAGEDSAVE);
                 let g_auto = flags & (AUTOSTART | NO_AUTOSTART) == 0
@@ -1003,8 +1030,8 @@ impl Driver {
                 uuid: obj.uuid,
                 name: s.def.name().to_string(),
                 id: s.id,
-                state: s.state,
-                reason: s.reason,
+                state: s.state.code(),
+                reason: s.state.reason_code(),
                 node,
                 phase,
                 persistent: s.persistent,

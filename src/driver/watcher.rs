@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-use super::state::{reason, st};
+use super::state::{st, Shutoff, Transition};
 use super::{DomainObj, Driver};
 use crate::backend::{BResult, Node, PowerReading, PowerState};
-use crate::events::lifecycle as ev;
 
 /// The schedule of one node.
 #[derive(Debug, Clone)]
@@ -36,9 +35,6 @@ pub(super) struct NodeWatch {
     /// Not polled before this.
     next_due: Instant,
 }
-
-/// `VIR_DOMAIN_PAUSED_UNKNOWN`.
-const PAUSED_UNKNOWN: i32 = 0;
 
 /// A domain's run when a reading was taken: its id and node (-1 and none: shut off).
 type Run = (i32, Option<String>);
@@ -68,7 +64,7 @@ impl Driver {
             .into_iter()
             .filter_map(|o| {
                 let (n, run) = o.with(|s| {
-                    ((s.state == st::RUNNING || s.state == st::PAUSED) && s.quarantine.is_none())
+                    (s.active() && s.quarantine.is_none())
                         .then(|| s.node.clone().map(|n| (n, (s.id, s.node.clone()))))
                         .flatten()
                 })?;
@@ -89,7 +85,7 @@ impl Driver {
             let (Ok(obj), Some(node)) = (self.lookup_uuid(&uuid), self.node(&n)) else {
                 continue;
             };
-            if obj.with(|s| s.state == st::SHUTOFF && !s.removed) {
+            if obj.with(|s| s.state().code() == st::SHUTOFF && !s.removed) {
                 bound.push((obj, node.clone(), (-1, None)));
             }
         }
@@ -158,12 +154,8 @@ impl Driver {
                     if s.removed || !s.active() || s.bmc_lost.is_some() {
                         return false;
                     }
-                    s.bmc_lost = Some(s.reason);
-                    s.reason = if s.state == st::PAUSED {
-                        PAUSED_UNKNOWN
-                    } else {
-                        reason::RUNNING_UNKNOWN
-                    };
+                    s.bmc_lost = Some(s.state());
+                    s.apply(Transition::BmcLost);
                     s.note(format!(
                         "the BMC of node {n} stopped answering; the server's power state is unknown: {e}"
                     ));
@@ -180,10 +172,10 @@ impl Driver {
         };
         let (state, back) = obj.with(|s| {
             let back = s.bmc_lost.take().map(|old| {
-                s.reason = old;
+                s.apply(Transition::BmcBack(old));
                 s.note(format!("the BMC of node {n} answers again"));
             });
-            (s.state, back.is_some())
+            (s.state().code(), back.is_some())
         });
         if back {
             tracing::info!(node = %n, "power watcher: BMC answers again");
@@ -196,21 +188,22 @@ impl Driver {
                     return;
                 }
                 let r = obj.dom_ref();
-                let (rsn, detail) = match &reading.fault {
+                let why = match &reading.fault {
                     Some(f) => {
                         tracing::warn!(domain = %r.name, node = %n, "server seen powered off with a fault: {f}");
                         obj.with(|s| {
                             s.note(format!("server of node {n} went off with a fault: {f}"))
                         });
-                        (reason::SHUTOFF_FAILED, ev::STOPPED_FAILED)
+                        Shutoff::Failed
                     }
                     None => {
                         tracing::info!(domain = %r.name, node = %n, "server seen powered off");
-                        self.emit_lifecycle(&r, ev::SHUTDOWN, ev::SHUTDOWN_FINISHED);
-                        (reason::SHUTOFF_SHUTDOWN, ev::STOPPED_SHUTDOWN)
+                        let events = obj.with(|s| s.apply(Transition::ShutdownFinished));
+                        self.emit_all(&r, &events);
+                        Shutoff::Shutdown
                     }
                 };
-                if let Err(e) = self.stop_locked(obj, rsn, detail, false).await {
+                if let Err(e) = self.stop_locked(obj, why, false).await {
                     tracing::error!(domain = %r.name, "cleanup after power off failed: {e}");
                 }
             }

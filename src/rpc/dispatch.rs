@@ -559,11 +559,9 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
         p::DOMAIN_SUSPEND => {
             let a: Dom = dec(args)?;
             let o = dom(&a.dom)?;
-            match o.with(|s| s.state) {
-                crate::driver::state::st::PAUSED => void(),
-                s if crate::driver::state::is_active(s) => {
-                    Err(unsupported_op("suspending (pausing the CPUs of)"))
-                }
+            match o.with(|s| s.state()) {
+                crate::driver::state::DomainState::Paused(_) => void(),
+                s if s.is_active() => Err(unsupported_op("suspending (pausing the CPUs of)")),
                 _ => Err(VirError::operation_invalid("domain is not running")),
             }
         }
@@ -611,7 +609,7 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
             let a: Dom = dec(args)?;
             let o = dom(&a.dom)?;
             ret(o.with(|s| DomainGetInfoRet {
-                state: s.state as u32,
+                state: s.state().code() as u32,
                 max_mem: s.def.memory_kib(),
                 memory: s.def.current_memory_kib(),
                 nr_virt_cpu: s.def.current_vcpus(),
@@ -623,8 +621,8 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
             VirError::check_flags(a.flags, 0, "virDomainGetState")?;
             let o = dom(&a.dom)?;
             ret(o.with(|s| DomainGetStateRet {
-                state: s.state,
-                reason: s.reason,
+                state: s.state().code(),
+                reason: s.state().reason_code(),
             }))
         }
         p::DOMAIN_GET_OS_TYPE => {
