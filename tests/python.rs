@@ -26,6 +26,25 @@ fn python3_libvirt_scripts() {
             .output()
             .expect("/usr/bin/python3 with python3-libvirt must be installed");
         let err = String::from_utf8_lossy(&out.stderr);
+        // unittest's verbose lines ("test_x (__main__.Class.test_x) ... ok"): every case is
+        // reported by name, and a failure names its cases, not only its script.
+        let script = s.file_name().unwrap().to_string_lossy().to_string();
+        let mut bad_cases = Vec::new();
+        // A case with a docstring has its name on the line before the verdict.
+        let mut named = String::new();
+        for line in err.lines() {
+            if line.starts_with("test") && line.contains(" (") {
+                named = line.split_whitespace().next().unwrap_or("").to_string();
+            }
+            let Some((_, verdict)) = line.rsplit_once(" ... ") else {
+                continue;
+            };
+            let name = named.as_str();
+            println!("{script}: {name} ... {verdict}");
+            if verdict.starts_with("FAIL") || verdict.starts_with("ERROR") {
+                bad_cases.push(format!("{script}: {name}"));
+            }
+        }
         println!(
             "{}: {}",
             s.display(),
@@ -40,8 +59,11 @@ fn python3_libvirt_scripts() {
                 s.display(),
                 String::from_utf8_lossy(&out.stdout)
             );
-            failed.push(s.display().to_string());
+            if bad_cases.is_empty() {
+                bad_cases.push(format!("{script} (exit status {})", out.status));
+            }
+            failed.extend(bad_cases);
         }
     }
-    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert!(failed.is_empty(), "failed cases:\n{}", failed.join("\n"));
 }
