@@ -13,6 +13,25 @@ pub enum Access {
     Write,
 }
 
+/// Which group of handlers serves a procedure (`rpc/dispatch/<area>.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    /// Connection and host: open, close, versions, capabilities, node info, features.
+    Host,
+    /// Event registration.
+    Events,
+    /// Domain lookups, lists, define, start, stop and the lifecycle.
+    Domains,
+    /// Domain queries and settings: info, XML, autostart, metadata, stats.
+    Queries,
+    /// Devices: attach, detach, update, block and interface calls.
+    Devices,
+    /// Secrets.
+    Secrets,
+    /// Impossible on bare metal: answered from [`impossible`], no handler.
+    Unsupported,
+}
+
 /// Static facts about one procedure.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcInfo {
@@ -24,10 +43,12 @@ pub struct ProcInfo {
     pub access: Access,
     /// Allowed before CONNECT_OPEN.
     pub before_open: bool,
+    /// Its handlers.
+    pub area: Area,
 }
 
 macro_rules! procs {
-    ($($name:ident = $num:literal, $api:literal, $acc:ident $(, $pre:ident)?;)*) => {
+    ($($name:ident = $num:literal, $api:literal, $acc:ident, $area:ident $(, $pre:ident)?;)*) => {
         $(
             #[allow(missing_docs)]
             pub const $name: i32 = $num;
@@ -40,6 +61,7 @@ macro_rules! procs {
                     api: $api,
                     access: Access::$acc,
                     before_open: procs!(@pre $($pre)?),
+                    area: Area::$area,
                 }),)*
                 _ => None,
             }
@@ -52,126 +74,126 @@ macro_rules! procs {
 }
 
 procs! {
-    CONNECT_OPEN = 1, "virConnectOpen", Read, pre;
-    CONNECT_CLOSE = 2, "virConnectClose", Read, pre;
-    CONNECT_GET_TYPE = 3, "virConnectGetType", Read;
-    CONNECT_GET_VERSION = 4, "virConnectGetVersion", Read;
-    CONNECT_GET_MAX_VCPUS = 5, "virConnectGetMaxVcpus", Read;
-    NODE_GET_INFO = 6, "virNodeGetInfo", Read;
-    CONNECT_GET_CAPABILITIES = 7, "virConnectGetCapabilities", Read;
-    DOMAIN_CREATE = 9, "virDomainCreate", Write;
-    DOMAIN_CREATE_XML = 10, "virDomainCreateXML", Write;
-    DOMAIN_DEFINE_XML = 11, "virDomainDefineXML", Write;
-    DOMAIN_DESTROY = 12, "virDomainDestroy", Write;
-    DOMAIN_GET_XML_DESC = 14, "virDomainGetXMLDesc", Read;
-    DOMAIN_GET_AUTOSTART = 15, "virDomainGetAutostart", Read;
-    DOMAIN_GET_INFO = 16, "virDomainGetInfo", Read;
-    DOMAIN_GET_MAX_MEMORY = 17, "virDomainGetMaxMemory", Read;
-    DOMAIN_GET_MAX_VCPUS = 18, "virDomainGetMaxVcpus", Read;
-    DOMAIN_GET_OS_TYPE = 19, "virDomainGetOSType", Read;
-    DOMAIN_GET_VCPUS = 20, "virDomainGetVcpus", Read;
-    CONNECT_LIST_DEFINED_DOMAINS = 21, "virConnectListDefinedDomains", Read;
-    DOMAIN_LOOKUP_BY_ID = 22, "virDomainLookupByID", Read;
-    DOMAIN_LOOKUP_BY_NAME = 23, "virDomainLookupByName", Read;
-    DOMAIN_LOOKUP_BY_UUID = 24, "virDomainLookupByUUID", Read;
-    CONNECT_NUM_OF_DEFINED_DOMAINS = 25, "virConnectNumOfDefinedDomains", Read;
-    DOMAIN_REBOOT = 27, "virDomainReboot", Write;
-    DOMAIN_RESUME = 28, "virDomainResume", Write;
-    DOMAIN_SET_AUTOSTART = 29, "virDomainSetAutostart", Write;
-    DOMAIN_SHUTDOWN = 33, "virDomainShutdown", Write;
-    DOMAIN_SUSPEND = 34, "virDomainSuspend", Write;
-    DOMAIN_UNDEFINE = 35, "virDomainUndefine", Write;
-    CONNECT_LIST_DOMAINS = 37, "virConnectListDomains", Read;
-    CONNECT_NUM_OF_DOMAINS = 51, "virConnectNumOfDomains", Read;
-    DOMAIN_SAVE = 55, "virDomainSave", Write;
-    CONNECT_GET_HOSTNAME = 59, "virConnectGetHostname", Write;
-    CONNECT_SUPPORTS_FEATURE = 60, "virConnectSupportsFeature", Read, pre;
-    AUTH_LIST = 66, "virConnectAuthList", Read, pre;
-    NODE_GET_CELLS_FREE_MEMORY = 101, "virNodeGetCellsFreeMemory", Read;
-    NODE_GET_FREE_MEMORY = 102, "virNodeGetFreeMemory", Read;
-    CONNECT_GET_URI = 110, "virConnectGetURI", Read;
-    DOMAIN_GET_SECURITY_LABEL = 121, "virDomainGetSecurityLabel", Read;
-    NODE_GET_SECURITY_MODEL = 122, "virNodeGetSecurityModel", Read;
-    CONNECT_IS_SECURE = 149, "virConnectIsSecure", Read;
-    DOMAIN_IS_ACTIVE = 150, "virDomainIsActive", Read;
-    DOMAIN_IS_PERSISTENT = 151, "virDomainIsPersistent", Read;
-    CONNECT_GET_LIB_VERSION = 157, "virConnectGetLibVersion", Read;
-    DOMAIN_MEMORY_STATS = 159, "virDomainMemoryStats", Read;
-    DOMAIN_GET_JOB_INFO = 163, "virDomainGetJobInfo", Read;
-    CONNECT_DOMAIN_EVENT_REGISTER_ANY = 167, "virConnectDomainEventRegisterAny", Read;
-    CONNECT_DOMAIN_EVENT_DEREGISTER_ANY = 168, "virConnectDomainEventDeregisterAny", Read;
-    DOMAIN_MANAGED_SAVE = 182, "virDomainManagedSave", Write;
-    DOMAIN_HAS_MANAGED_SAVE_IMAGE = 183, "virDomainHasManagedSaveImage", Read;
-    DOMAIN_MANAGED_SAVE_REMOVE = 184, "virDomainManagedSaveRemove", Write;
-    DOMAIN_SNAPSHOT_CREATE_XML = 185, "virDomainSnapshotCreateXML", Write;
-    DOMAIN_SNAPSHOT_NUM = 187, "virDomainSnapshotNum", Read;
-    DOMAIN_IS_UPDATED = 202, "virDomainIsUpdated", Read;
-    DOMAIN_CREATE_WITH_FLAGS = 196, "virDomainCreateWithFlags", Write;
-    CONNECT_GET_SYSINFO = 203, "virConnectGetSysinfo", Read;
-    DOMAIN_GET_STATE = 212, "virDomainGetState", Read;
-    NODE_GET_CPU_STATS = 227, "virNodeGetCPUStats", Read;
-    DOMAIN_UNDEFINE_FLAGS = 231, "virDomainUndefineFlags", Write;
-    DOMAIN_SAVE_FLAGS = 232, "virDomainSaveFlags", Write;
-    DOMAIN_DESTROY_FLAGS = 234, "virDomainDestroyFlags", Write;
-    DOMAIN_RESET = 245, "virDomainReset", Write;
-    DOMAIN_SHUTDOWN_FLAGS = 258, "virDomainShutdownFlags", Write;
-    DOMAIN_SET_METADATA = 264, "virDomainSetMetadata", Write;
-    DOMAIN_GET_METADATA = 265, "virDomainGetMetadata", Read;
-    CONNECT_LIST_ALL_DOMAINS = 273, "virConnectListAllDomains", Read;
-    NODE_GET_CPU_MAP = 293, "virNodeGetCPUMap", Read;
-    DOMAIN_GET_JOB_STATS = 298, "virDomainGetJobStats", Read;
-    CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY = 316, "virConnectDomainEventRegisterAny", Read;
-    CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY = 317, "virConnectDomainEventDeregisterAny", Read;
-    CONNECT_GET_DOMAIN_CAPABILITIES = 342, "virConnectGetDomainCapabilities", Write;
-    DOMAIN_DEFINE_XML_FLAGS = 350, "virDomainDefineXMLFlags", Write;
-    CONNECT_REGISTER_CLOSE_CALLBACK = 360, "virConnectRegisterCloseCallback", Read;
-    CONNECT_UNREGISTER_CLOSE_CALLBACK = 361, "virConnectUnregisterCloseCallback", Read;
-    DOMAIN_GET_MESSAGES = 426, "virDomainGetMessages", Read;
-    DOMAIN_ATTACH_DEVICE = 8, "virDomainAttachDevice", Write;
-    DOMAIN_DETACH_DEVICE = 13, "virDomainDetachDevice", Write;
-    DOMAIN_BLOCK_STATS = 64, "virDomainBlockStats", Read;
-    DOMAIN_INTERFACE_STATS = 65, "virDomainInterfaceStats", Read;
-    CONNECT_NUM_OF_SECRETS = 139, "virConnectNumOfSecrets", Read;
-    CONNECT_LIST_SECRETS = 140, "virConnectListSecrets", Read;
-    SECRET_LOOKUP_BY_UUID = 141, "virSecretLookupByUUID", Read;
-    SECRET_DEFINE_XML = 142, "virSecretDefineXML", Write;
-    SECRET_GET_XML_DESC = 143, "virSecretGetXMLDesc", Read;
-    SECRET_SET_VALUE = 144, "virSecretSetValue", Write;
-    SECRET_GET_VALUE = 145, "virSecretGetValue", Write;
-    SECRET_UNDEFINE = 146, "virSecretUndefine", Write;
-    SECRET_LOOKUP_BY_USAGE = 147, "virSecretLookupByUsage", Read;
-    DOMAIN_ATTACH_DEVICE_FLAGS = 160, "virDomainAttachDeviceFlags", Write;
-    DOMAIN_DETACH_DEVICE_FLAGS = 161, "virDomainDetachDeviceFlags", Write;
-    DOMAIN_UPDATE_DEVICE_FLAGS = 174, "virDomainUpdateDeviceFlags", Write;
-    DOMAIN_GET_BLOCK_INFO = 194, "virDomainGetBlockInfo", Read;
-    DOMAIN_BLOCK_STATS_FLAGS = 243, "virDomainBlockStatsFlags", Read;
-    DOMAIN_BLOCK_RESIZE = 251, "virDomainBlockResize", Write;
-    CONNECT_LIST_ALL_SECRETS = 287, "virConnectListAllSecrets", Read;
-    DOMAIN_DETACH_DEVICE_ALIAS = 392, "virDomainDetachDeviceAlias", Write;
+    CONNECT_OPEN = 1, "virConnectOpen", Read, Host, pre;
+    CONNECT_CLOSE = 2, "virConnectClose", Read, Host, pre;
+    CONNECT_GET_TYPE = 3, "virConnectGetType", Read, Host;
+    CONNECT_GET_VERSION = 4, "virConnectGetVersion", Read, Host;
+    CONNECT_GET_MAX_VCPUS = 5, "virConnectGetMaxVcpus", Read, Host;
+    NODE_GET_INFO = 6, "virNodeGetInfo", Read, Host;
+    CONNECT_GET_CAPABILITIES = 7, "virConnectGetCapabilities", Read, Host;
+    DOMAIN_CREATE = 9, "virDomainCreate", Write, Domains;
+    DOMAIN_CREATE_XML = 10, "virDomainCreateXML", Write, Domains;
+    DOMAIN_DEFINE_XML = 11, "virDomainDefineXML", Write, Domains;
+    DOMAIN_DESTROY = 12, "virDomainDestroy", Write, Domains;
+    DOMAIN_GET_XML_DESC = 14, "virDomainGetXMLDesc", Read, Queries;
+    DOMAIN_GET_AUTOSTART = 15, "virDomainGetAutostart", Read, Queries;
+    DOMAIN_GET_INFO = 16, "virDomainGetInfo", Read, Queries;
+    DOMAIN_GET_MAX_MEMORY = 17, "virDomainGetMaxMemory", Read, Queries;
+    DOMAIN_GET_MAX_VCPUS = 18, "virDomainGetMaxVcpus", Read, Queries;
+    DOMAIN_GET_OS_TYPE = 19, "virDomainGetOSType", Read, Queries;
+    DOMAIN_GET_VCPUS = 20, "virDomainGetVcpus", Read, Queries;
+    CONNECT_LIST_DEFINED_DOMAINS = 21, "virConnectListDefinedDomains", Read, Domains;
+    DOMAIN_LOOKUP_BY_ID = 22, "virDomainLookupByID", Read, Domains;
+    DOMAIN_LOOKUP_BY_NAME = 23, "virDomainLookupByName", Read, Domains;
+    DOMAIN_LOOKUP_BY_UUID = 24, "virDomainLookupByUUID", Read, Domains;
+    CONNECT_NUM_OF_DEFINED_DOMAINS = 25, "virConnectNumOfDefinedDomains", Read, Domains;
+    DOMAIN_REBOOT = 27, "virDomainReboot", Write, Domains;
+    DOMAIN_RESUME = 28, "virDomainResume", Write, Domains;
+    DOMAIN_SET_AUTOSTART = 29, "virDomainSetAutostart", Write, Queries;
+    DOMAIN_SHUTDOWN = 33, "virDomainShutdown", Write, Domains;
+    DOMAIN_SUSPEND = 34, "virDomainSuspend", Write, Domains;
+    DOMAIN_UNDEFINE = 35, "virDomainUndefine", Write, Domains;
+    CONNECT_LIST_DOMAINS = 37, "virConnectListDomains", Read, Domains;
+    CONNECT_NUM_OF_DOMAINS = 51, "virConnectNumOfDomains", Read, Domains;
+    DOMAIN_SAVE = 55, "virDomainSave", Write, Domains;
+    CONNECT_GET_HOSTNAME = 59, "virConnectGetHostname", Write, Host;
+    CONNECT_SUPPORTS_FEATURE = 60, "virConnectSupportsFeature", Read, Host, pre;
+    AUTH_LIST = 66, "virConnectAuthList", Read, Host, pre;
+    NODE_GET_CELLS_FREE_MEMORY = 101, "virNodeGetCellsFreeMemory", Read, Host;
+    NODE_GET_FREE_MEMORY = 102, "virNodeGetFreeMemory", Read, Host;
+    CONNECT_GET_URI = 110, "virConnectGetURI", Read, Host;
+    DOMAIN_GET_SECURITY_LABEL = 121, "virDomainGetSecurityLabel", Read, Secrets;
+    NODE_GET_SECURITY_MODEL = 122, "virNodeGetSecurityModel", Read, Host;
+    CONNECT_IS_SECURE = 149, "virConnectIsSecure", Read, Host;
+    DOMAIN_IS_ACTIVE = 150, "virDomainIsActive", Read, Queries;
+    DOMAIN_IS_PERSISTENT = 151, "virDomainIsPersistent", Read, Queries;
+    CONNECT_GET_LIB_VERSION = 157, "virConnectGetLibVersion", Read, Host;
+    DOMAIN_MEMORY_STATS = 159, "virDomainMemoryStats", Read, Queries;
+    DOMAIN_GET_JOB_INFO = 163, "virDomainGetJobInfo", Read, Queries;
+    CONNECT_DOMAIN_EVENT_REGISTER_ANY = 167, "virConnectDomainEventRegisterAny", Read, Events;
+    CONNECT_DOMAIN_EVENT_DEREGISTER_ANY = 168, "virConnectDomainEventDeregisterAny", Read, Events;
+    DOMAIN_MANAGED_SAVE = 182, "virDomainManagedSave", Write, Domains;
+    DOMAIN_HAS_MANAGED_SAVE_IMAGE = 183, "virDomainHasManagedSaveImage", Read, Queries;
+    DOMAIN_MANAGED_SAVE_REMOVE = 184, "virDomainManagedSaveRemove", Write, Domains;
+    DOMAIN_SNAPSHOT_CREATE_XML = 185, "virDomainSnapshotCreateXML", Write, Domains;
+    DOMAIN_SNAPSHOT_NUM = 187, "virDomainSnapshotNum", Read, Queries;
+    DOMAIN_IS_UPDATED = 202, "virDomainIsUpdated", Read, Queries;
+    DOMAIN_CREATE_WITH_FLAGS = 196, "virDomainCreateWithFlags", Write, Domains;
+    CONNECT_GET_SYSINFO = 203, "virConnectGetSysinfo", Read, Host;
+    DOMAIN_GET_STATE = 212, "virDomainGetState", Read, Queries;
+    NODE_GET_CPU_STATS = 227, "virNodeGetCPUStats", Read, Host;
+    DOMAIN_UNDEFINE_FLAGS = 231, "virDomainUndefineFlags", Write, Domains;
+    DOMAIN_SAVE_FLAGS = 232, "virDomainSaveFlags", Write, Domains;
+    DOMAIN_DESTROY_FLAGS = 234, "virDomainDestroyFlags", Write, Domains;
+    DOMAIN_RESET = 245, "virDomainReset", Write, Domains;
+    DOMAIN_SHUTDOWN_FLAGS = 258, "virDomainShutdownFlags", Write, Domains;
+    DOMAIN_SET_METADATA = 264, "virDomainSetMetadata", Write, Secrets;
+    DOMAIN_GET_METADATA = 265, "virDomainGetMetadata", Read, Secrets;
+    CONNECT_LIST_ALL_DOMAINS = 273, "virConnectListAllDomains", Read, Domains;
+    NODE_GET_CPU_MAP = 293, "virNodeGetCPUMap", Read, Host;
+    DOMAIN_GET_JOB_STATS = 298, "virDomainGetJobStats", Read, Queries;
+    CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY = 316, "virConnectDomainEventRegisterAny", Read, Events;
+    CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY = 317, "virConnectDomainEventDeregisterAny", Read, Events;
+    CONNECT_GET_DOMAIN_CAPABILITIES = 342, "virConnectGetDomainCapabilities", Write, Host;
+    DOMAIN_DEFINE_XML_FLAGS = 350, "virDomainDefineXMLFlags", Write, Domains;
+    CONNECT_REGISTER_CLOSE_CALLBACK = 360, "virConnectRegisterCloseCallback", Read, Host;
+    CONNECT_UNREGISTER_CLOSE_CALLBACK = 361, "virConnectUnregisterCloseCallback", Read, Host;
+    DOMAIN_GET_MESSAGES = 426, "virDomainGetMessages", Read, Queries;
+    DOMAIN_ATTACH_DEVICE = 8, "virDomainAttachDevice", Write, Devices;
+    DOMAIN_DETACH_DEVICE = 13, "virDomainDetachDevice", Write, Devices;
+    DOMAIN_BLOCK_STATS = 64, "virDomainBlockStats", Read, Devices;
+    DOMAIN_INTERFACE_STATS = 65, "virDomainInterfaceStats", Read, Devices;
+    CONNECT_NUM_OF_SECRETS = 139, "virConnectNumOfSecrets", Read, Secrets;
+    CONNECT_LIST_SECRETS = 140, "virConnectListSecrets", Read, Secrets;
+    SECRET_LOOKUP_BY_UUID = 141, "virSecretLookupByUUID", Read, Secrets;
+    SECRET_DEFINE_XML = 142, "virSecretDefineXML", Write, Secrets;
+    SECRET_GET_XML_DESC = 143, "virSecretGetXMLDesc", Read, Secrets;
+    SECRET_SET_VALUE = 144, "virSecretSetValue", Write, Secrets;
+    SECRET_GET_VALUE = 145, "virSecretGetValue", Write, Secrets;
+    SECRET_UNDEFINE = 146, "virSecretUndefine", Write, Secrets;
+    SECRET_LOOKUP_BY_USAGE = 147, "virSecretLookupByUsage", Read, Secrets;
+    DOMAIN_ATTACH_DEVICE_FLAGS = 160, "virDomainAttachDeviceFlags", Write, Devices;
+    DOMAIN_DETACH_DEVICE_FLAGS = 161, "virDomainDetachDeviceFlags", Write, Devices;
+    DOMAIN_UPDATE_DEVICE_FLAGS = 174, "virDomainUpdateDeviceFlags", Write, Devices;
+    DOMAIN_GET_BLOCK_INFO = 194, "virDomainGetBlockInfo", Read, Devices;
+    DOMAIN_BLOCK_STATS_FLAGS = 243, "virDomainBlockStatsFlags", Read, Devices;
+    DOMAIN_BLOCK_RESIZE = 251, "virDomainBlockResize", Write, Devices;
+    CONNECT_LIST_ALL_SECRETS = 287, "virConnectListAllSecrets", Read, Secrets;
+    DOMAIN_DETACH_DEVICE_ALIAS = 392, "virDomainDetachDeviceAlias", Write, Devices;
     // Impossible for bare metal: answered with VIR_ERR_OPERATION_UNSUPPORTED (see `impossible`).
-    DOMAIN_CORE_DUMP = 53, "virDomainCoreDump", Write;
-    DOMAIN_RESTORE = 54, "virDomainRestore", Write;
-    DOMAIN_MIGRATE_PREPARE = 61, "virDomainMigratePrepare", Write;
-    DOMAIN_MIGRATE_PERFORM = 62, "virDomainMigratePerform", Write;
-    DOMAIN_MIGRATE_FINISH = 63, "virDomainMigrateFinish", Write;
-    DOMAIN_MIGRATE_PREPARE2 = 108, "virDomainMigratePrepare2", Write;
-    DOMAIN_MIGRATE_FINISH2 = 109, "virDomainMigrateFinish2", Write;
-    DOMAIN_MIGRATE_PREPARE_TUNNEL = 148, "virDomainMigratePrepareTunnel", Write;
-    DOMAIN_MIGRATE_BEGIN3 = 213, "virDomainMigrateBegin3", Write;
-    DOMAIN_MIGRATE_PREPARE3 = 214, "virDomainMigratePrepare3", Write;
-    DOMAIN_MIGRATE_PREPARE_TUNNEL3 = 215, "virDomainMigratePrepareTunnel3", Write;
-    DOMAIN_MIGRATE_PERFORM3 = 216, "virDomainMigratePerform3", Write;
-    DOMAIN_MIGRATE_FINISH3 = 217, "virDomainMigrateFinish3", Write;
-    DOMAIN_MIGRATE_CONFIRM3 = 218, "virDomainMigrateConfirm3", Write;
-    DOMAIN_RESTORE_FLAGS = 233, "virDomainRestoreFlags", Write;
-    DOMAIN_MIGRATE_BEGIN3_PARAMS = 302, "virDomainMigrateBegin3Params", Write;
-    DOMAIN_MIGRATE_PREPARE3_PARAMS = 303, "virDomainMigratePrepare3Params", Write;
-    DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS = 304, "virDomainMigratePrepareTunnel3Params", Write;
-    DOMAIN_MIGRATE_PERFORM3_PARAMS = 305, "virDomainMigratePerform3Params", Write;
-    DOMAIN_MIGRATE_FINISH3_PARAMS = 306, "virDomainMigrateFinish3Params", Write;
-    DOMAIN_MIGRATE_CONFIRM3_PARAMS = 307, "virDomainMigrateConfirm3Params", Write;
-    DOMAIN_SAVE_PARAMS = 440, "virDomainSaveParams", Write;
-    DOMAIN_RESTORE_PARAMS = 441, "virDomainRestoreParams", Write;
+    DOMAIN_CORE_DUMP = 53, "virDomainCoreDump", Write, Unsupported;
+    DOMAIN_RESTORE = 54, "virDomainRestore", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE = 61, "virDomainMigratePrepare", Write, Unsupported;
+    DOMAIN_MIGRATE_PERFORM = 62, "virDomainMigratePerform", Write, Unsupported;
+    DOMAIN_MIGRATE_FINISH = 63, "virDomainMigrateFinish", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE2 = 108, "virDomainMigratePrepare2", Write, Unsupported;
+    DOMAIN_MIGRATE_FINISH2 = 109, "virDomainMigrateFinish2", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE_TUNNEL = 148, "virDomainMigratePrepareTunnel", Write, Unsupported;
+    DOMAIN_MIGRATE_BEGIN3 = 213, "virDomainMigrateBegin3", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE3 = 214, "virDomainMigratePrepare3", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE_TUNNEL3 = 215, "virDomainMigratePrepareTunnel3", Write, Unsupported;
+    DOMAIN_MIGRATE_PERFORM3 = 216, "virDomainMigratePerform3", Write, Unsupported;
+    DOMAIN_MIGRATE_FINISH3 = 217, "virDomainMigrateFinish3", Write, Unsupported;
+    DOMAIN_MIGRATE_CONFIRM3 = 218, "virDomainMigrateConfirm3", Write, Unsupported;
+    DOMAIN_RESTORE_FLAGS = 233, "virDomainRestoreFlags", Write, Unsupported;
+    DOMAIN_MIGRATE_BEGIN3_PARAMS = 302, "virDomainMigrateBegin3Params", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE3_PARAMS = 303, "virDomainMigratePrepare3Params", Write, Unsupported;
+    DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS = 304, "virDomainMigratePrepareTunnel3Params", Write, Unsupported;
+    DOMAIN_MIGRATE_PERFORM3_PARAMS = 305, "virDomainMigratePerform3Params", Write, Unsupported;
+    DOMAIN_MIGRATE_FINISH3_PARAMS = 306, "virDomainMigrateFinish3Params", Write, Unsupported;
+    DOMAIN_MIGRATE_CONFIRM3_PARAMS = 307, "virDomainMigrateConfirm3Params", Write, Unsupported;
+    DOMAIN_SAVE_PARAMS = 440, "virDomainSaveParams", Write, Unsupported;
+    DOMAIN_RESTORE_PARAMS = 441, "virDomainRestoreParams", Write, Unsupported;
 }
 
 /// Procedures a bare-metal server cannot do at all, with what to say: answered with

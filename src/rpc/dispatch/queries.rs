@@ -1,0 +1,202 @@
+//! Domain queries and settings: info, state, XML, autostart, metadata, messages, statistics.
+
+use super::*;
+
+pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
+    let d = &c.driver;
+    let dom =
+        |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };
+    match proc_ {
+        // ---------------------------------------------------------------- domain queries
+        p::DOMAIN_GET_XML_DESC => {
+            let a: DomFlags = dec(args)?;
+            if c.with(|s| s.readonly) && a.flags & (1 | 8) != 0 {
+                return Err(VirError::new(
+                    code::OPERATION_DENIED,
+                    from::DOMAIN,
+                    "operation forbidden: virDomainGetXMLDesc with secure flag",
+                ));
+            }
+            let o = dom(&a.dom)?;
+            text(d.xml_desc(&o, a.flags)?)
+        }
+        p::DOMAIN_GET_INFO => {
+            let a: Dom = dec(args)?;
+            let o = dom(&a.dom)?;
+            ret(o.with(|s| DomainGetInfoRet {
+                state: s.state().code() as u32,
+                max_mem: s.def.memory_kib(),
+                memory: s.def.current_memory_kib(),
+                nr_virt_cpu: s.def.current_vcpus(),
+                cpu_time: 0,
+            }))
+        }
+        p::DOMAIN_GET_STATE => {
+            let a: DomFlags = dec(args)?;
+            VirError::check_flags(a.flags, 0, "virDomainGetState")?;
+            let o = dom(&a.dom)?;
+            ret(o.with(|s| DomainGetStateRet {
+                state: s.state().code(),
+                reason: s.state().reason_code(),
+            }))
+        }
+        p::DOMAIN_GET_OS_TYPE => {
+            let a: Dom = dec(args)?;
+            let o = dom(&a.dom)?;
+            ret(Str {
+                s: o.with(|s| s.def.os_type().to_string()),
+            })
+        }
+        p::DOMAIN_GET_MAX_MEMORY => {
+            let a: Dom = dec(args)?;
+            let o = dom(&a.dom)?;
+            ret(U64 {
+                v: o.with(|s| s.def.memory_kib()),
+            })
+        }
+        p::DOMAIN_GET_MAX_VCPUS => {
+            let a: Dom = dec(args)?;
+            let o = dom(&a.dom)?;
+            o.with(|s| {
+                if !s.active() {
+                    return Err(VirError::operation_invalid("domain is not running"));
+                }
+                Ok(Int {
+                    v: s.def.max_vcpus() as i32,
+                })
+            })
+            .map(|v| to_bytes(&v))
+        }
+        p::DOMAIN_GET_VCPUS => {
+            let a: DomainGetVcpusArgs = dec(args)?;
+            let o = dom(&a.dom)?;
+            if a.maxinfo < 0 || a.maplen < 0 || a.maxinfo > 16384 || a.maplen > 2048 {
+                return Err(VirError::rpc("maxinfo or maplen out of range"));
+            }
+            let (active, n, node) = o.with(|s| (s.active(), s.def.current_vcpus(), s.node.clone()));
+            if !active {
+                return Err(VirError::operation_invalid(
+                    "cannot list vcpus for an inactive domain",
+                ));
+            }
+            let first = node.map(|n| host::first_cpu_of(d, &n)).unwrap_or(0);
+            let count = (n as i32).min(a.maxinfo);
+            let mut info = Vec::new();
+            let mut maps = vec![0u8; (count * a.maplen) as usize];
+            for i in 0..count {
+                let cpu = first + i as u32;
+                info.push(VcpuInfo {
+                    number: i as u32,
+                    state: 1,
+                    cpu_time: 0,
+                    cpu: cpu as i32,
+                });
+                let byte = (cpu / 8) as i32;
+                if byte < a.maplen {
+                    maps[(i * a.maplen + byte) as usize] |= 1 << (cpu % 8);
+                }
+            }
+            ret(DomainGetVcpusRet {
+                info,
+                cpumaps: Opaque(maps),
+            })
+        }
+        p::DOMAIN_GET_AUTOSTART => {
+            let a: Dom = dec(args)?;
+            ret(Int {
+                v: i32::from(dom(&a.dom)?.with(|s| s.autostart)),
+            })
+        }
+        p::DOMAIN_SET_AUTOSTART => {
+            let a: DomainSetAutostartArgs = dec(args)?;
+            d.set_autostart(&dom(&a.dom)?, a.autostart != 0).await?;
+            void()
+        }
+        p::DOMAIN_IS_ACTIVE => {
+            let a: Dom = dec(args)?;
+            ret(Int {
+                v: i32::from(dom(&a.dom)?.with(|s| s.active())),
+            })
+        }
+        p::DOMAIN_IS_UPDATED => {
+            let a: Dom = dec(args)?;
+            ret(Int {
+                v: i32::from(dom(&a.dom)?.with(|s| s.active() && s.updated)),
+            })
+        }
+        p::DOMAIN_IS_PERSISTENT => {
+            let a: Dom = dec(args)?;
+            ret(Int {
+                v: i32::from(dom(&a.dom)?.with(|s| s.persistent)),
+            })
+        }
+        p::DOMAIN_HAS_MANAGED_SAVE_IMAGE => {
+            let a: DomFlags = dec(args)?;
+            dom(&a.dom)?;
+            ret(Int { v: 0 })
+        }
+        p::DOMAIN_SNAPSHOT_NUM => {
+            let a: DomFlags = dec(args)?;
+            dom(&a.dom)?;
+            ret(Int { v: 0 })
+        }
+        p::DOMAIN_GET_JOB_INFO => {
+            let a: Dom = dec(args)?;
+            let o = dom(&a.dom)?;
+            if !o.with(|s| s.active()) {
+                return Err(VirError::operation_invalid("domain is not running"));
+            }
+            ret(DomainGetJobInfoRet::default())
+        }
+        p::DOMAIN_GET_JOB_STATS => {
+            let a: DomFlags = dec(args)?;
+            dom(&a.dom)?;
+            ret(DomainGetJobStatsRet {
+                type_: 0,
+                params: vec![],
+            })
+        }
+        p::DOMAIN_GET_MESSAGES => {
+            let a: DomFlags = dec(args)?;
+            VirError::check_flags(a.flags, 3, "virDomainGetMessages")?;
+            let o = dom(&a.dom)?;
+            let (mut msgs, node) = o.with(|s| (s.messages.clone(), s.node.clone()));
+            if let Some(n) = node.and_then(|n| d.nodes().iter().find(|x| x.spec.name == n)) {
+                let sim = n.spec.simulated;
+                let note = if sim.all() {
+                    Some(format!(
+                        "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
+                        n.spec.name
+                    ))
+                } else {
+                    sim.sentence()
+                        .map(|s| format!("runs on {} ({}): its {s}", n.spec.name, n.spec.bmc_desc))
+                };
+                if let Some(note) = note {
+                    msgs.insert(0, note);
+                }
+            }
+            ret(DomainGetMessagesRet { msgs })
+        }
+        p::DOMAIN_MEMORY_STATS => {
+            let a: DomainMemoryStatsArgs = dec(args)?;
+            VirError::check_flags(a.flags, 0, "virDomainMemoryStats")?;
+            let o = dom(&a.dom)?;
+            if !o.with(|s| s.active()) {
+                return Err(VirError::operation_invalid("domain is not running"));
+            }
+            // Bare metal has no balloon: report the actual (installed = defined) memory only.
+            let actual = o.with(|s| s.def.current_memory_kib());
+            let stats: Vec<(i32, u64)> = vec![(6, actual)];
+            let mut w = Vec::new();
+            let n = stats.len().min(a.max_stats as usize);
+            (n as u32).encode(&mut w);
+            for (tag, val) in stats.into_iter().take(n) {
+                tag.encode(&mut w);
+                val.encode(&mut w);
+            }
+            Ok(w)
+        }
+        _ => Err(unhandled(proc_)),
+    }
+}
