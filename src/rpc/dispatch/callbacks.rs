@@ -3,9 +3,6 @@
 use super::*;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
-    let d = &c.driver;
-    let dom =
-        |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };
     match proc_ {
         // ---------------------------------------------------------------- events
         p::CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY => {
@@ -17,7 +14,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                 )));
             }
             let filter = match a.dom {
-                Some(w) => Some(dom(&w)?.uuid),
+                Some(w) => Some(dom(c, &w)?.uuid),
                 None => None,
             };
             let id = c.with(|s| {

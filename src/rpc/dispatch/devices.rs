@@ -4,50 +4,48 @@ use super::*;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
-    let dom =
-        |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };
     match proc_ {
         // ---------------------------------------------------------------- devices
         p::DOMAIN_ATTACH_DEVICE => {
             // libvirt's legacy call means "the running domain".
             let a: DomXml = dec(args)?;
-            d.attach_device(&dom(&a.dom)?, &a.xml, 1).await?;
+            d.attach_device(&dom(c, &a.dom)?, &a.xml, 1).await?;
             void()
         }
         p::DOMAIN_ATTACH_DEVICE_FLAGS => {
             let a: DomXmlFlags = dec(args)?;
-            d.attach_device(&dom(&a.dom)?, &a.xml, a.flags).await?;
+            d.attach_device(&dom(c, &a.dom)?, &a.xml, a.flags).await?;
             void()
         }
         p::DOMAIN_DETACH_DEVICE => {
             let a: DomXml = dec(args)?;
-            d.detach_device(&dom(&a.dom)?, &a.xml, 1).await?;
+            d.detach_device(&dom(c, &a.dom)?, &a.xml, 1).await?;
             void()
         }
         p::DOMAIN_DETACH_DEVICE_FLAGS => {
             let a: DomXmlFlags = dec(args)?;
-            d.detach_device(&dom(&a.dom)?, &a.xml, a.flags).await?;
+            d.detach_device(&dom(c, &a.dom)?, &a.xml, a.flags).await?;
             void()
         }
         p::DOMAIN_DETACH_DEVICE_ALIAS => {
             let a: DomainDetachDeviceAliasArgs = dec(args)?;
-            d.detach_alias(&dom(&a.dom)?, &a.alias, a.flags).await?;
+            d.detach_alias(&dom(c, &a.dom)?, &a.alias, a.flags).await?;
             void()
         }
         p::DOMAIN_UPDATE_DEVICE_FLAGS => {
             let a: DomXmlFlags = dec(args)?;
-            d.update_device(&dom(&a.dom)?, &a.xml, a.flags).await?;
+            d.update_device(&dom(c, &a.dom)?, &a.xml, a.flags).await?;
             void()
         }
         p::DOMAIN_BLOCK_RESIZE => {
             let a: DomainBlockResizeArgs = dec(args)?;
-            d.block_resize(&dom(&a.dom)?, &a.disk, a.size, a.flags)
+            d.block_resize(&dom(c, &a.dom)?, &a.disk, a.size, a.flags)
                 .await?;
             void()
         }
         p::DOMAIN_GET_BLOCK_INFO => {
             let a: DomainGetBlockInfoArgs = dec(args)?;
-            let i = d.block_info(&dom(&a.dom)?, &a.path, a.flags).await?;
+            let i = d.block_info(&dom(c, &a.dom)?, &a.path, a.flags).await?;
             ret(DomainGetBlockInfoRet {
                 allocation: i.allocation,
                 capacity: i.capacity,
@@ -56,7 +54,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_BLOCK_STATS => {
             let a: DomainBlockStatsArgs = dec(args)?;
-            let s = d.block_stats(&dom(&a.dom)?, &a.path).await?;
+            let s = d.block_stats(&dom(c, &a.dom)?, &a.path).await?;
             ret(DomainBlockStatsRet {
                 rd_req: s.rd_req,
                 rd_bytes: s.rd_bytes,
@@ -75,7 +73,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                     "nparams in virDomainBlockStatsFlags must be greater than or equal to 0",
                 ));
             }
-            let s = d.block_stats(&dom(&a.dom)?, &a.path).await?;
+            let s = d.block_stats(&dom(c, &a.dom)?, &a.path).await?;
             // libvirt's QEMU driver's fields, in its order (no "errs").
             let all = [
                 ("wr_bytes", s.wr_bytes),
@@ -103,7 +101,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_INTERFACE_STATS => {
             let a: DomainInterfaceStatsArgs = dec(args)?;
-            let s = d.interface_stats(&dom(&a.dom)?, &a.device).await?;
+            let s = d.interface_stats(&dom(c, &a.dom)?, &a.device).await?;
             ret(DomainInterfaceStatsRet {
                 rx_bytes: s.rx_bytes,
                 rx_packets: s.rx_packets,

@@ -4,8 +4,6 @@ use super::*;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
-    let dom =
-        |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };
     match proc_ {
         // ---------------------------------------------------------------- lookups, lists
         p::DOMAIN_LOOKUP_BY_NAME => {
@@ -90,63 +88,63 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_CREATE => {
             let a: Dom = dec(args)?;
-            d.create(&dom(&a.dom)?, 0).await?;
+            d.create(&dom(c, &a.dom)?, 0).await?;
             void()
         }
         p::DOMAIN_CREATE_WITH_FLAGS => {
             let a: DomFlags = dec(args)?;
-            let r = d.create(&dom(&a.dom)?, a.flags).await?;
+            let r = d.create(&dom(c, &a.dom)?, a.flags).await?;
             remember_autodestroy(c, a.flags, &r);
             ret(Dom { dom: wire(&r) })
         }
         p::DOMAIN_DESTROY => {
             let a: Dom = dec(args)?;
-            d.destroy(&dom(&a.dom)?, 0).await?;
+            d.destroy(&dom(c, &a.dom)?, 0).await?;
             void()
         }
         p::DOMAIN_DESTROY_FLAGS => {
             let a: DomFlags = dec(args)?;
-            d.destroy(&dom(&a.dom)?, a.flags).await?;
+            d.destroy(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
         p::DOMAIN_SHUTDOWN => {
             let a: Dom = dec(args)?;
-            d.shutdown(&dom(&a.dom)?, 0).await?;
+            d.shutdown(&dom(c, &a.dom)?, 0).await?;
             void()
         }
         p::DOMAIN_SHUTDOWN_FLAGS => {
             let a: DomFlags = dec(args)?;
-            d.shutdown(&dom(&a.dom)?, a.flags).await?;
+            d.shutdown(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
         p::DOMAIN_REBOOT => {
             let a: DomFlags = dec(args)?;
-            d.reboot(&dom(&a.dom)?, a.flags).await?;
+            d.reboot(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
         p::DOMAIN_RESET => {
             let a: DomFlags = dec(args)?;
-            d.reset(&dom(&a.dom)?, a.flags).await?;
+            d.reset(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
         p::DOMAIN_RESUME => {
             let a: Dom = dec(args)?;
-            d.resume(&dom(&a.dom)?).await?;
+            d.resume(&dom(c, &a.dom)?).await?;
             void()
         }
         p::DOMAIN_UNDEFINE => {
             let a: Dom = dec(args)?;
-            d.undefine(&dom(&a.dom)?, 0).await?;
+            d.undefine(&dom(c, &a.dom)?, 0).await?;
             void()
         }
         p::DOMAIN_UNDEFINE_FLAGS => {
             let a: DomFlags = dec(args)?;
-            d.undefine(&dom(&a.dom)?, a.flags).await?;
+            d.undefine(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
         p::DOMAIN_SUSPEND => {
             let a: Dom = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             match o.with(|s| s.state()) {
                 crate::driver::state::DomainState::Paused(_) => void(),
                 s if s.is_active() => Err(unsupported_op("suspending (pausing the CPUs of)")),
@@ -155,27 +153,27 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_SAVE => {
             let a: DomainSaveArgs = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             Err(unsupported_op("saving the memory state"))
         }
         p::DOMAIN_SAVE_FLAGS => {
             let a: DomainSaveFlagsArgs = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             Err(unsupported_op("saving the memory state"))
         }
         p::DOMAIN_MANAGED_SAVE => {
             let a: DomFlags = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             Err(unsupported_op("managed save of the memory state"))
         }
         p::DOMAIN_SNAPSHOT_CREATE_XML => {
             let a: DomainSnapshotCreateXmlArgs = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             Err(unsupported_op("a snapshot"))
         }
         p::DOMAIN_MANAGED_SAVE_REMOVE => {
             let a: DomFlags = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             VirError::check_flags(a.flags, 0, "virDomainManagedSaveRemove")?;
             void()
         }

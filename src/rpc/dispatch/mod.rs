@@ -91,6 +91,12 @@ fn api_arg(msg: &str) -> VirError {
 }
 
 /// An internal error as libvirtd's RPC layer raises it (code 1, domain RPC).
+/// The domain a call names (by uuid, its name for the error), as every domain handler
+/// looks it up.
+fn dom(c: &Client, w: &Domain) -> VirResult<Arc<DomainObj>> {
+    c.driver.get(&Uuid::from_bytes(w.uuid), &w.name)
+}
+
 /// The answer for a procedure its area has no handler for (a table bug: the table test
 /// walks every procedure to its area), the same as libvirtd's for an unknown procedure.
 fn unhandled(proc_: i32) -> VirError {

@@ -4,8 +4,6 @@ use super::*;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
-    let dom =
-        |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };
     match proc_ {
         // ---------------------------------------------------------------- domain queries
         p::DOMAIN_GET_XML_DESC => {
@@ -17,12 +15,12 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                     "operation forbidden: virDomainGetXMLDesc with secure flag",
                 ));
             }
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             text(d.xml_desc(&o, a.flags)?)
         }
         p::DOMAIN_GET_INFO => {
             let a: Dom = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             ret(o.with(|s| DomainGetInfoRet {
                 state: s.state().code() as u32,
                 max_mem: s.def.memory_kib(),
@@ -34,7 +32,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::DOMAIN_GET_STATE => {
             let a: DomFlags = dec(args)?;
             VirError::check_flags(a.flags, 0, "virDomainGetState")?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             ret(o.with(|s| DomainGetStateRet {
                 state: s.state().code(),
                 reason: s.state().reason_code(),
@@ -42,21 +40,21 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_GET_OS_TYPE => {
             let a: Dom = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             ret(Str {
                 s: o.with(|s| s.def.os_type().to_string()),
             })
         }
         p::DOMAIN_GET_MAX_MEMORY => {
             let a: Dom = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             ret(U64 {
                 v: o.with(|s| s.def.memory_kib()),
             })
         }
         p::DOMAIN_GET_MAX_VCPUS => {
             let a: Dom = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             o.with(|s| {
                 if !s.active() {
                     return Err(VirError::operation_invalid("domain is not running"));
@@ -69,7 +67,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_GET_VCPUS => {
             let a: DomainGetVcpusArgs = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             if a.maxinfo < 0 || a.maplen < 0 || a.maxinfo > 16384 || a.maplen > 2048 {
                 return Err(VirError::rpc("maxinfo or maplen out of range"));
             }
@@ -104,45 +102,45 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::DOMAIN_GET_AUTOSTART => {
             let a: Dom = dec(args)?;
             ret(Int {
-                v: i32::from(dom(&a.dom)?.with(|s| s.autostart)),
+                v: i32::from(dom(c, &a.dom)?.with(|s| s.autostart)),
             })
         }
         p::DOMAIN_SET_AUTOSTART => {
             let a: DomainSetAutostartArgs = dec(args)?;
-            d.set_autostart(&dom(&a.dom)?, a.autostart != 0).await?;
+            d.set_autostart(&dom(c, &a.dom)?, a.autostart != 0).await?;
             void()
         }
         p::DOMAIN_IS_ACTIVE => {
             let a: Dom = dec(args)?;
             ret(Int {
-                v: i32::from(dom(&a.dom)?.with(|s| s.active())),
+                v: i32::from(dom(c, &a.dom)?.with(|s| s.active())),
             })
         }
         p::DOMAIN_IS_UPDATED => {
             let a: Dom = dec(args)?;
             ret(Int {
-                v: i32::from(dom(&a.dom)?.with(|s| s.active() && s.updated)),
+                v: i32::from(dom(c, &a.dom)?.with(|s| s.active() && s.updated)),
             })
         }
         p::DOMAIN_IS_PERSISTENT => {
             let a: Dom = dec(args)?;
             ret(Int {
-                v: i32::from(dom(&a.dom)?.with(|s| s.persistent)),
+                v: i32::from(dom(c, &a.dom)?.with(|s| s.persistent)),
             })
         }
         p::DOMAIN_HAS_MANAGED_SAVE_IMAGE => {
             let a: DomFlags = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             ret(Int { v: 0 })
         }
         p::DOMAIN_SNAPSHOT_NUM => {
             let a: DomFlags = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             ret(Int { v: 0 })
         }
         p::DOMAIN_GET_JOB_INFO => {
             let a: Dom = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             if !o.with(|s| s.active()) {
                 return Err(VirError::operation_invalid("domain is not running"));
             }
@@ -150,7 +148,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_GET_JOB_STATS => {
             let a: DomFlags = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             ret(DomainGetJobStatsRet {
                 type_: 0,
                 params: vec![],
@@ -159,7 +157,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::DOMAIN_GET_MESSAGES => {
             let a: DomFlags = dec(args)?;
             VirError::check_flags(a.flags, 3, "virDomainGetMessages")?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             let (mut msgs, node) = o.with(|s| (s.messages.clone(), s.node.clone()));
             if let Some(n) = node.and_then(|n| d.nodes().iter().find(|x| x.spec.name == n)) {
                 let sim = n.spec.simulated;
@@ -181,7 +179,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::DOMAIN_MEMORY_STATS => {
             let a: DomainMemoryStatsArgs = dec(args)?;
             VirError::check_flags(a.flags, 0, "virDomainMemoryStats")?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             if !o.with(|s| s.active()) {
                 return Err(VirError::operation_invalid("domain is not running"));
             }

@@ -4,8 +4,6 @@ use super::*;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
-    let dom =
-        |w: &Domain| -> VirResult<Arc<DomainObj>> { d.get(&Uuid::from_bytes(w.uuid), &w.name) };
     match proc_ {
         // ---------------------------------------------------------------- secrets
         p::SECRET_DEFINE_XML => {
@@ -84,7 +82,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_GET_SECURITY_LABEL => {
             let a: Dom = dec(args)?;
-            dom(&a.dom)?;
+            dom(c, &a.dom)?;
             ret(DomainGetSecurityLabelRet {
                 label: CharArray(String::new()),
                 enforcing: 0,
@@ -93,7 +91,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::DOMAIN_GET_METADATA => {
             let a: DomainGetMetadataArgs = dec(args)?;
             VirError::check_flags(a.flags, 3, "virDomainGetMetadata")?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             let def = d.def_for(&o, a.flags)?.tree()?;
             let v = match (a.type_, a.uri) {
                 (0 | 1, Some(_)) => {
@@ -115,7 +113,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_SET_METADATA => {
             let a: DomainSetMetadataArgs = dec(args)?;
-            let o = dom(&a.dom)?;
+            let o = dom(c, &a.dom)?;
             d.set_metadata(
                 &o,
                 a.type_,
