@@ -13,6 +13,7 @@
 mod deflog;
 mod devices;
 mod lifecycle;
+mod queries;
 pub mod state;
 pub mod store;
 pub mod stored;

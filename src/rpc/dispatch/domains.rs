@@ -144,12 +144,8 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
         p::DOMAIN_SUSPEND => {
             let a: Dom = dec(args)?;
-            let o = dom(c, &a.dom)?;
-            match o.with(|s| s.state()) {
-                crate::driver::state::DomainState::Paused(_) => void(),
-                s if s.is_active() => Err(unsupported_op("suspending (pausing the CPUs of)")),
-                _ => Err(VirError::operation_invalid("domain is not running")),
-            }
+            d.suspend(&dom(c, &a.dom)?)?;
+            void()
         }
         p::DOMAIN_SAVE => {
             let a: DomainSaveArgs = dec(args)?;

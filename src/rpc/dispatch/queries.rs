@@ -71,12 +71,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             if a.maxinfo < 0 || a.maplen < 0 || a.maxinfo > 16384 || a.maplen > 2048 {
                 return Err(VirError::rpc("maxinfo or maplen out of range"));
             }
-            let (active, n, node) = o.with(|s| (s.active(), s.def.current_vcpus(), s.node.clone()));
-            if !active {
-                return Err(VirError::operation_invalid(
-                    "cannot list vcpus for an inactive domain",
-                ));
-            }
+            let (n, node) = d.vcpus(&o)?;
             let first = node.map(|n| host::first_cpu_of(d, &n)).unwrap_or(0);
             let count = (n as i32).min(a.maxinfo);
             let mut info = Vec::new();
@@ -158,34 +153,13 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             let a: DomFlags = dec(args)?;
             VirError::check_flags(a.flags, 3, "virDomainGetMessages")?;
             let o = dom(c, &a.dom)?;
-            let (mut msgs, node) = o.with(|s| (s.messages.clone(), s.node.clone()));
-            if let Some(n) = node.and_then(|n| d.nodes().iter().find(|x| x.spec.name == n)) {
-                let sim = n.spec.simulated;
-                let note = if sim.all() {
-                    Some(format!(
-                        "runs on {} of the SIMULATED lab: no real server is powered, no disk or NIC is really mapped",
-                        n.spec.name
-                    ))
-                } else {
-                    sim.sentence()
-                        .map(|s| format!("runs on {} ({}): its {s}", n.spec.name, n.spec.bmc_desc))
-                };
-                if let Some(note) = note {
-                    msgs.insert(0, note);
-                }
-            }
+            let msgs = d.messages(&o);
             ret(DomainGetMessagesRet { msgs })
         }
         p::DOMAIN_MEMORY_STATS => {
             let a: DomainMemoryStatsArgs = dec(args)?;
             VirError::check_flags(a.flags, 0, "virDomainMemoryStats")?;
-            let o = dom(c, &a.dom)?;
-            if !o.with(|s| s.active()) {
-                return Err(VirError::operation_invalid("domain is not running"));
-            }
-            // Bare metal has no balloon: report the actual (installed = defined) memory only.
-            let actual = o.with(|s| s.def.current_memory_kib());
-            let stats: Vec<(i32, u64)> = vec![(6, actual)];
+            let stats = d.memory_stats(&dom(c, &a.dom)?)?;
             let mut w = Vec::new();
             let n = stats.len().min(a.max_stats as usize);
             (n as u32).encode(&mut w);
