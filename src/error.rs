@@ -68,8 +68,9 @@ impl std::error::Error for VirError {}
 pub type VirResult<T> = Result<T, VirError>;
 
 impl VirError {
-    /// An error with an explicit code, domain and finished message.
-    pub fn new(code: i32, domain: i32, message: impl Into<String>) -> Self {
+    /// An error with an explicit code, domain and finished message. Private: every
+    /// message the daemon sends is composed by one of the named constructors below.
+    fn new(code: i32, domain: i32, message: impl Into<String>) -> Self {
         VirError {
             code,
             domain,
@@ -263,6 +264,67 @@ impl VirError {
         )
     }
 
+    /// The same error reported by another `virErrorDomain` (libvirt raises e.g. secret
+    /// errors from `VIR_FROM_SECRET`, API argument checks from `VIR_FROM_DOMAIN`).
+    pub fn in_domain(mut self, domain: i32) -> Self {
+        self.domain = domain;
+        self
+    }
+
+    /// `VIR_ERR_INVALID_ARG` raised by a public API's argument check (`virCheckNonNull…`):
+    /// no prefix, the message names the argument and the API.
+    pub fn api_arg(msg: &str) -> Self {
+        Self::new(code::INVALID_ARG, from::DOMAIN, msg)
+    }
+
+    /// `VIR_ERR_INVALID_ARG` for a metadata type outside `virDomainMetadataType`.
+    pub fn unknown_metadata_type(kind: impl fmt::Display) -> Self {
+        Self::invalid_arg(&format!("unknown metadata type '{kind}'")).in_domain(from::DOMAIN)
+    }
+
+    /// `VIR_ERR_INTERNAL_ERROR` from the RPC layer. Only for what libvirtd's RPC layer
+    /// itself refuses (a connection opened twice, callbacks it does not track): nova reads
+    /// this combination as a broken connection.
+    pub fn rpc_internal(detail: &str) -> Self {
+        Self::internal(detail).in_domain(from::RPC)
+    }
+
+    /// `VIR_ERR_NO_CONNECT`: no driver serves the URI a client opened.
+    pub fn no_connect(uri: &str) -> Self {
+        Self::new(
+            code::NO_CONNECT,
+            from::NONE,
+            format!("no connection driver available for {uri}"),
+        )
+    }
+
+    /// `VIR_ERR_OPERATION_DENIED` for something other than read-only access.
+    pub fn operation_denied(detail: &str) -> Self {
+        Self::new(
+            code::OPERATION_DENIED,
+            from::DOMAIN,
+            format!("operation forbidden: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_XML_ERROR` for a document the RNG schema rejects (`--validate`).
+    pub fn schema_invalid(detail: &str) -> Self {
+        Self::new(
+            code::XML_ERROR,
+            from::DOMAIN,
+            format!("XML document failed to validate against schema: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_OVERFLOW`.
+    pub fn overflow(detail: &str) -> Self {
+        Self::new(
+            code::OVERFLOW,
+            from::QEMU,
+            format!("numerical overflow: {detail}"),
+        )
+    }
+
     /// Checks that `flags` has no bits outside `allowed`.
     pub fn check_flags(flags: u32, allowed: u32, api: &str) -> VirResult<()> {
         if flags & !allowed != 0 {
@@ -293,5 +355,33 @@ mod tests {
             "unsupported flags (0x4) in function virDomainDestroyFlags"
         );
         assert!(VirError::check_flags(1, 3, "x").is_ok());
+    }
+
+    #[test]
+    fn another_error_domain_keeps_code_and_message() {
+        let e = VirError::internal("cannot change private flag").in_domain(from::SECRET);
+        assert_eq!(
+            (e.code, e.domain, e.message.as_str()),
+            (
+                code::INTERNAL_ERROR,
+                from::SECRET,
+                "internal error: cannot change private flag"
+            )
+        );
+        let e = VirError::rpc_internal("connection already open");
+        assert_eq!((e.code, e.domain), (code::INTERNAL_ERROR, from::RPC));
+        let e = VirError::unknown_metadata_type(7);
+        assert_eq!(
+            (e.code, e.domain, e.message.as_str()),
+            (
+                code::INVALID_ARG,
+                from::DOMAIN,
+                "invalid argument: unknown metadata type '7'"
+            )
+        );
+        assert_eq!(
+            VirError::api_arg("uri must be NULL").message,
+            "uri must be NULL"
+        );
     }
 }

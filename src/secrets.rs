@@ -13,7 +13,7 @@ use base64::Engine as _;
 use uuid::Uuid;
 
 use crate::domain::tree::Element;
-use crate::error::{code, from, VirError, VirResult};
+use crate::error::{from, VirError, VirResult};
 use crate::persist;
 
 /// Largest secret value (`REMOTE_SECRET_VALUE_MAX`).
@@ -113,11 +113,12 @@ pub struct SecretRef {
 }
 
 fn xml_err(detail: &str) -> VirError {
-    VirError::new(
-        code::XML_ERROR,
-        from::SECRET,
-        format!("XML error: {detail}"),
-    )
+    VirError::xml(detail).in_domain(from::SECRET)
+}
+
+/// libvirt's secret driver reports its own refusals as internal errors.
+fn secret_internal(detail: &str) -> VirError {
+    VirError::internal(detail).in_domain(from::SECRET)
 }
 
 fn yes_no(el: &Element, attr: &str) -> VirResult<bool> {
@@ -133,26 +134,19 @@ impl SecretDef {
     pub fn parse(xml: &str) -> VirResult<SecretDef> {
         let root = Element::parse(xml).map_err(|e| xml_err(&e.to_string()))?;
         if root.name != "secret" {
-            return Err(VirError::new(
-                code::XML_ERROR,
-                from::XML,
-                format!(
-                    "XML error: expecting root element of 'secret', not '{}'",
-                    root.name
-                ),
-            ));
+            return Err(VirError::xml(&format!(
+                "expecting root element of 'secret', not '{}'",
+                root.name
+            ))
+            .in_domain(from::XML));
         }
         let ephemeral = yes_no(&root, "ephemeral")?;
         let private = yes_no(&root, "private")?;
         let uuid = match root.child("uuid").map(|u| u.text()) {
             None => Uuid::new_v4(),
-            Some(t) => Uuid::parse_str(t.trim()).map_err(|_| {
-                VirError::new(
-                    code::INTERNAL_ERROR,
-                    from::SECRET,
-                    "internal error: malformed uuid element",
-                )
-            })?,
+            Some(t) => {
+                Uuid::parse_str(t.trim()).map_err(|_| secret_internal("malformed uuid element"))?
+            }
         };
         let description = root.child("description").map(|d| d.text());
         let (usage_type, usage_id) = match root.child("usage") {
@@ -163,25 +157,14 @@ impl SecretDef {
                 Some(ty) => {
                     let (t, _, elem, missing) =
                         USAGES.iter().find(|(_, n, _, _)| *n == ty).ok_or_else(|| {
-                            VirError::new(
-                                code::CONFIG_UNSUPPORTED,
-                                from::SECRET,
-                                format!(
-                                    "unsupported configuration: unknown secret usage type {ty}"
-                                ),
-                            )
+                            VirError::config_unsupported(&format!("unknown secret usage type {ty}"))
+                                .in_domain(from::SECRET)
                         })?;
                     let id = u
                         .child(elem)
                         .map(|e| e.text().trim().to_string())
                         .filter(|s| !s.is_empty())
-                        .ok_or_else(|| {
-                            VirError::new(
-                                code::INTERNAL_ERROR,
-                                from::SECRET,
-                                format!("internal error: {missing}"),
-                            )
-                        })?;
+                        .ok_or_else(|| secret_internal(missing))?;
                     (*t, id)
                 }
             },
@@ -253,11 +236,7 @@ fn no_uuid(uuid: &Uuid) -> VirError {
 }
 
 fn io_err(what: &str, e: std::io::Error) -> VirError {
-    VirError::new(
-        code::OPERATION_FAILED,
-        from::SECRET,
-        format!("operation failed: {what}: {e}"),
-    )
+    VirError::operation_failed(&format!("{what}: {e}")).in_domain(from::SECRET)
 }
 
 impl Secrets {
@@ -363,34 +342,24 @@ impl Secrets {
                         && e.def.usage_type == def.usage_type
                         && e.def.usage_id == def.usage_id
                 }) {
-                    return Err(VirError::new(
-                        code::INTERNAL_ERROR,
-                        from::SECRET,
-                        format!(
-                            "internal error: a secret with UUID {} already defined for use with {}",
-                            other.def.uuid, def.usage_id
-                        ),
-                    ));
+                    return Err(secret_internal(&format!(
+                        "a secret with UUID {} already defined for use with {}",
+                        other.def.uuid, def.usage_id
+                    )));
                 }
             }
             let Some(cur) = m.get(&def.uuid) else {
                 return Ok(None);
             };
             if cur.def.usage_id != def.usage_id {
-                return Err(VirError::new(
-                    code::INTERNAL_ERROR,
-                    from::SECRET,
-                    format!(
-                        "internal error: a secret with UUID {} is already defined for use with {}",
-                        def.uuid, cur.def.usage_id
-                    ),
-                ));
+                return Err(secret_internal(&format!(
+                    "a secret with UUID {} is already defined for use with {}",
+                    def.uuid, cur.def.usage_id
+                )));
             }
             if cur.def.private && !def.private {
-                return Err(VirError::new(
-                    code::INTERNAL_ERROR,
-                    from::SECRET,
-                    "internal error: cannot change private flag on existing secret",
+                return Err(secret_internal(
+                    "cannot change private flag on existing secret",
                 ));
             }
             Ok(Some(cur.def.clone()))
@@ -539,6 +508,7 @@ pub type SharedSecrets = Arc<Secrets>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
 
     const CEPH: &str = "<secret ephemeral='no' private='no'><uuid>2a3b4c5d-0000-4000-8000-000000000001</uuid>\
         <description>ceph key</description><usage type='ceph'><name>client.cinder secret</name></usage></secret>";

@@ -76,14 +76,10 @@ pub fn parse_device(xml: &str, keep_aliases: bool) -> VirResult<Element> {
     // A device sits under <domain><devices>: the whole domain stays within the limits.
     let mut el = Element::parse_at(xml, 3).map_err(|e| VirError::xml(&e.to_string()))?;
     if !is_device_name(&el.name) {
-        return Err(VirError::new(
-            crate::error::code::CONFIG_UNSUPPORTED,
-            crate::error::from::DOMAIN,
-            format!(
-                "unsupported configuration: unknown device type '{}'",
-                el.name
-            ),
-        ));
+        return Err(
+            VirError::config_unsupported(&format!("unknown device type '{}'", el.name))
+                .in_domain(crate::error::from::DOMAIN),
+        );
     }
     normalize_device(&mut el, keep_aliases).map_err(|e| VirError::xml(&e.to_string()))?;
     if el.name == "interface" {

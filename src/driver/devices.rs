@@ -505,14 +505,7 @@ impl Driver {
             size
         } else {
             size.checked_mul(1024).ok_or_else(|| {
-                VirError::new(
-                    crate::error::code::OVERFLOW,
-                    crate::error::from::QEMU,
-                    format!(
-                        "numerical overflow: size must be less than {}",
-                        u64::MAX / 1024
-                    ),
-                )
+                VirError::overflow(&format!("size must be less than {}", u64::MAX / 1024))
             })?
         };
         let _job = obj

@@ -594,13 +594,8 @@ impl Driver {
     pub async fn define_xml(&self, xml: &str, flags: u32) -> VirResult<DomRef> {
         VirError::check_flags(flags, 1, "virDomainDefineXMLFlags")?;
         if flags & 1 != 0 {
-            crate::domain::schema::validate(&self.schema, xml).map_err(|e| {
-                VirError::new(
-                    crate::error::code::XML_ERROR,
-                    crate::error::from::DOMAIN,
-                    format!("XML document failed to validate against schema: {e}"),
-                )
-            })?;
+            crate::domain::schema::validate(&self.schema, xml)
+                .map_err(|e| VirError::schema_invalid(&e.to_string()))?;
         }
         let def = StoredDef::parse_xml(xml)?;
         lifecycle::check_devices(&def.tree()?)?;
@@ -762,13 +757,7 @@ impl Driver {
             .await?;
         let (live, config) = Self::modification_impact(obj, flags)?;
         let active = obj.with(|s| s.active());
-        let api = |m: &str| {
-            VirError::new(
-                crate::error::code::INVALID_ARG,
-                crate::error::from::DOMAIN,
-                m,
-            )
-        };
+        let api = VirError::api_arg;
         match kind {
             0 | 1 if key.is_some() => return Err(api("key in virDomainSetMetadata must be NULL")),
             0 | 1 if uri.is_some() => return Err(api("uri in virDomainSetMetadata must be NULL")),
@@ -793,13 +782,7 @@ impl Driver {
                 2 => d
                     .set_metadata_element(uri.unwrap_or(""), key.unwrap_or(""), value)
                     .map_err(|e| VirError::xml(&e.to_string()))?,
-                k => {
-                    return Err(VirError::new(
-                        crate::error::code::INVALID_ARG,
-                        crate::error::from::DOMAIN,
-                        format!("invalid argument: unknown metadata type '{k}'"),
-                    ))
-                }
+                k => return Err(VirError::unknown_metadata_type(k)),
             }
             StoredDef::checked(&d)
         };

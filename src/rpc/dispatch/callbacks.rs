@@ -8,7 +8,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY => {
             let a: EventCallbackRegisterAnyArgs = dec(args)?;
             if !(0..events::id::LAST).contains(&a.event_id) {
-                return Err(rpc_internal(&format!(
+                return Err(VirError::rpc_internal(&format!(
                     "unsupported event ID {}",
                     a.event_id
                 )));
@@ -37,7 +37,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             let a: EventCallbackDeregisterAnyArgs = dec(args)?;
             c.with(|s| s.callbacks.remove(&a.callback_id))
                 .ok_or_else(|| {
-                    rpc_internal(&format!(
+                    VirError::rpc_internal(&format!(
                         "domain event callback {} not registered",
                         a.callback_id
                     ))
@@ -49,18 +49,15 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             // libvirtd accepts ids 0..15 on the legacy procedure; metalvirt delivers lifecycle,
             // reboot and device-removed events through it.
             if !(0..16).contains(&a.event_id) {
-                return Err(rpc_internal(&format!(
+                return Err(VirError::rpc_internal(&format!(
                     "unsupported event ID {}",
                     a.event_id
                 )));
             }
             c.with(|s| {
                 if s.callbacks.values().any(|cb| cb.event_id == a.event_id) {
-                    return Err(VirError::new(
-                        code::INVALID_ARG,
-                        from::NONE,
-                        "invalid argument: event callback already tracked",
-                    ));
+                    return Err(VirError::invalid_arg("event callback already tracked")
+                        .in_domain(from::NONE));
                 }
                 let id = s.next_callback;
                 s.next_callback += 1;
@@ -90,7 +87,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                         s.callbacks.remove(&id);
                         Ok(())
                     }
-                    None => Err(rpc_internal(&format!(
+                    None => Err(VirError::rpc_internal(&format!(
                         "domain event {} not registered",
                         a.event_id
                     ))),

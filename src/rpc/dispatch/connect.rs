@@ -25,19 +25,11 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                 base,
                 "" | "qemu:///system" | "metal:///system" | "qemu:///session" | "metal:///session"
             ) {
-                return Err(VirError::new(
-                    code::NO_CONNECT,
-                    from::NONE,
-                    format!("no connection driver available for {name}"),
-                ));
+                return Err(VirError::no_connect(&name));
             }
             c.with(|s| {
                 if s.opened {
-                    return Err(VirError::new(
-                        code::INTERNAL_ERROR,
-                        from::RPC,
-                        "internal error: connection already open",
-                    ));
+                    return Err(VirError::rpc_internal("connection already open"));
                 }
                 s.opened = true;
                 s.readonly = c.ro_socket || a.flags & 1 != 0;

@@ -69,7 +69,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             // VIR_TYPED_PARAM_STRING_OKAY is the only flag.
             VirError::check_flags(a.flags, 4, "virDomainBlockStatsFlags")?;
             if a.nparams < 0 {
-                return Err(api_arg(
+                return Err(VirError::api_arg(
                     "nparams in virDomainBlockStatsFlags must be greater than or equal to 0",
                 ));
             }

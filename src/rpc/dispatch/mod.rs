@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::client::{Callback, Client};
 use crate::driver::{DomRef, DomainObj};
-use crate::error::{code, from, VirError, VirResult};
+use crate::error::{from, VirError, VirResult};
 use crate::events;
 use crate::host;
 use crate::protocol::header::{HEADER_LEN, MESSAGE_MAX};
@@ -85,12 +85,6 @@ fn remember_autodestroy(c: &Client, flags: u32, r: &DomRef) {
     }
 }
 
-/// An argument check of libvirt's public API (code 8, domain DOMAIN, no prefix).
-fn api_arg(msg: &str) -> VirError {
-    VirError::new(code::INVALID_ARG, from::DOMAIN, msg)
-}
-
-/// An internal error as libvirtd's RPC layer raises it (code 1, domain RPC).
 /// The domain a call names (by uuid, its name for the error), as every domain handler
 /// looks it up.
 fn dom(c: &Client, w: &Domain) -> VirResult<Arc<DomainObj>> {
@@ -101,14 +95,6 @@ fn dom(c: &Client, w: &Domain) -> VirResult<Arc<DomainObj>> {
 /// walks every procedure to its area), the same as libvirtd's for an unknown procedure.
 fn unhandled(proc_: i32) -> VirError {
     VirError::rpc(&format!("unknown procedure: {proc_}"))
-}
-
-fn rpc_internal(detail: &str) -> VirError {
-    VirError::new(
-        code::INTERNAL_ERROR,
-        from::RPC,
-        format!("internal error: {detail}"),
-    )
 }
 
 fn unsupported_op(what: &str) -> VirError {
@@ -179,11 +165,7 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
     };
     let (opened, readonly) = c.with(|s| (s.opened, s.readonly));
     if !opened && !info.before_open {
-        return Err(VirError::new(
-            code::INTERNAL_ERROR,
-            from::RPC,
-            "internal error: hypervisor connection not open",
-        ));
+        return Err(VirError::rpc_internal("hypervisor connection not open"));
     }
     if readonly && info.access == Access::Write {
         return Err(VirError::read_only(info.api));

@@ -9,10 +9,8 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::DOMAIN_GET_XML_DESC => {
             let a: DomFlags = dec(args)?;
             if c.with(|s| s.readonly) && a.flags & (1 | 8) != 0 {
-                return Err(VirError::new(
-                    code::OPERATION_DENIED,
-                    from::DOMAIN,
-                    "operation forbidden: virDomainGetXMLDesc with secure flag",
+                return Err(VirError::operation_denied(
+                    "virDomainGetXMLDesc with secure flag",
                 ));
             }
             let o = dom(c, &a.dom)?;

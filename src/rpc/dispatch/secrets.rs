@@ -56,7 +56,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         p::CONNECT_LIST_SECRETS => {
             let a: Int = dec(args)?;
             if a.v < 0 {
-                return Err(api_arg(
+                return Err(VirError::api_arg(
                     "maxuuids in virConnectListSecrets must be greater than or equal to 0",
                 ));
             }
@@ -95,19 +95,19 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             let def = d.def_for(&o, a.flags)?.tree()?;
             let v = match (a.type_, a.uri) {
                 (0 | 1, Some(_)) => {
-                    return Err(api_arg("uri in virDomainGetMetadata must be NULL"))
+                    return Err(VirError::api_arg(
+                        "uri in virDomainGetMetadata must be NULL",
+                    ))
                 }
                 (0, None) => def.description(),
                 (1, None) => def.title(),
                 (2, Some(uri)) => def.metadata_element(&uri),
-                (2, None) => return Err(api_arg("uri in virDomainGetMetadata must not be NULL")),
-                (t, _) => {
-                    return Err(VirError::new(
-                        code::INVALID_ARG,
-                        from::DOMAIN,
-                        format!("invalid argument: unknown metadata type '{t}'"),
+                (2, None) => {
+                    return Err(VirError::api_arg(
+                        "uri in virDomainGetMetadata must not be NULL",
                     ))
                 }
+                (t, _) => return Err(VirError::unknown_metadata_type(t)),
             };
             text(v.ok_or_else(VirError::no_metadata)?)
         }
