@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use super::lifecycle::{disk_handle, disk_notes, disk_spec, nic_handle, nic_spec, set_device};
+use super::plan::{disk_handle, disk_notes, disk_spec, nic_handle, nic_spec};
+use super::steps::{self, set_device, Plug};
 use super::store::Step;
 use super::stored::{LiveXml, StoredDef};
 use super::{DomainObj, Driver};
@@ -48,7 +49,7 @@ impl Driver {
     }
 
     /// The live definition as a tree.
-    fn live_tree(obj: &DomainObj) -> VirResult<DomainDef> {
+    pub(super) fn live_tree(obj: &DomainObj) -> VirResult<DomainDef> {
         obj.with(|s| s.def.clone()).tree()
     }
 
@@ -58,7 +59,7 @@ impl Driver {
     }
 
     /// Installs a new live definition (formatted once) and writes the status.
-    async fn commit_live(&self, obj: &DomainObj, tree: &DomainDef) -> VirResult<()> {
+    pub(super) async fn commit_live(&self, obj: &DomainObj, tree: &DomainDef) -> VirResult<()> {
         let def = StoredDef::checked(tree)?;
         let info = obj
             .with(|s| s.live_info())
@@ -146,92 +147,66 @@ impl Driver {
             .to_string();
         let r = obj.dom_ref();
         let n = &node.spec.name;
-        let step = match tree.device(index).map(|d| d.name.clone()).as_deref() {
-            Some("disk") => {
-                let view = tree
-                    .disks()
-                    .into_iter()
-                    .find(|d| d.index == index)
-                    .ok_or_else(|| VirError::internal("attached disk vanished"))?;
-                match disk_spec(&obj.uuid, &view, Some(&self.secrets))? {
-                    None => None,
-                    Some(mut spec) => {
-                        // Next free position on the host's controller.
-                        spec.unit = Some(
-                            obj.with(|s| {
-                                s.journal
-                                    .iter()
-                                    .filter_map(|st| match st {
-                                        Step::Disk { unit, .. } => *unit,
-                                        _ => None,
-                                    })
-                                    .max()
-                            })
-                            .unwrap_or(0)
-                                + 1,
-                        );
-                        let notes = disk_notes(&node, std::slice::from_ref(&spec))?;
-                        let step = Step::Disk {
-                            handle: spec.handle.clone(),
-                            target: spec.target.clone(),
-                            device: None,
-                            unit: spec.unit,
-                        };
-                        obj.with(|s| notes.into_iter().for_each(|n| s.note(n)));
-                        self.journal_add(obj, step).await?;
-                        crate::crash::point("attach:journaled");
-                        match node.disks.attach(&spec).await {
-                            Ok(dev) => Some((spec.handle, dev)),
-                            Err(e) => {
-                                let _ = node.disks.detach(&spec.handle).await;
-                                self.journal_drop(obj, &spec.handle).await;
-                                return Err(super::backend_error(
-                                    &format!(
-                                        "cannot map disk {} ({}) on {n}",
-                                        spec.target, spec.source
-                                    ),
-                                    &e,
-                                ));
-                            }
-                        }
-                    }
-                }
+        // What the backends must do: a disk with a source, or a NIC (an empty CD-ROM needs
+        // nothing).
+        let (mut disk, mut nic, mut nic_target) = (None, None, None);
+        if tree.device(index).is_some_and(|d| d.name == "disk") {
+            let view = tree
+                .disks()
+                .into_iter()
+                .find(|d| d.index == index)
+                .ok_or_else(|| VirError::internal("attached disk vanished"))?;
+            if let Some(mut spec) = disk_spec(&obj.uuid, &view, Some(&self.secrets))? {
+                // Next free position on the host's controller.
+                let last = obj.with(|s| {
+                    s.journal
+                        .iter()
+                        .filter_map(|st| match st {
+                            Step::Disk { unit, .. } => *unit,
+                            _ => None,
+                        })
+                        .max()
+                });
+                spec.unit = Some(last.unwrap_or(0) + 1);
+                let notes = disk_notes(&node, std::slice::from_ref(&spec))?;
+                obj.with(|s| notes.into_iter().for_each(|n| s.note(n)));
+                disk = Some(spec);
             }
-            _ => {
-                let view = tree
-                    .interfaces()
-                    .into_iter()
-                    .find(|i| i.index == index)
-                    .ok_or_else(|| VirError::internal("attached interface vanished"))?;
-                let spec = nic_spec(&obj.uuid, &view)
-                    .ok_or_else(|| VirError::internal("interface has no MAC address"))?;
-                let step = Step::Nic {
-                    handle: spec.handle.clone(),
-                    mac: spec.mac.clone(),
-                    representor: None,
-                };
-                self.journal_add(obj, step).await?;
-                crate::crash::point("attach:journaled");
-                match node.nics.plug(&spec).await {
-                    Ok(rep) => {
-                        if view.target_dev.is_none() {
-                            tree.set_interface_target(index, &rep);
-                        }
-                        Some((spec.handle, rep))
-                    }
-                    Err(e) => {
-                        let _ = node.nics.unplug(&spec.handle).await;
-                        self.journal_drop(obj, &spec.handle).await;
-                        return Err(super::backend_error(
-                            &format!("cannot plug NIC {} on {n}", spec.mac),
-                            &e,
-                        ));
-                    }
-                }
-            }
+        } else {
+            let view = tree
+                .interfaces()
+                .into_iter()
+                .find(|i| i.index == index)
+                .ok_or_else(|| VirError::internal("attached interface vanished"))?;
+            nic = Some(
+                nic_spec(&obj.uuid, &view)
+                    .ok_or_else(|| VirError::internal("interface has no MAC address"))?,
+            );
+            nic_target = view.target_dev;
+        }
+        let plug = match (&disk, &nic) {
+            (Some(d), _) => Some(Plug::Disk(d)),
+            (None, Some(x)) => Some(Plug::Nic(x)),
+            (None, None) => None,
         };
-        if let Some((handle, dev)) = step {
-            obj.with(|s| set_device(&mut s.journal, &handle, dev));
+        if let Some(plug) = plug {
+            let step = plug.record();
+            self.journal_add(obj, step.clone()).await?;
+            crate::crash::point("attach:journaled");
+            match plug.run(&node).await {
+                Ok(dev) => {
+                    if matches!(plug, Plug::Nic(_)) && nic_target.is_none() {
+                        tree.set_interface_target(index, &dev);
+                    }
+                    obj.with(|s| set_device(&mut s.journal, plug.handle(), dev));
+                }
+                Err(e) => {
+                    // Whatever the backend did half-way goes too.
+                    let _ = steps::undo(&node, &step).await;
+                    self.journal_drop(obj, plug.handle()).await;
+                    return Err(e);
+                }
+            }
         }
         crate::crash::point("attach:mapped");
         self.commit_live(obj, &tree).await?;
@@ -354,23 +329,25 @@ impl Driver {
         } else {
             nic_handle(&obj.uuid, mac)
         };
-        let mapped = obj.with(|s| s.journal.iter().any(|st| st.handle() == Some(&handle)));
+        let mapped = obj.with(|s| {
+            s.journal
+                .iter()
+                .find(|st| st.handle() == Some(&handle))
+                .cloned()
+        });
         tree.remove_device(index);
         let (old_def, old_xml) = obj.with(|s| (s.def.clone(), s.live_xml.clone()));
         self.commit_live(obj, &tree).await?;
         crate::crash::point("detach:committed");
         let r = obj.dom_ref();
-        let result = if !mapped {
-            Ok(())
-        } else if is_disk {
-            node.disks.detach(&handle).await
-        } else {
-            node.nics.unplug(&handle).await
+        let result = match &mapped {
+            None => Ok(()),
+            Some(step) => steps::undo(&node, step).await,
         };
         match result {
             Ok(()) => {
                 crate::crash::point("detach:unmapped");
-                if mapped {
+                if mapped.is_some() {
                     self.journal_drop(obj, &handle).await;
                 }
                 tracing::info!(domain = %r.name, alias = %alias, node = %node.spec.name, "device detached");
@@ -385,16 +362,8 @@ impl Driver {
                 });
                 let _ = self.persist_active(obj).await;
                 tracing::error!(domain = %r.name, alias = %alias, "device removal failed: {e}");
-                self.emit(&r, EventKind::DeviceRemovalFailed(alias.clone()));
-                let what = if is_disk {
-                    format!("cannot unmap disk {target}")
-                } else {
-                    format!("cannot unplug NIC {mac}")
-                };
-                Err(VirError::operation_failed(&format!(
-                    "{what} ({alias}) on {}: {e}",
-                    node.spec.name
-                )))
+                self.emit(&r, EventKind::DeviceRemovalFailed(alias));
+                Err(e.to_vir())
             }
         }
     }
@@ -634,231 +603,4 @@ impl Driver {
             .await
             .map_err(|e| super::backend_error("cannot read interface statistics", &e))
     }
-
-    // ------------------------------------------------------------------ reconcile
-
-    /// Makes a node's plugged NICs match its live domain (start-up, after recovery): ports
-    /// the backend holds for this node that no live domain owns are removed, and NICs a live
-    /// domain owns that the backend lacks (lost while the daemon was down) are plugged again,
-    /// on the same function when it is free. Each domain is examined under its job, so
-    /// operations running meanwhile are never undone. Returns (removed, re-plugged).
-    pub(super) async fn reconcile_nics(&self, node: &Node) -> Result<(usize, usize), String> {
-        let n = node.spec.name.as_str();
-        // A quarantined domain owns everything named after it, wherever it is.
-        let owns = |obj: &DomainObj, h: &str| {
-            obj.with(|s| {
-                s.quarantine.is_some()
-                    || (s.active()
-                        && s.node.as_deref() == Some(n)
-                        && s.journal.iter().any(|st| st.handle() == Some(h)))
-            })
-        };
-        let listed = node.nics.list().await.map_err(|e| e.to_string())?;
-        let mut removed = 0;
-        for h in listed {
-            let owner = handle_domain(&h).and_then(|u| self.lookup_uuid(&u).ok());
-            let _job = match &owner {
-                Some(obj) => Some(obj.begin_internal_job("reconcile").await),
-                None => None,
-            };
-            if owner.as_ref().is_some_and(|o| owns(o, &h)) {
-                continue;
-            }
-            match node.nics.unplug(&h).await {
-                Ok(()) => {
-                    removed += 1;
-                    tracing::warn!(node = n, handle = %h, "reconcile: removed a NIC port no live domain owns");
-                }
-                Err(e) => {
-                    tracing::error!(node = n, handle = %h, "reconcile: cannot remove an orphaned NIC port: {e}")
-                }
-            }
-        }
-        let mut replugged = 0;
-        for obj in self.all() {
-            let _job = obj.begin_internal_job("reconcile").await;
-            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n) && s.quarantine.is_none()) {
-                continue;
-            }
-            let listed = node.nics.list().await.map_err(|e| e.to_string())?;
-            let steps: Vec<(String, String, Option<String>)> = obj.with(|s| {
-                s.journal
-                    .iter()
-                    .filter_map(|st| match st {
-                        Step::Nic {
-                            handle,
-                            mac,
-                            representor,
-                        } if !listed.contains(handle) => {
-                            Some((handle.clone(), mac.clone(), representor.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect()
-            });
-            if steps.is_empty() {
-                continue;
-            }
-            let Ok(mut tree) = Self::live_tree(&obj) else {
-                continue;
-            };
-            let name = obj.with(|s| s.def.name().to_string());
-            let mut changed = false;
-            for (handle, mac, old) in steps {
-                let Some(view) = tree
-                    .interfaces()
-                    .into_iter()
-                    .find(|i| i.mac.as_deref() == Some(mac.as_str()))
-                else {
-                    continue;
-                };
-                let Some(mut spec) = nic_spec(&obj.uuid, &view) else {
-                    continue;
-                };
-                spec.representor = old.clone();
-                match node.nics.plug(&spec).await {
-                    Ok(rep) => {
-                        replugged += 1;
-                        tracing::warn!(domain = %name, node = n, mac = %mac, representor = %rep, "reconcile: re-plugged a NIC missing from the backend");
-                        if old.as_deref() != Some(rep.as_str()) {
-                            obj.with(|s| set_device(&mut s.journal, &handle, rep.clone()));
-                            if view.target_dev.is_none() || view.target_dev == old {
-                                tree.set_interface_target(view.index, &rep);
-                            }
-                            changed = true;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(domain = %name, node = n, mac = %mac, "reconcile: cannot re-plug a missing NIC: {e}");
-                        obj.with(|s| {
-                            s.note(format!("NIC {mac} was lost while the daemon was down and could not be plugged again: {e}"))
-                        });
-                    }
-                }
-            }
-            if changed {
-                let _ = self.commit_live(&obj, &tree).await;
-            }
-        }
-        Ok((removed, replugged))
-    }
-}
-
-impl Driver {
-    /// Compares the disks running domains on `node` should have with what its disk backend
-    /// holds: mappings no running domain's journal owns are removed; every journaled disk is
-    /// attached again, which adopts what is there (the backend learns what to keep presenting)
-    /// and maps what was lost while the daemon was down (at the same position on the host's
-    /// controller); then the backend tidies what no disk uses. Returns (removed, remapped).
-    pub(super) async fn reconcile_disks(&self, node: &Node) -> Result<(usize, usize), String> {
-        let n = node.spec.name.as_str();
-        let listed = node.disks.list().await.map_err(|e| e.to_string())?;
-        let mut removed = 0;
-        for h in &listed {
-            let owner = handle_domain(h).and_then(|u| self.lookup_uuid(&u).ok());
-            let _job = match &owner {
-                Some(obj) => Some(obj.begin_internal_job("reconcile").await),
-                None => None,
-            };
-            // A quarantined domain owns everything named after it, wherever it is.
-            let owned = owner.as_ref().is_some_and(|o| {
-                o.with(|s| {
-                    s.quarantine.is_some()
-                        || (s.active()
-                            && s.node.as_deref() == Some(n)
-                            && s.journal.iter().any(|st| st.handle() == Some(h.as_str())))
-                })
-            });
-            if owned {
-                continue;
-            }
-            match node.disks.detach(h).await {
-                Ok(()) => {
-                    removed += 1;
-                    tracing::warn!(node = n, handle = %h, "reconcile: unmapped a disk no live domain owns");
-                }
-                Err(e) => {
-                    tracing::error!(node = n, handle = %h, "reconcile: cannot unmap an orphaned disk: {e}")
-                }
-            }
-        }
-        let mut remapped = 0;
-        for obj in self.all() {
-            let _job = obj.begin_internal_job("reconcile").await;
-            if !obj.with(|s| s.active() && s.node.as_deref() == Some(n) && s.quarantine.is_none()) {
-                continue;
-            }
-            let steps: Vec<(String, String, Option<u32>)> = obj.with(|s| {
-                s.journal
-                    .iter()
-                    .filter_map(|st| match st {
-                        Step::Disk {
-                            handle,
-                            target,
-                            unit,
-                            ..
-                        } => Some((handle.clone(), target.clone(), *unit)),
-                        _ => None,
-                    })
-                    .collect()
-            });
-            let Ok(tree) = Self::live_tree(&obj) else {
-                continue;
-            };
-            let name = obj.with(|s| s.def.name().to_string());
-            for (handle, target, unit) in steps {
-                let view = tree
-                    .disks()
-                    .into_iter()
-                    .find(|d| d.target_dev.as_deref() == Some(target.as_str()));
-                let spec = match view.map(|v| disk_spec(&obj.uuid, &v, Some(&self.secrets))) {
-                    Some(Ok(Some(mut spec))) => {
-                        spec.unit = unit;
-                        spec
-                    }
-                    Some(Err(e)) => {
-                        tracing::error!(domain = %name, node = n, disk = %target, "reconcile: {e}");
-                        continue;
-                    }
-                    _ => continue,
-                };
-                let lost = !listed.contains(&handle);
-                match node.disks.attach(&spec).await {
-                    Ok(dev) => {
-                        if lost {
-                            remapped += 1;
-                            tracing::warn!(domain = %name, node = n, disk = %target, device = %dev, "reconcile: mapped again a disk missing from the backend");
-                        }
-                        obj.with(|s| set_device(&mut s.journal, &handle, dev));
-                    }
-                    Err(e) => {
-                        tracing::error!(domain = %name, node = n, disk = %target, "reconcile: cannot map a disk again: {e}");
-                        obj.with(|s| {
-                            s.note(format!(
-                                "disk {target} was lost while the daemon was down and could not be mapped again: {e}"
-                            ))
-                        });
-                    }
-                }
-            }
-        }
-        match node.disks.tidy().await {
-            Ok(gone) => {
-                for g in gone {
-                    tracing::warn!(
-                        node = n,
-                        "reconcile: removed {g}, which no mapped disk uses"
-                    );
-                }
-            }
-            Err(e) => tracing::error!(node = n, "reconcile: cannot tidy the disk backend: {e}"),
-        }
-        Ok((removed, remapped))
-    }
-}
-
-/// The domain a backend handle (`mv-<uuid>-…`) belongs to.
-fn handle_domain(handle: &str) -> Option<uuid::Uuid> {
-    let rest = handle.strip_prefix("mv-")?;
-    uuid::Uuid::try_parse(rest.get(..32)?).ok()
 }

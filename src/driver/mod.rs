@@ -14,8 +14,12 @@ mod deflog;
 mod devices;
 mod domstate;
 mod lifecycle;
+mod placement;
+mod plan;
 mod queries;
+mod recovery;
 pub mod state;
+mod steps;
 pub mod store;
 pub mod stored;
 pub mod volumes;
@@ -598,7 +602,7 @@ impl Driver {
                 .map_err(|e| VirError::schema_invalid(&e.to_string()))?;
         }
         let def = StoredDef::parse_xml(xml)?;
-        lifecycle::check_devices(&def.tree()?)?;
+        plan::check_devices(&def.tree()?)?;
         loop {
             match self.check_unique(&def, false)? {
                 None => {
