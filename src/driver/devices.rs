@@ -93,6 +93,22 @@ impl Driver {
         Ok(Some(StoredDef::checked(&t)?))
     }
 
+    /// What every device change starts with (attach, detach, update): its flags checked
+    /// (`VIR_DOMAIN_AFFECT_LIVE`, `_CONFIG` and the call's own `extra`), the domain's job,
+    /// and which definitions the change affects (live, config).
+    async fn begin_device_change<'a>(
+        &self,
+        obj: &'a DomainObj,
+        flags: u32,
+        extra: u32,
+        api: &'static str,
+    ) -> VirResult<(super::Job<'a>, bool, bool)> {
+        VirError::check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | extra, api)?;
+        let job = obj.begin_job(api, self.job_wait()).await?;
+        let (live, config) = Self::modification_impact(obj, flags)?;
+        Ok((job, live, config))
+    }
+
     // ------------------------------------------------------------------ attach
 
     /// `virDomainAttachDevice(Flags)`.
@@ -102,15 +118,9 @@ impl Driver {
         xml: &str,
         flags: u32,
     ) -> VirResult<()> {
-        VirError::check_flags(
-            flags,
-            AFFECT_LIVE | AFFECT_CONFIG,
-            "virDomainAttachDeviceFlags",
-        )?;
-        let _job = obj
-            .begin_job("virDomainAttachDevice", self.job_wait())
+        let (_job, live, config) = self
+            .begin_device_change(obj, flags, 0, "virDomainAttachDeviceFlags")
             .await?;
-        let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
         match dev.name.as_str() {
             "interface" => devices::check_interface(&devices::interface_of(&dev))?,
@@ -243,15 +253,9 @@ impl Driver {
         xml: &str,
         flags: u32,
     ) -> VirResult<()> {
-        VirError::check_flags(
-            flags,
-            AFFECT_LIVE | AFFECT_CONFIG,
-            "virDomainDetachDeviceFlags",
-        )?;
-        let _job = obj
-            .begin_job("virDomainDetachDevice", self.job_wait())
+        let (_job, live, config) = self
+            .begin_device_change(obj, flags, 0, "virDomainDetachDeviceFlags")
             .await?;
-        let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, true)?;
         let new_config = Self::config_edit(obj, config, |t| {
             check_config_change(&dev, "detach")?;
@@ -277,15 +281,9 @@ impl Driver {
         alias: &str,
         flags: u32,
     ) -> VirResult<()> {
-        VirError::check_flags(
-            flags,
-            AFFECT_LIVE | AFFECT_CONFIG,
-            "virDomainDetachDeviceAlias",
-        )?;
-        let _job = obj
-            .begin_job("virDomainDetachDeviceAlias", self.job_wait())
+        let (_job, live, config) = self
+            .begin_device_change(obj, flags, 0, "virDomainDetachDeviceAlias")
             .await?;
-        let (live, config) = Self::modification_impact(obj, flags)?;
         let missing = || VirError::device_missing(&format!("no device found with alias {alias}"));
         let new_config = Self::config_edit(obj, config, |t| {
             let i = t.find_alias(alias).ok_or_else(missing)?;
@@ -379,15 +377,14 @@ impl Driver {
         xml: &str,
         flags: u32,
     ) -> VirResult<()> {
-        VirError::check_flags(
-            flags,
-            AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
-            "virDomainUpdateDeviceFlags",
-        )?;
-        let _job = obj
-            .begin_job("virDomainUpdateDeviceFlags", self.job_wait())
+        let (_job, live, config) = self
+            .begin_device_change(
+                obj,
+                flags,
+                DEVICE_MODIFY_FORCE,
+                "virDomainUpdateDeviceFlags",
+            )
             .await?;
-        let (live, config) = Self::modification_impact(obj, flags)?;
         let dev = parse_device(xml, false)?;
         let find = |t: &DomainDef, persistent: bool| -> VirResult<usize> {
             match dev.name.as_str() {

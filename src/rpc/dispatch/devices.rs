@@ -6,24 +6,14 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
     let d = &c.driver;
     match proc_ {
         // ---------------------------------------------------------------- devices
-        p::DOMAIN_ATTACH_DEVICE => {
-            // libvirt's legacy call means "the running domain".
-            let a: DomXml = dec(args)?;
-            d.attach_device(&dom(c, &a.dom)?, &a.xml, 1).await?;
-            void()
-        }
-        p::DOMAIN_ATTACH_DEVICE_FLAGS => {
-            let a: DomXmlFlags = dec(args)?;
+        // libvirt's calls without flags mean "the running domain" (VIR_DOMAIN_AFFECT_LIVE).
+        p::DOMAIN_ATTACH_DEVICE | p::DOMAIN_ATTACH_DEVICE_FLAGS => {
+            let a = dom_xml_flags(args, proc_ == p::DOMAIN_ATTACH_DEVICE_FLAGS, 1)?;
             d.attach_device(&dom(c, &a.dom)?, &a.xml, a.flags).await?;
             void()
         }
-        p::DOMAIN_DETACH_DEVICE => {
-            let a: DomXml = dec(args)?;
-            d.detach_device(&dom(c, &a.dom)?, &a.xml, 1).await?;
-            void()
-        }
-        p::DOMAIN_DETACH_DEVICE_FLAGS => {
-            let a: DomXmlFlags = dec(args)?;
+        p::DOMAIN_DETACH_DEVICE | p::DOMAIN_DETACH_DEVICE_FLAGS => {
+            let a = dom_xml_flags(args, proc_ == p::DOMAIN_DETACH_DEVICE_FLAGS, 1)?;
             d.detach_device(&dom(c, &a.dom)?, &a.xml, a.flags).await?;
             void()
         }

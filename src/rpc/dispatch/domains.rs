@@ -68,14 +68,13 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
         }
 
         // ---------------------------------------------------------------- define / start / stop
-        p::DOMAIN_DEFINE_XML => {
-            let a: Str = dec(args)?;
-            ret(Dom {
-                dom: wire(&d.define_xml(&a.s, 0).await?),
-            })
-        }
-        p::DOMAIN_DEFINE_XML_FLAGS => {
-            let a: XmlFlags = dec(args)?;
+        p::DOMAIN_DEFINE_XML | p::DOMAIN_DEFINE_XML_FLAGS => {
+            let a = if proc_ == p::DOMAIN_DEFINE_XML_FLAGS {
+                dec(args)?
+            } else {
+                let a: Str = dec(args)?;
+                XmlFlags { xml: a.s, flags: 0 }
+            };
             ret(Dom {
                 dom: wire(&d.define_xml(&a.xml, a.flags).await?),
             })
@@ -86,34 +85,25 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             remember_autodestroy(c, a.flags, &r);
             ret(Dom { dom: wire(&r) })
         }
-        p::DOMAIN_CREATE => {
-            let a: Dom = dec(args)?;
-            d.create(&dom(c, &a.dom)?, 0).await?;
-            void()
-        }
-        p::DOMAIN_CREATE_WITH_FLAGS => {
-            let a: DomFlags = dec(args)?;
+        p::DOMAIN_CREATE | p::DOMAIN_CREATE_WITH_FLAGS => {
+            let with_flags = proc_ == p::DOMAIN_CREATE_WITH_FLAGS;
+            let a = dom_flags(args, with_flags, 0)?;
             let r = d.create(&dom(c, &a.dom)?, a.flags).await?;
             remember_autodestroy(c, a.flags, &r);
-            ret(Dom { dom: wire(&r) })
+            // The old call returns nothing; its successor the started domain.
+            if with_flags {
+                ret(Dom { dom: wire(&r) })
+            } else {
+                void()
+            }
         }
-        p::DOMAIN_DESTROY => {
-            let a: Dom = dec(args)?;
-            d.destroy(&dom(c, &a.dom)?, 0).await?;
-            void()
-        }
-        p::DOMAIN_DESTROY_FLAGS => {
-            let a: DomFlags = dec(args)?;
+        p::DOMAIN_DESTROY | p::DOMAIN_DESTROY_FLAGS => {
+            let a = dom_flags(args, proc_ == p::DOMAIN_DESTROY_FLAGS, 0)?;
             d.destroy(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
-        p::DOMAIN_SHUTDOWN => {
-            let a: Dom = dec(args)?;
-            d.shutdown(&dom(c, &a.dom)?, 0).await?;
-            void()
-        }
-        p::DOMAIN_SHUTDOWN_FLAGS => {
-            let a: DomFlags = dec(args)?;
+        p::DOMAIN_SHUTDOWN | p::DOMAIN_SHUTDOWN_FLAGS => {
+            let a = dom_flags(args, proc_ == p::DOMAIN_SHUTDOWN_FLAGS, 0)?;
             d.shutdown(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }
@@ -132,13 +122,8 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             d.resume(&dom(c, &a.dom)?).await?;
             void()
         }
-        p::DOMAIN_UNDEFINE => {
-            let a: Dom = dec(args)?;
-            d.undefine(&dom(c, &a.dom)?, 0).await?;
-            void()
-        }
-        p::DOMAIN_UNDEFINE_FLAGS => {
-            let a: DomFlags = dec(args)?;
+        p::DOMAIN_UNDEFINE | p::DOMAIN_UNDEFINE_FLAGS => {
+            let a = dom_flags(args, proc_ == p::DOMAIN_UNDEFINE_FLAGS, 0)?;
             d.undefine(&dom(c, &a.dom)?, a.flags).await?;
             void()
         }

@@ -58,6 +58,32 @@ fn text(s: String) -> VirResult<Vec<u8>> {
     ret(Str { s })
 }
 
+/// The arguments of a call that comes in two forms, libvirt's first one without flags (`X`)
+/// and its `X_FLAGS` successor: the old form means `old_flags`.
+fn dom_flags(args: &[u8], has_flags: bool, old_flags: u32) -> VirResult<DomFlags> {
+    if has_flags {
+        return dec(args);
+    }
+    let a: Dom = dec(args)?;
+    Ok(DomFlags {
+        dom: a.dom,
+        flags: old_flags,
+    })
+}
+
+/// [`dom_flags`] for the device calls (a domain, device XML and flags).
+fn dom_xml_flags(args: &[u8], has_flags: bool, old_flags: u32) -> VirResult<DomXmlFlags> {
+    if has_flags {
+        return dec(args);
+    }
+    let a: DomXml = dec(args)?;
+    Ok(DomXmlFlags {
+        dom: a.dom,
+        xml: a.xml,
+        flags: old_flags,
+    })
+}
+
 fn void() -> VirResult<Vec<u8>> {
     Ok(Vec::new())
 }
