@@ -5,5 +5,5 @@
 # Usage: scripts/bench-spdk.sh [--rounds N] [--domains N] [--latency MIN-MAX] [--attach-ms MS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins -q
+cargo build --release --bins -q --features spdk-double
 exec target/release/metalvirt-spdk-bench "$@"

@@ -10,6 +10,7 @@
 //! only what it must put back when SPDK drops it: the presentations of mapped disks
 //! ([`SpdkDisks::heal`]).
 
+#[cfg(any(test, feature = "spdk-double"))]
 pub mod double;
 pub mod frontend;
 pub mod rpc;
