@@ -931,3 +931,6 @@ pub(crate) fn backend_error(what: &str, e: &crate::backend::BackendError) -> Vir
         ErrorKind::Failed | ErrorKind::Unreachable => VirError::operation_failed(&detail),
     }
 }
+
+#[cfg(test)]
+mod tests;
