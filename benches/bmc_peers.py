@@ -21,12 +21,13 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+# The repository's tests/ holds the black-box test package whose harness and peers this uses.
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import libvirt  # noqa: E402
 
-import peers  # noqa: E402
-from harness import METALVIRT_NS, Daemon  # noqa: E402
+from blackbox import peers  # noqa: E402
+from blackbox.harness import METALVIRT_NS, Daemon  # noqa: E402
 
 UUID = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
 

@@ -1,4 +1,4 @@
-"""NIC plumbing benchmark against real Open vSwitch (tests/python/peers.py OvsLab: ovsdb-server,
+"""NIC plumbing benchmark against real Open vSwitch (tests/blackbox/peers.py OvsLab: ovsdb-server,
 ovs-vswitchd in its own netns with veth representors; OVN off), in one run:
 
 1. Plug/unplug latency of one interface: a raw RFC 7047 transact (this script's own minimal
@@ -27,12 +27,13 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+# The repository's tests/ holds the black-box test package whose harness and peers this uses.
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import libvirt  # noqa: E402
 
-import peers  # noqa: E402
-from harness import METALVIRT_NS, Daemon  # noqa: E402
+from blackbox import peers  # noqa: E402
+from blackbox.harness import METALVIRT_NS, Daemon  # noqa: E402
 
 L = libvirt
 

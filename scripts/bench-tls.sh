@@ -21,7 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-/usr/bin/python3 -c 'import sys; sys.path.insert(0, "tests/python"); from pki import Pki; Pki(sys.argv[1])' "$LAB/pki"
+PYTHONPATH=tests /usr/bin/python3 -c 'import sys; from blackbox.pki import Pki; Pki(sys.argv[1])' "$LAB/pki"
 PKI=$LAB/pki/server
 CLIENT=$LAB/pki/clients/nova
 MV_PORT=$(free_port)

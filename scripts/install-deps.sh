@@ -6,7 +6,7 @@
 #   northd, ovn-controller) for the NIC plumbing tests;
 # - a Python venv with the Redfish and IPMI BMC peers (sushy-tools, pyghmi) and SPDK's own
 #   JSON-RPC client (PyPI spdk: spdk-rpc, spdk.rpc.client; no SPDK target is packaged, the
-#   tests use tests/python/spdk_double.py and check it against this client), in
+#   tests use tests/blackbox/spdk_double and check it against this client), in
 #   $METALVIRT_PEERS_VENV (default target/peers-venv).
 # Root or sudo for apt; idempotent.
 set -euo pipefail

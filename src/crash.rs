@@ -1,7 +1,7 @@
 //! Deterministic crash points (debug and test builds only): `METALVIRT_CRASH_AT=NAME` (or
 //! `NAME#N`, the N-th time it is reached) makes the daemon kill itself with SIGKILL at that
 //! step, exactly as a power cut or `kill -9` would. The crash-point harness
-//! (`tests/python/test_crash_points.py`) runs every operation with every point of it and
+//! (`tests/blackbox/test_crash_points.py`) runs every operation with every point of it and
 //! checks what the restarted daemon finds. Release builds compile every point to nothing.
 
 /// Every point, in the order an operation reaches them.

@@ -1,6 +1,6 @@
 //! `metalvirt-spdk-bench`: time to map and unmap disks through the SPDK backend (what
 //! metalvirtd runs at start and destroy), in process, against the SPDK test double
-//! (`tests/python/spdk_double.py`) with a real target's latency modelled: every call answered
+//! (`tests/blackbox/spdk_double`) with a real target's latency modelled: every call answered
 //! after 4–8 ms, `bdev_nvme_attach_controller` after 68 ms (the recorded medians).
 //!
 //! Measures N disks (NVMe-oF volumes) of one domain mapped at once, N = 1, 2, 4, 8, and

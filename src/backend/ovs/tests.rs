@@ -1,6 +1,6 @@
 //! Against a real ovsdb-server (no ovs-vswitchd: plugs wait for the commit only, except
 //! where the test is about waiting). The OVS/OVN end-to-end tests with ovs-vswitchd and
-//! ovn-controller are in tests/python/test_ovs_peers.py.
+//! ovn-controller are in tests/blackbox/test_ovs_peers.py.
 
 use super::testing::Server;
 use super::*;

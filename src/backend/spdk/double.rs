@@ -1,4 +1,4 @@
-//! The SPDK test double (`tests/python/spdk_double.py`, which follows the recorded exchanges
+//! The SPDK test double (`tests/blackbox/spdk_double/`, which follows the recorded exchanges
 //! of a real SPDK v26.05 target) run from a temp dir, one socket per role, killed with its
 //! process group when dropped — for the backend's tests and `metalvirt-spdk-bench`, since no
 //! SPDK target can be installed here. Needs python3 and the source tree.
@@ -30,9 +30,11 @@ impl Double {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/spdk_double.py");
+        let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
         let mut cmd = Command::new("python3");
-        cmd.arg(script).args(args);
+        cmd.env("PYTHONPATH", tests)
+            .args(["-m", "blackbox.spdk_double"])
+            .args(args);
         for r in roles {
             cmd.arg("--sock")
                 .arg(format!("{r}={}", dir.join(format!("{r}.sock")).display()));
@@ -44,7 +46,7 @@ impl Double {
             .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()
-            .expect("python3 runs tests/python/spdk_double.py");
+            .expect("python3 runs the SPDK double (tests/blackbox/spdk_double)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)

@@ -4,23 +4,20 @@ _detach_with_retry, attach/detach_interface + setMetadata, hard reboot with volu
 block resize; plus failure injection and bad input. The simulated lab's hardware state
 (sim-lab.json) shows what is really mapped and plugged.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_nova_devices.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_nova_devices
 """
 
 import json
 import os
-import sys
 import threading
-import time
 import unittest
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import (  # noqa: E402
-    CEPH_KEY, CEPH_SECRET_UUID, NOVA_NS, Daemon, EventCollector, bound_node, define_ceph_secret,
+from .harness import (
+    DaemonCase, CEPH_KEY, CEPH_SECRET_UUID, NOVA_NS, Daemon, bound_node, define_ceph_secret,
     expect_error, nova_domain_xml, nova_instance_xml, open_like_nova, wait_until,
 )
 
@@ -112,21 +109,15 @@ def sim_nic_by_mac(d, mac):
     return None
 
 
-class DeviceCase(unittest.TestCase):
+class DeviceCase(DaemonCase):
     """A daemon, a nova-like connection with nova's event callbacks, and nova's helpers."""
     sim = {}
     ceph_secret = True
+    events = (L.VIR_DOMAIN_EVENT_ID_LIFECYCLE, L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+              L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, L.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED)
 
-    def setUp(self):
-        self.d = Daemon(sim=self.sim, ceph_secret=self.ceph_secret).__enter__()
-        self.addCleanup(self.d.__exit__, None, None, None)
-        self.conn = open_like_nova(self.d.uri)
-        self.addCleanup(self.conn.close)
-        self.ev = EventCollector(self.conn)
-        for eid in (L.VIR_DOMAIN_EVENT_ID_LIFECYCLE, L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
-                    L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
-                    L.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED):
-            self.ev.register(eid)
+    def daemon(self):
+        return Daemon(sim=self.sim, ceph_secret=self.ceph_secret)
 
     # -- nova's building blocks ------------------------------------------------------------
 
@@ -180,7 +171,6 @@ class DeviceCase(unittest.TestCase):
                 self.assertIsNone(find(dom.XMLDesc(0)))
                 return live_alias
         self.fail("device never detached")
-
 
 
 class NovaDevices(DeviceCase):
@@ -565,4 +555,4 @@ def _swallow(call):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=1)
+    unittest.main(verbosity=2)

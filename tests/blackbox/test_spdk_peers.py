@@ -1,35 +1,32 @@
 """Disks mapped by SPDK on the node's DPU, black-box: virsh and python3-libvirt drive the
-daemon; SPDK is the test double tests/python/spdk_double.py (a v26.05 spdk_tgt following
+daemon; SPDK is the test double tests/blackbox/spdk_double (a v26.05 spdk_tgt following
 the recordings in fixtures/spdk). One double process plays every SPDK: "storage" is the
 cloud-volume target (NVMe-oF subsystems at 127.0.0.1:4420, iSCSI portal 127.0.0.1:3260,
 and the fake Ceph at 127.0.0.1:6789), "dpu" and "dpu2" are the SPDKs of two nvmf nodes,
 "vhost" and "vfu" those of a vhost-blk node and a vfio-user node. double_state and
 double_calls tell what really happened; double_rule injects failures and delays.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_spdk_peers.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_spdk_peers
 """
 
 import base64
 import os
 import re
-import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import unittest
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import (  # noqa: E402
+from .harness import (
     CEPH_KEY, CEPH_SECRET_UUID, Daemon, EventCollector, expect_error,
     pinned_domain_xml,
     start_event_loop, wait_until,
 )
-from spdk_client import RpcError, SpdkDouble, call  # noqa: E402
+from .spdk_client import RpcError, SpdkDouble, call, storage_exports
 
 L = libvirt
 LAB = {}
@@ -72,38 +69,16 @@ heal_interval_s = 0.2
 
 def setUpModule():
     start_event_loop()  # before any connection is opened, or it gets no events
-    LAB["dir"] = tempfile.mkdtemp(prefix="metalvirt-spdktest")
-    try:
-        spdk = LAB["spdk"] = SpdkDouble("storage", *DPUS).__enter__()
-        LAB["vfu_dir"] = spdk.path("vfu")
-        os.mkdir(LAB["vfu_dir"])
-        # The storage target's standing exports: an NVMe/TCP transport, an iSCSI portal open
-        # to any initiator, a CHAP group (05-iscsi.txt, 01-nvmf-chain.txt).
-        stor = spdk.sock("storage")
-        call(stor, "nvmf_create_transport", {"trtype": "TCP"})
-        call(stor, "iscsi_create_portal_group",
-             {"tag": 1, "portals": [{"host": "127.0.0.1", "port": "3260"}]})
-        call(stor, "iscsi_create_initiator_group",
-             {"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]})
-        call(stor, "iscsi_create_auth_group",
-             {"tag": 1, "secrets": [{"user": CHAP_USER, "secret": CHAP_SECRET}]})
-        raw = "".join(node_toml(n, role, fe.format(vfu_dir=LAB["vfu_dir"]), spdk)
-                      for n, (role, fe) in NODES.items())
-        d = LAB["daemon"] = Daemon(raw=raw)
-        d.__enter__()
-    except BaseException:
-        tearDownModule()
-        raise
-
-
-def tearDownModule():
-    d = LAB.pop("daemon", None)
-    if d is not None:
-        d.__exit__(None, None, None)
-    spdk = LAB.pop("spdk", None)
-    if spdk is not None:
-        spdk.__exit__(None, None, None)
-    shutil.rmtree(LAB.get("dir", "/nonexistent"), ignore_errors=True)
+    # Module cleanups run in reverse, also when this fails half-way: daemon, double, dir.
+    LAB["dir"] = unittest.enterModuleContext(
+        tempfile.TemporaryDirectory(prefix="metalvirt-spdktest"))
+    spdk = LAB["spdk"] = unittest.enterModuleContext(SpdkDouble("storage", *DPUS))
+    LAB["vfu_dir"] = spdk.path("vfu")
+    os.mkdir(LAB["vfu_dir"])
+    storage_exports(spdk.sock("storage"), chap=(CHAP_USER, CHAP_SECRET))
+    raw = "".join(node_toml(n, role, fe.format(vfu_dir=LAB["vfu_dir"]), spdk)
+                  for n, (role, fe) in NODES.items())
+    LAB["daemon"] = unittest.enterModuleContext(Daemon(raw=raw))
 
 
 # -- SPDK double ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Contract test of tests/python/spdk_double.py against the recordings of a real SPDK v26.05
+"""Contract test of tests/blackbox/spdk_double against the recordings of a real SPDK v26.05
 target in fixtures/spdk (01..07): every recorded request is replayed, byte for byte, against
 a fresh double with the roles the recording used, and every reply must equal the recorded
 one after normalising only what is random per run (uuids and the nguids and host NQNs made
@@ -8,7 +8,8 @@ checked with further calls. Then: out-of-order replies with latency on, batches 
 notifications, bad input, the test controls, the parameter shapes metalvirtd sends, and the
 real client (PyPI `spdk` in the peers venv) against the double.
 
-Run: /usr/bin/python3 tests/python/test_spdk_contract.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_spdk_contract
 """
 
 import json
@@ -17,11 +18,9 @@ import re
 import subprocess
 import sys
 import time
-import traceback
+import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from spdk_client import Client, RpcError, SpdkDouble, call  # noqa: E402
+from .spdk_client import Client, RpcError, SpdkDouble, call
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RECORDINGS = os.environ.get("METALVIRT_SPDK_RECORDINGS",
@@ -848,29 +847,38 @@ def real_client_against_the_double():
     return "spdk-rpc and JSONRPCClient accepted; CLI attach refused as by v26.05"
 
 
-def main():
-    passed = failed = skipped = 0
-    t0 = time.monotonic()
-    for fn in CHECKS:
-        start = time.monotonic()
+class Contract(unittest.TestCase):
+    """One case per check in CHECKS, in their order (unittest sorts by name: the names carry
+    the position)."""
+
+
+# What the checks report besides passing (printed at the end: unittest's verbose lines
+# carry only names and verdicts).
+NOTES = []
+
+
+def _case(fn):
+    def case(self):
         try:
             note = fn()
-            passed += 1
-            print("ok    %-45s %.2fs %s" % (fn.__name__, time.monotonic() - start, note or ""),
-                  file=sys.stderr)
         except Skip as e:
-            skipped += 1
-            print("skip  %-45s %s" % (fn.__name__, e), file=sys.stderr)
-        except Exception:
-            failed += 1
-            print("FAIL  %s\n%s" % (fn.__name__, traceback.format_exc()), file=sys.stderr)
+            self.skipTest(str(e))
+        if note:
+            NOTES.append("%s: %s" % (fn.__name__, note))
+    case.__doc__ = fn.__doc__
+    return case
+
+
+for _i, _fn in enumerate(CHECKS):
+    setattr(Contract, "test_%02d_%s" % (_i, _fn.__name__), _case(_fn))
+
+
+def tearDownModule():
+    for note in NOTES:
+        print("note  " + note, file=sys.stderr)
     for (f, role, rid), why in sorted(SKIPS.items()):
         print("note  not replayed: %s [%s] id %s: %s" % (f, role, rid, why), file=sys.stderr)
-    print("took %.1fs" % (time.monotonic() - t0), file=sys.stderr)
-    print("spdk-contract: %d passed, %d failed, %d skipped" % (passed, failed, skipped),
-          file=sys.stderr)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    unittest.main(verbosity=2)

@@ -2,7 +2,8 @@
 python3-libvirt over qemu+tls:// and metal+tls://), its refusals, read-only DNs, and the plain
 TCP listener that exists only when asked for explicitly.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_tls.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_tls
 """
 
 import os
@@ -10,17 +11,14 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import Daemon, DaemonError, EventCollector, start_event_loop, wait_until  # noqa: E402
-from peers import free_port  # noqa: E402
-from pki import Pki, dn  # noqa: E402
+from .harness import Daemon, DaemonError, EventCollector, start_event_loop, wait_until
+from .peers import free_port
+from .pki import Pki, dn
 
 
 

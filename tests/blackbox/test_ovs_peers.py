@@ -1,29 +1,26 @@
-"""Real NIC plumbing against real Open vSwitch and OVN (tests/python/peers.py OvsLab, as
+"""Real NIC plumbing against real Open vSwitch and OVN (tests/blackbox/peers.py OvsLab, as
 ../shared/PEERS.md §4 runs them): ovsdb-server on a private database, ovs-vswitchd (netdev
 datapath) in its own network namespace where each representor pf0vfN is a veth whose peer
 hostvfN stands for the host-facing function, and OVN NB/SB, ovn-northd and ovn-controller.
 virsh and python3-libvirt drive the daemon; ovs-vsctl, ovn-nbctl and ovn-sbctl are asked
 what really happened.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_ovs_peers.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_ovs_peers
 """
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-import peers  # noqa: E402
-from harness import (  # noqa: E402
+from . import peers
+from .harness import (
     METALVIRT_NS, Daemon, EventCollector, expect_error, start_event_loop, wait_until,
 )
 
@@ -64,26 +61,12 @@ timeout_s = 5
 
 def setUpModule():
     start_event_loop()  # before any connection is opened, or it gets no events
-    LAB["dir"] = tempfile.mkdtemp(prefix="metalvirt-ovstest")
-    lab = LAB["lab"] = peers.OvsLab(representors=6).__enter__()
-    try:
-        raw = "".join(node_toml(n, lab=lab, **v)
-                      for n, v in NODES.items())
-        d = LAB["daemon"] = Daemon(raw=raw)
-        d.__enter__()
-    except BaseException:
-        tearDownModule()
-        raise
-
-
-def tearDownModule():
-    d = LAB.pop("daemon", None)
-    if d is not None:
-        d.__exit__(None, None, None)
-    lab = LAB.pop("lab", None)
-    if lab is not None:
-        lab.__exit__(None, None, None)
-    shutil.rmtree(LAB.get("dir", "/nonexistent"), ignore_errors=True)
+    # Module cleanups run in reverse, also when this fails half-way: daemon, OVS lab, dir.
+    LAB["dir"] = unittest.enterModuleContext(
+        tempfile.TemporaryDirectory(prefix="metalvirt-ovstest"))
+    lab = LAB["lab"] = unittest.enterModuleContext(peers.OvsLab(representors=6))
+    raw = "".join(node_toml(n, lab=lab, **v) for n, v in NODES.items())
+    LAB["daemon"] = unittest.enterModuleContext(Daemon(raw=raw))
 
 
 def virsh(*args, check=True):

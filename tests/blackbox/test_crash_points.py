@@ -3,7 +3,7 @@ POINTS, debug builds: env METALVIRT_CRASH_AT=NAME makes metalvirtd SIGKILL itsel
 step) is hit by a real operation driven with virsh, then the daemon is started again on the
 same directories and what it finds and does is checked against the real peers:
 
-  * SPDK: the test double tests/python/spdk_double.py, a "storage" role exporting the
+  * SPDK: the test double tests/blackbox/spdk_double, a "storage" role exporting the
     cloud volumes (NVMe/TCP subsystems, iSCSI LUNs) and a "dpu" role, the node's DPU;
   * Open vSwitch: a real ovsdb-server and ovs-vswitchd (peers.OvsLab without OVN), the
     node's representors pf0vfN being veths in vswitchd's namespace;
@@ -25,11 +25,11 @@ restart, once the SPDK/OVS/power state stopped changing, for every point:
 A matrix (one row per point) goes to stderr at the end and, as Markdown, to the file named
 by env CRASH_MATRIX_OUT when set.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_crash_points.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_crash_points
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,13 +38,11 @@ import time
 import unittest
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-import peers  # noqa: E402
-from harness import Daemon, pinned_domain_xml  # noqa: E402
-from spdk_client import RpcError, SpdkDouble, call  # noqa: E402
+from . import peers
+from .harness import Daemon, pinned_domain_xml
+from .spdk_client import RpcError, SpdkDouble, call, storage_exports
 
 L = libvirt
 # A crash point set in the caller's environment would kill every restart too.
@@ -151,34 +149,19 @@ timeout_s = 5
 
 
 def setUpModule():
-    LAB["dir"] = tempfile.mkdtemp(prefix="metalvirt-crashtest")
     LAB["t0"] = time.monotonic()
-    try:
-        spdk = LAB["spdk"] = SpdkDouble("storage", "dpu").__enter__()
-        stor = spdk.sock("storage")
-        call(stor, "nvmf_create_transport", {"trtype": "TCP"})
-        call(stor, "iscsi_create_portal_group",
-             {"tag": 1, "portals": [{"host": "127.0.0.1", "port": "3260"}]})
-        call(stor, "iscsi_create_initiator_group",
-             {"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]})
-        LAB["lab"] = peers.OvsLab(representors=REPRESENTORS, ovn=False).__enter__()
-        LAB["raw"] = node_toml(spdk, LAB["lab"])
-    except BaseException:
-        tearDownModule()
-        raise
+    # Module cleanups run in reverse, also when this fails half-way: OVS lab, double, dir.
+    LAB["dir"] = unittest.enterModuleContext(
+        tempfile.TemporaryDirectory(prefix="metalvirt-crashtest"))
+    spdk = LAB["spdk"] = unittest.enterModuleContext(SpdkDouble("storage", "dpu"))
+    storage_exports(spdk.sock("storage"))
+    LAB["lab"] = unittest.enterModuleContext(
+        peers.OvsLab(representors=REPRESENTORS, ovn=False))
+    LAB["raw"] = node_toml(spdk, LAB["lab"])
 
 
 def tearDownModule():
-    try:
-        report_matrix()
-    finally:
-        lab = LAB.pop("lab", None)
-        if lab is not None:
-            lab.__exit__(None, None, None)
-        spdk = LAB.pop("spdk", None)
-        if spdk is not None:
-            spdk.__exit__(None, None, None)
-        shutil.rmtree(LAB.get("dir", "/nonexistent"), ignore_errors=True)
+    report_matrix()
 
 
 def rpc(role, method, params=None):

@@ -1,22 +1,19 @@
 """nova's instance operations (spawn, reboot, power off, delete) against metalvirtd,
 driven through libvirt-python exactly as nova's libvirt driver calls it (PROTOCOL.md 4.5-4.7).
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_nova_lifecycle.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_nova_lifecycle
 """
 
-import os
-import sys
 import time
 import unittest
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import (  # noqa: E402
-    METALVIRT_NS, NOVA_NS, Daemon, EventCollector, bound_node, expect_error,
-    nova_domain_xml, nova_instance_xml, open_like_nova, wait_until,
+from .harness import (
+    DaemonCase, METALVIRT_NS, NOVA_NS, bound_node, expect_error, nova_domain_xml,
+    nova_instance_xml, wait_until,
 )
 
 L = libvirt
@@ -62,16 +59,12 @@ def has_subsequence(seq, wanted):
     return all(any(x == w for x in it) for w in wanted)
 
 
-class NovaLifecycle(unittest.TestCase):
+class NovaLifecycle(DaemonCase):
+    events = (L.VIR_DOMAIN_EVENT_ID_LIFECYCLE, L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+              L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED)
+
     def setUp(self):
-        self.d = Daemon().__enter__()
-        self.addCleanup(self.d.__exit__, None, None, None)
-        self.conn = open_like_nova(self.d.uri)
-        self.addCleanup(self.conn.close)
-        self.ev = EventCollector(self.conn)
-        for eid in (L.VIR_DOMAIN_EVENT_ID_LIFECYCLE, L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
-                    L.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED):
-            self.ev.register(eid)
+        super().setUp()
         self.conn.registerCloseCallback(lambda *a: None, None)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -475,17 +468,12 @@ class NovaLifecycle(unittest.TestCase):
         self.assertEqual(e.get_error_code(), L.VIR_ERR_NO_SECRET, e)
 
 
-class SlowGuestShutdown(unittest.TestCase):
+class SlowGuestShutdown(DaemonCase):
     """nova power_off with a guest that does not finish its shutdown in time:
     shutdown(), poll, destroy(); later power_on (= hard reboot) starts it again."""
 
     GRACEFUL_MS = 800
-
-    def setUp(self):
-        self.d = Daemon(sim={"graceful_shutdown_ms": self.GRACEFUL_MS}).__enter__()
-        self.addCleanup(self.d.__exit__, None, None, None)
-        self.conn = open_like_nova(self.d.uri)
-        self.addCleanup(self.conn.close)
+    sim = {"graceful_shutdown_ms": GRACEFUL_MS}
 
     def test_shutdown_in_progress_shows_running(self):
         dom = self.conn.defineXML(nova_domain_xml(UUID, NAME))
@@ -530,4 +518,4 @@ class SlowGuestShutdown(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(verbosity=2)

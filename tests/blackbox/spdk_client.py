@@ -1,4 +1,4 @@
-"""Helpers for tests that need SPDK: `SpdkDouble` runs tests/python/spdk_double.py (a double
+"""Helpers for tests that need SPDK: `SpdkDouble` runs the `spdk_double` package (a double
 of spdk_tgt v26.05, see its docstring) in a temp dir, one unix socket per role, and stops
 it (its whole process group) and removes the dir on exit; `call` and `Client` speak SPDK's
 JSON-RPC with a streaming decoder (responses are bare concatenated JSON values).
@@ -14,10 +14,11 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from peers import _Process  # noqa: E402
-DOUBLE = os.path.join(HERE, "spdk_double.py")
+from .peers import _Process
+
+# The directory holding this package: the double runs as `python3 -m blackbox.spdk_double`
+# with it on the module path, from any working directory.
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RpcError(Exception):
@@ -113,7 +114,7 @@ class SpdkDouble(_Process):
         return os.path.join(self.dir, role + ".sock")
 
     def start(self):
-        argv = [sys.executable, DOUBLE]
+        argv = [sys.executable, "-m", "blackbox.spdk_double"]
         for role in self.roles:
             argv += ["--sock", "%s=%s" % (role, self.sock(role))]
         if self.latency is not None:
@@ -125,8 +126,10 @@ class SpdkDouble(_Process):
         if self.want_log:
             argv += ["--log", self.path("double.log")]
         self.stderr = open(self.path("stderr.log"), "wb")
+        env = dict(os.environ, PYTHONPATH=TESTS)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, cwd=self.dir, start_new_session=True)
+                                     stderr=self.stderr, cwd=self.dir, env=env,
+                                     start_new_session=True)
         line = self.proc.stdout.readline()
         if line.strip() != b"ready":
             self.stop()
@@ -162,3 +165,17 @@ def wait_until(pred, timeout=5.0, step=0.01):
             return v
         time.sleep(step)
     raise AssertionError("timed out")
+
+
+def storage_exports(sock, chap=None):
+    """The storage target's standing exports the disk tests use (05-iscsi.txt,
+    01-nvmf-chain.txt): an NVMe/TCP transport, an iSCSI portal on 127.0.0.1:3260 open to any
+    initiator and, with `chap` = (user, secret), a CHAP auth group (tag 1)."""
+    call(sock, "nvmf_create_transport", {"trtype": "TCP"})
+    call(sock, "iscsi_create_portal_group",
+         {"tag": 1, "portals": [{"host": "127.0.0.1", "port": "3260"}]})
+    call(sock, "iscsi_create_initiator_group",
+         {"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]})
+    if chap:
+        call(sock, "iscsi_create_auth_group",
+             {"tag": 1, "secrets": [{"user": chap[0], "secret": chap[1]}]})

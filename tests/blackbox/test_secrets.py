@@ -1,20 +1,20 @@
 """libvirt secrets through libvirt-python: what operators and nova do with them (Ceph keys,
 volume passphrases), persistence with mode 0600, private values, and bad input.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_secrets.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_secrets
 """
 
 import os
 import stat
-import sys
 import unittest
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import Daemon, expect_error, open_like_nova  # noqa: E402
+from .harness import (
+    DaemonCase, expect_error, open_like_nova,
+)
 
 L = libvirt
 CEPH_UUID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -33,12 +33,8 @@ def volume(uuid=VOL_UUID, vol=VOLUME, ephemeral="no"):
             f"<usage type='volume'><volume>{vol}</volume></usage></secret>")
 
 
-class Secrets(unittest.TestCase):
-    def setUp(self):
-        self.d = Daemon(ceph_secret=False).__enter__()
-        self.addCleanup(self.d.__exit__, None, None, None)
-        self.conn = open_like_nova(self.d.uri)
-        self.addCleanup(self.conn.close)
+class Secrets(DaemonCase):
+    daemon_kwargs = {"ceph_secret": False}
 
     def test_nova_volume_secret_cycle(self):
         # nova's find_secret: 66 means absent
@@ -153,4 +149,4 @@ class Secrets(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=1)
+    unittest.main(verbosity=2)

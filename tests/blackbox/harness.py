@@ -1,8 +1,9 @@
 """Black-box harness for the Python (libvirt-python) tests of metalvirtd.
 
-Starts the real `metalvirtd` (path from the environment variable METALVIRTD) on a
-fresh temporary directory with a fast simulated lab, and stops it again.
-Mirrors tests/common/mod.rs.
+Starts the real `metalvirtd` (the environment variable METALVIRTD, else the debug build
+target/debug/metalvirtd) on a fresh temporary directory with a fast simulated lab, and
+stops it again. Mirrors tests/common/mod.rs. `DaemonCase` is the shared fixture: one fresh
+daemon per test, stopped however the test ends.
 """
 
 import json
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import unittest
 
 import libvirt
 
@@ -76,6 +78,11 @@ def merge_config(base, extra):
     return out
 
 
+# The debug build of this checkout, used when METALVIRTD is not set.
+DEFAULT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target",
+                              "debug", "metalvirtd")
+
+
 class DaemonError(RuntimeError):
     pass
 
@@ -96,9 +103,10 @@ class Daemon:
         self.raw = raw
         self.env = dict(env or {})
         self.args = list(args)
-        self.binary = os.environ.get("METALVIRTD")
-        if not self.binary:
-            raise DaemonError("set METALVIRTD to the path of the metalvirtd binary")
+        self.binary = os.environ.get("METALVIRTD") or DEFAULT_BINARY
+        if not os.path.exists(self.binary):
+            raise DaemonError(f"{self.binary} does not exist: build it (cargo build) or set "
+                              "METALVIRTD to the metalvirtd binary")
         cfg = merge_config(FAST_CONFIG, {"sim": dict(sim or {})})
         if extra:
             cfg = merge_config(cfg, tomllib.loads(extra))
@@ -574,3 +582,39 @@ def expect_error(fn, *args):
 
 if __name__ == "__main__":
     sys.exit("harness.py is a library; run the test_*.py scripts")
+
+
+class DaemonCase(unittest.TestCase):
+    """The shared lab fixture: every test gets a fresh daemon on the simulated lab as `self.d`
+    and a connection opened as nova opens it as `self.conn`, with the lifecycle (and other)
+    events in `events` collected by `self.ev`; all closed and stopped (the daemon's
+    directory removed) however the test ends. A subclass tunes it with the class attributes
+    `sim` (simulated lab settings), `daemon_kwargs` (other `Daemon` arguments) and `events`,
+    or by overriding `daemon()`."""
+
+    sim = None
+    daemon_kwargs = {}
+    events = ()
+
+    def daemon(self):
+        return Daemon(sim=self.sim, **self.daemon_kwargs)
+
+    def setUp(self):
+        self.d = self.enterContext(self.daemon())
+        self.conn = self.connect()
+        if self.events:
+            self.ev = EventCollector(self.conn)
+            for eid in self.events:
+                self.ev.register(eid)
+
+    def connect(self):
+        """Another nova-like connection, closed at the end of the test."""
+        conn = open_like_nova(self.d.uri)
+
+        def close():
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+        self.addCleanup(close)
+        return conn

@@ -4,22 +4,20 @@ ipmi_sim and pyghmi's IPMI BMC. virsh drives start/destroy/shutdown/reboot/reset
 python3-libvirt watches the events; the peers are asked directly what the server's power
 and boot device really are, and are used directly to change power out of band.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_bmc_peers.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_bmc_peers
 (the peers come from scripts/install-deps.sh).
 """
 
 import os
-import shutil
-import sys
+import tempfile
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-import peers  # noqa: E402
-from harness import (  # noqa: E402
+from . import peers
+from .harness import (
     METALVIRT_NS, Daemon, EventCollector, expect_error, wait_until,
 )
 
@@ -57,7 +55,9 @@ def node_toml(name, driver, address, pwfile, **extra):
 
 
 def setUpModule():
-    d = LAB["dir"] = __import__("tempfile").mkdtemp(prefix="metalvirt-bmc")
+    # Module cleanups run in reverse, also when this fails half-way: daemon, peers, dir.
+    d = LAB["dir"] = unittest.enterModuleContext(
+        tempfile.TemporaryDirectory(prefix="metalvirt-bmc"))
     good = peers.write_password_file(os.path.join(d, "bmc.pass"))
     # Readable by others: works, with a warning.
     loose = peers.write_password_file(os.path.join(d, "loose.pass"))
@@ -74,56 +74,35 @@ printf 'argv:%s\\n' "$*" >> {spy_log}
 exec ipmitool "$@"
 """)
     os.chmod(spy, 0o755)
-    stack = LAB["peers"] = []
-
-    def up(p):
-        stack.append(p)
-        return p.__enter__()
-
-    try:
-        http = LAB["http"] = up(peers.Sushy([SYS["http1"] + ("Off",), SYS["http2"] + ("Off",)]))
-        tls = LAB["tls"] = up(peers.Sushy([SYS["tls"] + ("Off",)], tls=True))
-        dead = LAB["dead"] = up(peers.Sushy([SYS["dead"] + ("Off",)]))
-        slow = LAB["slow"] = up(peers.Sushy([SYS["slow"] + ("Off",)], delay="random"))
-        sim = LAB["ipmisim"] = up(peers.IpmiSim())
-        ghmi = LAB["pyghmi"] = up(peers.Pyghmi(2))
-        raw = "".join([
-            # by UUID, by Name (the emulator redirects names to UUIDs), by path
-            node_toml("rf-1", "redfish", http.url, good, system=SYS["http1"][0],
-                      power_on_timeout_s=10, power_off_timeout_s=10),
-            node_toml("rf-2", "redfish", http.url, loose, system=SYS["http2"][1],
-                      power_on_timeout_s=10, power_off_timeout_s=10, boot_persistent=False),
-            node_toml("rf-tls", "redfish", tls.url, good, ca_bundle=tls.path("cert.pem"),
-                      power_on_timeout_s=10, power_off_timeout_s=10),
-            node_toml("rf-dead", "redfish", dead.url, good,
-                      system=dead.system_path(SYS["dead"][0]), timeout_s=3, retries=1,
-                      power_on_timeout_s=10, power_off_timeout_s=10),
-            node_toml("rf-slow", "redfish", slow.url, good, power_on_timeout_s=30,
-                      power_off_timeout_s=30),
-            node_toml("rf-badpw", "redfish", http.url, bad, system=SYS["http1"][0]),
-            node_toml("ipmi-sim", "ipmi", f"127.0.0.1:{sim.port}", good, ipmitool=spy,
-                      power_off_timeout_s=10),
-            node_toml("ipmi-ghmi", "ipmi", f"127.0.0.1:{ghmi.ports[0]}", good, ipmitool=spy,
-                      power_off_timeout_s=10),
-            node_toml("ipmi-badpw", "ipmi", f"127.0.0.1:{ghmi.ports[1]}", bad, timeout_s=10),
-        ])
-        LAB["daemon"] = Daemon(
-            extra=f"[watcher]\ninterval_ms = {INTERVAL_MS}\nmax_backoff_ms = 1200\n", raw=raw)
-        LAB["daemon"].__enter__()
-    except BaseException:
-        tearDownModule()
-        raise
-
-
-def tearDownModule():
-    d = LAB.pop("daemon", None)
-    if d is not None:
-        log = d.log()
-        d.__exit__(None, None, None)
-        LAB["final_log"] = log
-    for p in reversed(LAB.get("peers", [])):
-        p.__exit__(None, None, None)
-    shutil.rmtree(LAB.get("dir", "/nonexistent"), ignore_errors=True)
+    up = unittest.enterModuleContext
+    http = LAB["http"] = up(peers.Sushy([SYS["http1"] + ("Off",), SYS["http2"] + ("Off",)]))
+    tls = LAB["tls"] = up(peers.Sushy([SYS["tls"] + ("Off",)], tls=True))
+    dead = LAB["dead"] = up(peers.Sushy([SYS["dead"] + ("Off",)]))
+    slow = LAB["slow"] = up(peers.Sushy([SYS["slow"] + ("Off",)], delay="random"))
+    sim = LAB["ipmisim"] = up(peers.IpmiSim())
+    ghmi = LAB["pyghmi"] = up(peers.Pyghmi(2))
+    raw = "".join([
+        # by UUID, by Name (the emulator redirects names to UUIDs), by path
+        node_toml("rf-1", "redfish", http.url, good, system=SYS["http1"][0],
+                  power_on_timeout_s=10, power_off_timeout_s=10),
+        node_toml("rf-2", "redfish", http.url, loose, system=SYS["http2"][1],
+                  power_on_timeout_s=10, power_off_timeout_s=10, boot_persistent=False),
+        node_toml("rf-tls", "redfish", tls.url, good, ca_bundle=tls.path("cert.pem"),
+                  power_on_timeout_s=10, power_off_timeout_s=10),
+        node_toml("rf-dead", "redfish", dead.url, good,
+                  system=dead.system_path(SYS["dead"][0]), timeout_s=3, retries=1,
+                  power_on_timeout_s=10, power_off_timeout_s=10),
+        node_toml("rf-slow", "redfish", slow.url, good, power_on_timeout_s=30,
+                  power_off_timeout_s=30),
+        node_toml("rf-badpw", "redfish", http.url, bad, system=SYS["http1"][0]),
+        node_toml("ipmi-sim", "ipmi", f"127.0.0.1:{sim.port}", good, ipmitool=spy,
+                  power_off_timeout_s=10),
+        node_toml("ipmi-ghmi", "ipmi", f"127.0.0.1:{ghmi.ports[0]}", good, ipmitool=spy,
+                  power_off_timeout_s=10),
+        node_toml("ipmi-badpw", "ipmi", f"127.0.0.1:{ghmi.ports[1]}", bad, timeout_s=10),
+    ])
+    LAB["daemon"] = up(Daemon(
+        extra=f"[watcher]\ninterval_ms = {INTERVAL_MS}\nmax_backoff_ms = 1200\n", raw=raw))
 
 
 def virsh(*args, check=True):
@@ -479,4 +458,4 @@ class ZZLogIsClean(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(verbosity=2)

@@ -2,7 +2,8 @@
 socket activation by systemd-socket-activate (real LISTEN_FDS), readiness notification, and
 the Debian package installed with dpkg, used through metal:///system and purged again.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_service.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_service
 """
 
 import os
@@ -10,17 +11,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import wait_until  # noqa: E402
-from peers import free_port  # noqa: E402
-from pki import Pki  # noqa: E402
+from .harness import wait_until
+from .peers import free_port
+from .pki import Pki
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PACKAGED = os.path.join(REPO, "packaging", "metalvirtd.toml")

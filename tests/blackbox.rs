@@ -1,11 +1,14 @@
-//! Runs the python3-libvirt scripts in `tests/python/` (libvirt's own Python binding, as nova
-//! uses it) against the real daemon binary. Each script starts and stops its own daemons.
+//! Runs the black-box test modules of the `tests/blackbox` Python package (libvirt's own Python
+//! binding, as nova uses it, against the real daemon binary), one process per module. Each
+//! module starts and stops its own daemons and peers; every case's verdict is printed, and a
+//! failure names its cases.
 
 use std::process::Command;
 
 #[test]
-fn python3_libvirt_scripts() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+fn python3_libvirt_modules() {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let dir = tests.join("blackbox");
     let mut scripts: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -16,11 +19,17 @@ fn python3_libvirt_scripts() {
         })
         .collect();
     scripts.sort();
-    assert!(!scripts.is_empty(), "no python test scripts found");
+    assert!(
+        !scripts.is_empty(),
+        "no test modules found in {}",
+        dir.display()
+    );
     let mut failed = Vec::new();
     for s in &scripts {
+        let module = s.file_stem().unwrap().to_string_lossy().to_string();
         let out = Command::new("/usr/bin/python3")
-            .arg(s)
+            .args(["-m", &format!("blackbox.{module}")])
+            .env("PYTHONPATH", &tests)
             .env("METALVIRTD", env!("CARGO_BIN_EXE_metalvirtd"))
             .current_dir(&dir)
             .output()
@@ -28,7 +37,7 @@ fn python3_libvirt_scripts() {
         let err = String::from_utf8_lossy(&out.stderr);
         // unittest's verbose lines ("test_x (__main__.Class.test_x) ... ok"): every case is
         // reported by name, and a failure names its cases, not only its script.
-        let script = s.file_name().unwrap().to_string_lossy().to_string();
+        let script = &module;
         let mut bad_cases = Vec::new();
         // A case with a docstring has its name on the line before the verdict.
         let mut named = String::new();

@@ -1,20 +1,17 @@
 """nova's connection and host-inspection sequence against metalvirtd (PROTOCOL.md 2.1, 4.2-4.4, 4.7).
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_connect.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_connect
 """
 
-import os
-import sys
 import threading
 import unittest
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import (  # noqa: E402
-    Daemon, EventCollector, expect_error, nova_domain_xml, open_like_nova, start_event_loop,
+from .harness import (
+    DaemonCase,     Daemon, EventCollector, expect_error, nova_domain_xml, open_like_nova, start_event_loop,
     wait_until,
 )
 
@@ -205,14 +202,11 @@ class ConfiguredHost(unittest.TestCase):
                 conn.close()
 
 
-class ReadOnly(unittest.TestCase):
+class ReadOnly(DaemonCase):
     def setUp(self):
-        self.d = Daemon().__enter__()
-        self.addCleanup(self.d.__exit__, None, None, None)
-        rw = open_like_nova(self.d.uri)
-        self.addCleanup(rw.close)
+        super().setUp()
         self.uuid = "3f0d7c1e-8a2b-4c5d-9e6f-0a1b2c3d4e5f"
-        rw.defineXML(nova_domain_xml(self.uuid, "instance-00000001"))
+        self.conn.defineXML(nova_domain_xml(self.uuid, "instance-00000001"))
 
     def test_read_only_connection(self):
         ro = libvirt.openReadOnly(self.d.ro_uri)
@@ -334,4 +328,4 @@ class ConnectionLifetime(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(verbosity=2)

@@ -1,22 +1,20 @@
 """Failed starts roll back the simulated hardware, and a daemon restart leaves running
 servers alone. Driven through libvirt-python as nova calls it.
 
-Run: METALVIRTD=target/debug/metalvirtd /usr/bin/python3 tests/python/test_failures.py
+Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
+    PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_failures
 """
 
 import json
 import os
-import sys
 import threading
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libvirt
 
-import libvirt  # noqa: E402
-
-from harness import (  # noqa: E402
-    NOVA_NS, Daemon, EventCollector, bound_node, expect_error, nova_domain_xml,
-    nova_instance_xml, open_like_nova, wait_until,
+from .harness import (
+    DaemonCase, NOVA_NS, EventCollector, bound_node, expect_error, nova_domain_xml,
+    nova_instance_xml, wait_until,
 )
 
 L = libvirt
@@ -54,26 +52,9 @@ def other_instance(n):
         mac=f"fa:16:3e:00:00:{n:02x}", port_id=f"{n:08d}-5a1b-4c2d-8e9f-a0b1c2d3e4f5")
 
 
-class Base(unittest.TestCase):
+class Base(DaemonCase):
     sim = {}
-
-    def setUp(self):
-        self.d = Daemon(sim=self.sim).__enter__()
-        self.addCleanup(self.d.__exit__, None, None, None)
-        self.conn = self.connect()
-        self.ev = EventCollector(self.conn)
-        self.ev.register(L.VIR_DOMAIN_EVENT_ID_LIFECYCLE)
-
-    def connect(self):
-        conn = open_like_nova(self.d.uri)
-
-        def close():
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
-        self.addCleanup(close)
-        return conn
+    events = (L.VIR_DOMAIN_EVENT_ID_LIFECYCLE,)
 
     def lookup(self, uuid=UUID, conn=None):
         return (conn or self.conn).lookupByUUIDString(uuid)
@@ -334,4 +315,4 @@ class DaemonRestart(Base):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(verbosity=2)
