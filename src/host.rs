@@ -5,8 +5,6 @@ use std::fmt::Write;
 
 use crate::driver::Driver;
 use crate::error::{VirError, VirResult};
-use crate::protocol::types::{NodeCpuStat, NodeGetInfoRet};
-use crate::protocol::xdr::FixedChars;
 
 /// Machine types offered for x86_64 (nova requires `pc`; `q35` for UEFI images).
 pub const MACHINES: &[(&str, &str)] = &[("pc", "pc-i440fx-8.2"), ("q35", "pc-q35-8.2")];
@@ -32,7 +30,30 @@ pub fn max_vcpus(d: &Driver) -> u32 {
 
 /// `virNodeGetInfo`. With identical nodes the topology is exact (nodes × sockets × cores ×
 /// threads); otherwise libvirt's fallback applies (1 node, 1 socket, all CPUs as cores).
-pub fn node_info(d: &Driver) -> NodeGetInfoRet {
+/// `virNodeInfo`: the host as libvirt describes one machine (dispatch turns it into the wire
+/// struct).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// CPU model string (the architecture, as libvirt reports it).
+    pub model: String,
+    /// Memory in KiB.
+    pub memory: u64,
+    /// Active CPUs.
+    pub cpus: i32,
+    /// CPU frequency in MHz.
+    pub mhz: i32,
+    /// NUMA cells (one per node when all nodes share a topology).
+    pub nodes: i32,
+    /// Sockets per cell.
+    pub sockets: i32,
+    /// Cores per socket.
+    pub cores: i32,
+    /// Threads per core.
+    pub threads: i32,
+}
+
+/// `virNodeGetInfo`.
+pub fn node_info(d: &Driver) -> NodeInfo {
     let nodes = d.nodes();
     let cpus = total_cpus(d);
     let memory = nodes.iter().map(|n| n.spec.memory_kib).sum();
@@ -51,8 +72,8 @@ pub fn node_info(d: &Driver) -> NodeGetInfoRet {
         ),
         _ => (1, 1, cpus as i32, 1),
     };
-    NodeGetInfoRet {
-        model: FixedChars(first.as_ref().map(|f| f.arch.clone()).unwrap_or_default()),
+    NodeInfo {
+        model: first.as_ref().map(|f| f.arch.clone()).unwrap_or_default(),
         memory,
         cpus: cpus as i32,
         mhz: first.map(|f| f.mhz as i32).unwrap_or(0),
@@ -103,7 +124,7 @@ pub fn cells_free_memory(d: &Driver, start: i32, max: i32) -> VirResult<Vec<u64>
 
 /// `virNodeGetCPUStats`: metalvirt does not see the servers' CPU usage, so busy nodes'
 /// CPUs count as fully used ("user") and free ones as idle, scaled by the daemon's uptime.
-pub fn cpu_stats(d: &Driver, cpu: i32) -> VirResult<Vec<NodeCpuStat>> {
+pub fn cpu_stats(d: &Driver, cpu: i32) -> VirResult<Vec<(&'static str, u64)>> {
     let total = total_cpus(d) as i32;
     if cpu != -1 && (cpu < 0 || cpu >= total) {
         return Err(VirError::invalid_arg(&format!(
@@ -127,22 +148,10 @@ pub fn cpu_stats(d: &Driver, cpu: i32) -> VirResult<Vec<NodeCpuStat>> {
         }
     }
     Ok(vec![
-        NodeCpuStat {
-            field: "kernel".into(),
-            value: 0,
-        },
-        NodeCpuStat {
-            field: "user".into(),
-            value: used,
-        },
-        NodeCpuStat {
-            field: "idle".into(),
-            value: idle,
-        },
-        NodeCpuStat {
-            field: "iowait".into(),
-            value: 0,
-        },
+        ("kernel", 0),
+        ("user", used),
+        ("idle", idle),
+        ("iowait", 0),
     ])
 }
 

@@ -1,6 +1,7 @@
 //! Connection and host procedures: open, close, versions, capabilities, node info, features.
 
 use super::*;
+use crate::protocol::xdr::FixedChars;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
@@ -89,7 +90,19 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                 s: host::sysinfo(d),
             })
         }
-        p::NODE_GET_INFO => ret(host::node_info(d)),
+        p::NODE_GET_INFO => {
+            let i = host::node_info(d);
+            ret(NodeGetInfoRet {
+                model: FixedChars(i.model),
+                memory: i.memory,
+                cpus: i.cpus,
+                mhz: i.mhz,
+                nodes: i.nodes,
+                sockets: i.sockets,
+                cores: i.cores,
+                threads: i.threads,
+            })
+        }
         p::NODE_GET_CPU_MAP => {
             let a: NodeGetCpuMapArgs = dec(args)?;
             VirError::check_flags(a.flags, 0, "virNodeGetCPUMap")?;
@@ -120,7 +133,14 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                     nparams: n,
                 });
             }
-            let params = stats.into_iter().take(a.nparams.max(0) as usize).collect();
+            let params = stats
+                .into_iter()
+                .take(a.nparams.max(0) as usize)
+                .map(|(field, value)| NodeCpuStat {
+                    field: field.into(),
+                    value,
+                })
+                .collect();
             ret(NodeGetCpuStatsRet { params, nparams: n })
         }
         p::NODE_GET_FREE_MEMORY => ret(U64 {
