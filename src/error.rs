@@ -16,8 +16,14 @@ pub mod code {
     pub const OPERATION_DENIED: i32 = 29;
     pub const RPC: i32 = 39;
     pub const NO_DOMAIN: i32 = 42;
+    pub const NO_NETWORK: i32 = 43;
+    pub const NO_STORAGE_POOL: i32 = 49;
+    pub const NO_STORAGE_VOL: i32 = 50;
+    pub const NO_NODE_DEVICE: i32 = 53;
     pub const AUTH_FAILED: i32 = 45;
     pub const OPERATION_INVALID: i32 = 55;
+    pub const NO_INTERFACE: i32 = 57;
+    pub const NO_NWFILTER: i32 = 62;
     pub const INVALID_SECRET: i32 = 65;
     pub const NO_SECRET: i32 = 66;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
@@ -26,8 +32,10 @@ pub mod code {
     pub const OPERATION_ABORTED: i32 = 78;
     pub const NO_DOMAIN_METADATA: i32 = 80;
     pub const OVERFLOW: i32 = 82;
+    pub const CPU_INCOMPATIBLE: i32 = 91;
     pub const OPERATION_UNSUPPORTED: i32 = 84;
     pub const DEVICE_MISSING: i32 = 99;
+    pub const NO_NWFILTER_BINDING: i32 = 101;
 }
 
 /// `virErrorDomain` values used by metalvirt.
@@ -38,8 +46,34 @@ pub mod from {
     pub const RPC: i32 = 7;
     pub const QEMU: i32 = 10;
     pub const REMOTE: i32 = 13;
+    pub const STORAGE: i32 = 18;
+    pub const NETWORK: i32 = 19;
     pub const DOMAIN: i32 = 20;
+    pub const NODEDEV: i32 = 22;
+    pub const INTERFACE: i32 = 26;
     pub const SECRET: i32 = 30;
+    pub const CPU: i32 = 31;
+    pub const NWFILTER: i32 = 33;
+}
+
+/// The kinds of host objects a lookup can miss (see [`VirError::not_found`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// `VIR_ERR_NO_NETWORK`.
+    Network,
+    /// `VIR_ERR_NO_STORAGE_POOL`.
+    StoragePool,
+    /// `VIR_ERR_NO_STORAGE_VOL`.
+    StorageVol,
+    /// `VIR_ERR_NO_NODE_DEVICE`.
+    NodeDevice,
+    /// `VIR_ERR_NO_INTERFACE`.
+    Interface,
+    /// `VIR_ERR_NO_NWFILTER` (always from `VIR_FROM_NWFILTER`: the client renumbers codes
+    /// 61–63 from any other error domain).
+    NwFilter,
+    /// `VIR_ERR_NO_NWFILTER_BINDING`.
+    NwFilterBinding,
 }
 
 /// `VIR_ERR_ERROR`.
@@ -255,6 +289,48 @@ impl VirError {
         Self::new(code::RPC, from::RPC, msg)
     }
 
+    /// `VIR_ERR_NO_SUPPORT` for an API metalvirt deliberately does not offer (libvirt's text
+    /// for a driver without the method, naming the API, then why), from `domain`.
+    pub fn no_support(api: &str, why: &str, domain: i32) -> Self {
+        Self::new(
+            code::NO_SUPPORT,
+            domain,
+            format!("this function is not supported by the connection driver: {api}: {why}"),
+        )
+    }
+
+    /// A lookup of a network, storage pool or volume, node device, host interface or network
+    /// filter (binding) that found nothing: libvirt's code, error domain and prefix for that
+    /// kind of object, then `detail` ("no network with matching name 'x'").
+    pub fn not_found(kind: Missing, detail: &str) -> Self {
+        let (code, domain, prefix) = match kind {
+            Missing::Network => (code::NO_NETWORK, from::NETWORK, "Network not found"),
+            Missing::StoragePool => (
+                code::NO_STORAGE_POOL,
+                from::STORAGE,
+                "Storage pool not found",
+            ),
+            Missing::StorageVol => (
+                code::NO_STORAGE_VOL,
+                from::STORAGE,
+                "Storage volume not found",
+            ),
+            Missing::NodeDevice => (code::NO_NODE_DEVICE, from::NODEDEV, "Node device not found"),
+            Missing::Interface => (code::NO_INTERFACE, from::INTERFACE, "Interface not found"),
+            Missing::NwFilter => (
+                code::NO_NWFILTER,
+                from::NWFILTER,
+                "Network filter not found",
+            ),
+            Missing::NwFilterBinding => (
+                code::NO_NWFILTER_BINDING,
+                from::NWFILTER,
+                "Network filter binding not found",
+            ),
+        };
+        Self::new(code, domain, format!("{prefix}: {detail}"))
+    }
+
     /// `VIR_ERR_NO_DOMAIN_METADATA`.
     pub fn no_metadata() -> Self {
         Self::new(
@@ -313,6 +389,15 @@ impl VirError {
             code::XML_ERROR,
             from::DOMAIN,
             format!("XML document failed to validate against schema: {detail}"),
+        )
+    }
+
+    /// `VIR_ERR_CPU_INCOMPATIBLE` (a CPU comparison asked to fail when incompatible).
+    pub fn cpu_incompatible(detail: &str) -> Self {
+        Self::new(
+            code::CPU_INCOMPATIBLE,
+            from::CPU,
+            format!("the CPU is incompatible with host CPU: {detail}"),
         )
     }
 

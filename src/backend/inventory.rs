@@ -40,6 +40,7 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
     let sims = sim::build_named(&cfg.sim, &cfg.state_dir, &names)?;
     let mut nodes = Vec::with_capacity(names.len());
     let mut sessions: HashMap<String, Arc<Session>> = HashMap::new();
+    let sim_pool = sim::nic_pool();
     for (nc, sim) in cfg.nodes.iter().zip(sims) {
         let (power, desc): (Arc<dyn Power>, String) = match nc.bmc.driver {
             BmcDriver::Sim => (sim.clone(), "simulated BMC".into()),
@@ -93,6 +94,11 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
                 power_off_timeout: Duration::from_secs_f64(nc.bmc.power_off_timeout_s),
                 boot_persistent: nc.bmc.boot_persistent,
                 bmc_desc: desc,
+                nic_functions: match real_nics {
+                    Some(n) => n.pool()?.into(),
+                    None => sim_pool.clone(),
+                },
+                nic_bridge: real_nics.map_or(sim::BRIDGE, |n| n.bridge.as_str()).into(),
             },
             power,
             disks,

@@ -165,6 +165,11 @@ pub struct NodeSpec {
     pub boot_persistent: bool,
     /// Where the BMC is, for messages (`redfish https://10.0.0.5`, never credentials).
     pub bmc_desc: String,
+    /// The server's host-facing NIC functions on its DPU, as (function, representor) pairs
+    /// (shared: every simulated node has the same pool).
+    pub nic_functions: std::sync::Arc<[(String, String)]>,
+    /// The DPU switch bridge its NICs join (the integration bridge).
+    pub nic_bridge: std::sync::Arc<str>,
 }
 
 /// Which parts of a node are the simulated lab's.

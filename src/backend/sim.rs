@@ -23,6 +23,17 @@ use crate::config::SimConfig;
 /// Number of NIC functions per simulated node (`pf0vf0`…`pf0vf15`).
 pub const NIC_FUNCTIONS: usize = 16;
 
+/// The bridge simulated NICs join (OVN's integration bridge).
+pub const BRIDGE: &str = "br-int";
+
+/// The simulated NIC pool: (function, representor) pairs `pf0vfN`, one allocation shared by
+/// every node that uses it.
+pub fn nic_pool() -> Arc<[(String, String)]> {
+    (0..NIC_FUNCTIONS)
+        .map(|i| (format!("pf0vf{i}"), format!("pf0vf{i}")))
+        .collect()
+}
+
 /// Simulated state of one node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimNodeState {
@@ -203,6 +214,7 @@ pub fn build_named(
 pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, String> {
     let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
     let sims = build_named(cfg, state_dir, &names)?;
+    let (functions, bridge) = (nic_pool(), Arc::<str>::from(BRIDGE));
     Ok(sims
         .into_iter()
         .zip(names)
@@ -225,6 +237,8 @@ pub fn build(cfg: &SimConfig, state_dir: &std::path::Path) -> Result<Vec<Node>, 
                 power_off_timeout: Duration::from_secs(120),
                 boot_persistent: true,
                 bmc_desc: "simulated BMC".into(),
+                nic_functions: functions.clone(),
+                nic_bridge: bridge.clone(),
             },
             power: sim.clone(),
             disks: sim.clone(),

@@ -450,14 +450,6 @@ impl Driver {
         Ok((d, mapped))
     }
 
-    fn require_active(obj: &DomainObj) -> VirResult<()> {
-        if obj.with(|s| s.active()) {
-            Ok(())
-        } else {
-            Err(VirError::operation_invalid("domain is not running"))
-        }
-    }
-
     /// `virDomainBlockResize`: grows the cloud volume; shrinking is refused.
     pub async fn block_resize(
         &self,
@@ -477,7 +469,7 @@ impl Driver {
         let _job = obj
             .begin_job("virDomainBlockResize", self.job_wait())
             .await?;
-        Self::require_active(obj)?;
+        self.require_running(obj)?;
         let (d, handle) = self.live_disk(obj, path, || {
             VirError::invalid_arg(&format!("disk '{path}' was not found in the domain config"))
         })?;
@@ -541,7 +533,7 @@ impl Driver {
 
     /// `virDomainBlockStats(Flags)`; `""` sums every disk.
     pub async fn block_stats(&self, obj: &Arc<DomainObj>, path: &str) -> VirResult<BlockStats> {
-        Self::require_active(obj)?;
+        self.require_running(obj)?;
         let node = self.live_node(obj)?;
         let handles: Vec<String> = if path.is_empty() {
             obj.with(|s| {
@@ -580,7 +572,7 @@ impl Driver {
 
     /// `virDomainInterfaceStats`: `device` is a target dev or a MAC address.
     pub async fn interface_stats(&self, obj: &Arc<DomainObj>, device: &str) -> VirResult<IfStats> {
-        Self::require_active(obj)?;
+        self.require_running(obj)?;
         let tree = Self::live_tree(obj)?;
         let mac = parse_mac(device).map(|m| devices::format_mac(&m));
         let nic = tree

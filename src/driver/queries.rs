@@ -8,6 +8,15 @@ use super::{DomainObj, Driver};
 use crate::error::{VirError, VirResult};
 
 impl Driver {
+    /// Refuses a call that needs a running domain as libvirt does ("domain is not running").
+    pub fn require_running(&self, obj: &DomainObj) -> VirResult<()> {
+        if obj.with(|s| s.active()) {
+            Ok(())
+        } else {
+            Err(VirError::operation_invalid("domain is not running"))
+        }
+    }
+
     /// `virDomainSuspend`: a staged domain is already paused; a running server's CPUs
     /// cannot be paused.
     pub fn suspend(&self, obj: &Arc<DomainObj>) -> VirResult<()> {

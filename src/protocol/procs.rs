@@ -28,6 +28,8 @@ pub enum Area {
     Devices,
     /// Secrets.
     Secrets,
+    /// Networks, storage pools, node devices, host interfaces, network filters.
+    Inventory,
     /// Impossible on bare metal: answered from [`impossible`], no handler.
     Unsupported,
 }
@@ -74,6 +76,79 @@ macro_rules! procs {
 }
 
 procs! {
+    // Networks: the nodes' bridges, read-only.
+    CONNECT_LIST_DEFINED_NETWORKS = 36, "virConnectListDefinedNetworks", Read, Inventory;
+    CONNECT_LIST_NETWORKS = 38, "virConnectListNetworks", Read, Inventory;
+    NETWORK_CREATE = 39, "virNetworkCreate", Write, Inventory;
+    NETWORK_CREATE_XML = 40, "virNetworkCreateXML", Write, Inventory;
+    NETWORK_DEFINE_XML = 41, "virNetworkDefineXML", Write, Inventory;
+    NETWORK_DESTROY = 42, "virNetworkDestroy", Write, Inventory;
+    NETWORK_GET_XML_DESC = 43, "virNetworkGetXMLDesc", Read, Inventory;
+    NETWORK_GET_AUTOSTART = 44, "virNetworkGetAutostart", Read, Inventory;
+    NETWORK_GET_BRIDGE_NAME = 45, "virNetworkGetBridgeName", Read, Inventory;
+    NETWORK_LOOKUP_BY_NAME = 46, "virNetworkLookupByName", Read, Inventory;
+    NETWORK_LOOKUP_BY_UUID = 47, "virNetworkLookupByUUID", Read, Inventory;
+    NETWORK_SET_AUTOSTART = 48, "virNetworkSetAutostart", Write, Inventory;
+    NETWORK_UNDEFINE = 49, "virNetworkUndefine", Write, Inventory;
+    CONNECT_NUM_OF_DEFINED_NETWORKS = 50, "virConnectNumOfDefinedNetworks", Read, Inventory;
+    CONNECT_NUM_OF_NETWORKS = 52, "virConnectNumOfNetworks", Read, Inventory;
+    NETWORK_IS_ACTIVE = 152, "virNetworkIsActive", Read, Inventory;
+    NETWORK_IS_PERSISTENT = 153, "virNetworkIsPersistent", Read, Inventory;
+    CONNECT_LIST_ALL_NETWORKS = 283, "virConnectListAllNetworks", Read, Inventory;
+    NETWORK_DEFINE_XML_FLAGS = 432, "virNetworkDefineXMLFlags", Write, Inventory;
+    NETWORK_CREATE_XML_FLAGS = 437, "virNetworkCreateXMLFlags", Write, Inventory;
+    // Storage: none.
+    CONNECT_NUM_OF_STORAGE_POOLS = 71, "virConnectNumOfStoragePools", Read, Inventory;
+    CONNECT_LIST_STORAGE_POOLS = 72, "virConnectListStoragePools", Read, Inventory;
+    CONNECT_NUM_OF_DEFINED_STORAGE_POOLS = 73, "virConnectNumOfDefinedStoragePools", Read, Inventory;
+    CONNECT_LIST_DEFINED_STORAGE_POOLS = 74, "virConnectListDefinedStoragePools", Read, Inventory;
+    STORAGE_POOL_CREATE_XML = 76, "virStoragePoolCreateXML", Write, Inventory;
+    STORAGE_POOL_DEFINE_XML = 77, "virStoragePoolDefineXML", Write, Inventory;
+    STORAGE_POOL_LOOKUP_BY_NAME = 84, "virStoragePoolLookupByName", Read, Inventory;
+    STORAGE_POOL_LOOKUP_BY_UUID = 85, "virStoragePoolLookupByUUID", Read, Inventory;
+    STORAGE_POOL_LOOKUP_BY_VOLUME = 86, "virStoragePoolLookupByVolume", Read, Inventory;
+    STORAGE_VOL_LOOKUP_BY_KEY = 96, "virStorageVolLookupByKey", Read, Inventory;
+    STORAGE_VOL_LOOKUP_BY_PATH = 97, "virStorageVolLookupByPath", Read, Inventory;
+    CONNECT_LIST_ALL_STORAGE_POOLS = 281, "virConnectListAllStoragePools", Read, Inventory;
+    // Node devices: the computer and the nodes' NIC functions.
+    NODE_NUM_OF_DEVICES = 111, "virNodeNumOfDevices", Read, Inventory;
+    NODE_LIST_DEVICES = 112, "virNodeListDevices", Read, Inventory;
+    NODE_DEVICE_LOOKUP_BY_NAME = 113, "virNodeDeviceLookupByName", Read, Inventory;
+    NODE_DEVICE_GET_XML_DESC = 114, "virNodeDeviceGetXMLDesc", Read, Inventory;
+    NODE_DEVICE_GET_PARENT = 115, "virNodeDeviceGetParent", Read, Inventory;
+    NODE_DEVICE_NUM_OF_CAPS = 116, "virNodeDeviceNumOfCaps", Read, Inventory;
+    NODE_DEVICE_LIST_CAPS = 117, "virNodeDeviceListCaps", Read, Inventory;
+    NODE_DEVICE_CREATE_XML = 123, "virNodeDeviceCreateXML", Write, Inventory;
+    CONNECT_LIST_ALL_NODE_DEVICES = 285, "virConnectListAllNodeDevices", Read, Inventory;
+    NODE_DEVICE_DEFINE_XML = 428, "virNodeDeviceDefineXML", Write, Inventory;
+    // Host interfaces: none.
+    CONNECT_NUM_OF_INTERFACES = 126, "virConnectNumOfInterfaces", Read, Inventory;
+    CONNECT_LIST_INTERFACES = 127, "virConnectListInterfaces", Read, Inventory;
+    INTERFACE_LOOKUP_BY_NAME = 128, "virInterfaceLookupByName", Read, Inventory;
+    INTERFACE_LOOKUP_BY_MAC_STRING = 129, "virInterfaceLookupByMACString", Read, Inventory;
+    INTERFACE_DEFINE_XML = 131, "virInterfaceDefineXML", Write, Inventory;
+    CONNECT_NUM_OF_DEFINED_INTERFACES = 137, "virConnectNumOfDefinedInterfaces", Read, Inventory;
+    CONNECT_LIST_DEFINED_INTERFACES = 138, "virConnectListDefinedInterfaces", Read, Inventory;
+    CONNECT_LIST_ALL_INTERFACES = 284, "virConnectListAllInterfaces", Read, Inventory;
+    // Network filters and their bindings: none.
+    NWFILTER_LOOKUP_BY_NAME = 175, "virNWFilterLookupByName", Read, Inventory;
+    NWFILTER_LOOKUP_BY_UUID = 176, "virNWFilterLookupByUUID", Read, Inventory;
+    CONNECT_NUM_OF_NWFILTERS = 178, "virConnectNumOfNWFilters", Read, Inventory;
+    CONNECT_LIST_NWFILTERS = 179, "virConnectListNWFilters", Read, Inventory;
+    NWFILTER_DEFINE_XML = 180, "virNWFilterDefineXML", Write, Inventory;
+    CONNECT_LIST_ALL_NWFILTERS = 286, "virConnectListAllNWFilters", Read, Inventory;
+    NWFILTER_BINDING_LOOKUP_BY_PORT_DEV = 397, "virNWFilterBindingLookupByPortDev", Read, Inventory;
+    CONNECT_LIST_ALL_NWFILTER_BINDINGS = 401, "virConnectListAllNWFilterBindings", Read, Inventory;
+    NWFILTER_DEFINE_XML_FLAGS = 431, "virNWFilterDefineXMLFlags", Write, Inventory;
+    // CPU models.
+    CONNECT_COMPARE_CPU = 158, "virConnectCompareCPU", Read, Host;
+    CONNECT_BASELINE_CPU = 162, "virConnectBaselineCPU", Read, Host;
+    CONNECT_GET_CPU_MODEL_NAMES = 312, "virConnectGetCPUModelNames", Read, Host;
+    CONNECT_COMPARE_HYPERVISOR_CPU = 393, "virConnectCompareHypervisorCPU", Read, Host;
+    CONNECT_BASELINE_HYPERVISOR_CPU = 394, "virConnectBaselineHypervisorCPU", Read, Host;
+    // Guest time: no guest agent on bare metal.
+    DOMAIN_GET_TIME = 337, "virDomainGetTime", Write, Queries;
+    DOMAIN_SET_TIME = 338, "virDomainSetTime", Write, Queries;
     CONNECT_OPEN = 1, "virConnectOpen", Read, Host, pre;
     CONNECT_CLOSE = 2, "virConnectClose", Read, Host, pre;
     CONNECT_GET_TYPE = 3, "virConnectGetType", Read, Host;

@@ -13,7 +13,7 @@ xdr_struct! {
 }
 
 xdr_struct! {
-    /// `remote_nonnull_network` (only ever sent as NULL inside errors).
+    /// `remote_nonnull_network`.
     pub struct Network { pub name: String, pub uuid: RawUuid }
 }
 
@@ -287,3 +287,80 @@ xdr_struct! { pub struct CallbackLifecycleMsg { pub callback_id: i32, pub msg: L
 xdr_struct! { pub struct CallbackDomMsg { pub callback_id: i32, pub dom: Domain } }
 xdr_struct! { pub struct DeviceAliasMsg { pub dom: Domain, pub dev_alias: String } }
 xdr_struct! { pub struct CallbackDeviceAliasMsg { pub callback_id: i32, pub msg: DeviceAliasMsg } }
+
+// ---- host objects: networks, storage, node devices, host interfaces, network filters ----
+
+xdr_struct! { /// `remote_nonnull_storage_pool`.
+pub struct StoragePool { pub name: String, pub uuid: RawUuid } }
+xdr_struct! { /// `remote_nonnull_storage_vol`.
+pub struct StorageVol { pub pool: String, pub name: String, pub key: String } }
+xdr_struct! { /// `remote_nonnull_node_device`.
+pub struct NodeDevice { pub name: String } }
+xdr_struct! { /// `remote_nonnull_interface`.
+pub struct Interface { pub name: String, pub mac: String } }
+xdr_struct! { /// `remote_nonnull_nwfilter`.
+pub struct NwFilter { pub name: String, pub uuid: RawUuid } }
+xdr_struct! { /// `remote_nonnull_nwfilter_binding`.
+pub struct NwFilterBinding { pub portdev: String, pub filtername: String } }
+
+xdr_struct! { /// The `virConnectListAll*` arguments (every object kind).
+pub struct ListAllArgs { pub need_results: i32, pub flags: u32 } }
+xdr_struct! { pub struct ListAllNetworksRet { pub nets: Vec<Network>, pub ret: u32 } }
+xdr_struct! { pub struct ListAllStoragePoolsRet { pub pools: Vec<StoragePool>, pub ret: u32 } }
+xdr_struct! { pub struct ListAllNodeDevicesRet { pub devices: Vec<NodeDevice>, pub ret: u32 } }
+xdr_struct! { pub struct ListAllInterfacesRet { pub ifaces: Vec<Interface>, pub ret: u32 } }
+xdr_struct! { pub struct ListAllNwFiltersRet { pub filters: Vec<NwFilter>, pub ret: u32 } }
+xdr_struct! { pub struct ListAllNwFilterBindingsRet { pub bindings: Vec<NwFilterBinding>, pub ret: u32 } }
+
+xdr_struct! { /// One network (argument or result).
+pub struct NetArg { pub net: Network } }
+xdr_struct! { pub struct NetFlags { pub net: Network, pub flags: u32 } }
+xdr_struct! { pub struct NetSetAutostartArgs { pub net: Network, pub autostart: i32 } }
+xdr_struct! { /// One storage pool (argument or result).
+pub struct PoolArg { pub pool: StoragePool } }
+xdr_struct! { pub struct PoolFlags { pub pool: StoragePool, pub flags: u32 } }
+xdr_struct! { /// One storage volume (result).
+pub struct VolArg { pub vol: StorageVol } }
+xdr_struct! { /// One node device (result).
+pub struct NodeDeviceArg { pub dev: NodeDevice } }
+xdr_struct! { /// One host interface (argument or result).
+pub struct IfaceArg { pub iface: Interface } }
+xdr_struct! { pub struct IfaceFlags { pub iface: Interface, pub flags: u32 } }
+xdr_struct! { /// One network filter (argument or result).
+pub struct NwFilterArg { pub nwfilter: NwFilter } }
+xdr_struct! { pub struct NwFilterFlags { pub nwfilter: NwFilter, pub flags: u32 } }
+
+xdr_struct! { pub struct NodeNumOfDevicesArgs { pub cap: Option<String>, pub flags: u32 } }
+xdr_struct! { pub struct NodeListDevicesArgs { pub cap: Option<String>, pub maxnames: i32, pub flags: u32 } }
+xdr_struct! { /// A node device by name, and flags (`NODE_DEVICE_GET_XML_DESC`).
+pub struct NameFlags { pub name: String, pub flags: u32 } }
+xdr_struct! { pub struct NodeDeviceGetParentRet { pub parent: Option<String> } }
+xdr_struct! { pub struct NodeDeviceListCapsArgs { pub name: String, pub maxnames: i32 } }
+
+// ---- CPU models, guest time ----
+
+xdr_struct! { pub struct CpuModelNamesArgs { pub arch: String, pub need_results: i32, pub flags: u32 } }
+xdr_struct! { pub struct CpuModelNamesRet { pub models: Vec<String>, pub ret: i32 } }
+xdr_struct! { pub struct BaselineCpuArgs { pub xml_cpus: Vec<String>, pub flags: u32 } }
+xdr_struct! {
+    pub struct BaselineHypervisorCpuArgs {
+        pub emulator: Option<String>,
+        pub arch: Option<String>,
+        pub machine: Option<String>,
+        pub virttype: Option<String>,
+        pub xml_cpus: Vec<String>,
+        pub flags: u32,
+    }
+}
+xdr_struct! {
+    pub struct CompareHypervisorCpuArgs {
+        pub emulator: Option<String>,
+        pub arch: Option<String>,
+        pub machine: Option<String>,
+        pub virttype: Option<String>,
+        pub xml_cpu: String,
+        pub flags: u32,
+    }
+}
+xdr_struct! { pub struct DomainGetTimeRet { pub seconds: i64, pub nseconds: u32 } }
+xdr_struct! { pub struct DomainSetTimeArgs { pub dom: Domain, pub seconds: i64, pub nseconds: u32, pub flags: u32 } }

@@ -580,10 +580,6 @@ def expect_error(fn, *args):
     raise AssertionError(f"{getattr(fn, '__name__', fn)}{args!r} unexpectedly succeeded")
 
 
-if __name__ == "__main__":
-    sys.exit("harness.py is a library; run the test_*.py scripts")
-
-
 class DaemonCase(unittest.TestCase):
     """The shared lab fixture: every test gets a fresh daemon on the simulated lab as `self.d`
     and a connection opened as nova opens it as `self.conn`, with the lifecycle (and other)
@@ -618,3 +614,7 @@ class DaemonCase(unittest.TestCase):
                 pass
         self.addCleanup(close)
         return conn
+
+
+if __name__ == "__main__":
+    sys.exit("harness.py is a library; run a test module: python3 -m blackbox.test_connect")

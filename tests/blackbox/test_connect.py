@@ -172,6 +172,52 @@ class NovaConnection(unittest.TestCase):
         self.assertTrue(self.conn.isAlive())
         self.assertGreaterEqual(self.conn.getLibVersion(), 10000000)
 
+    def test_nova_host_inventory_calls(self):
+        """What nova's init_host and get_available_resource ask besides domains (PCI and
+        mdev inventory, CPU models, CPU comparison and baseline), answered without a single
+        "unknown procedure" in the daemon's log."""
+        c = self.conn
+        # init_host: inactive mediated devices to start: none.
+        self.assertEqual(c.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV
+                                          | libvirt.VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE), [])
+        # The periodic PCI scan: NET | PCI_DEV | VDPA = 131090.
+        devs = c.listAllDevices(131090)
+        self.assertEqual(len(devs), NODES * 16)
+        for dev in devs[:3] + devs[-1:]:
+            self.assertEqual(dev.listCaps(), ["pci"])
+            self.assertEqual(dev.parent(), "computer")
+            root = ET.fromstring(dev.XMLDesc(0))
+            cap = root.find("capability[@type='pci']")
+            self.assertEqual(cap.find("vendor").get("id"), "0x1af4")
+            addr = "pci_%04x_%02x_%02x_%x" % tuple(
+                int(cap.find(k).text) for k in ("domain", "bus", "slot", "function"))
+            self.assertEqual(addr, dev.name())
+        self.assertEqual(c.nodeDeviceLookupByName("computer").listCaps(), ["system"])
+        e = expect_error(c.nodeDeviceLookupByName, "pci_0000_00_1f_0")
+        self.assertEqual(e.get_error_code(), libvirt.VIR_ERR_NO_NODE_DEVICE)
+        self.assertEqual(e.get_error_domain(), libvirt.VIR_FROM_NODEDEV)
+        # CPU models: the nodes' own.
+        model = "Simulated Xeon (metalvirt sim)"
+        self.assertEqual(c.getCPUModelNames("x86_64", 0), [model])
+        caps = ET.fromstring(c.getCapabilities())
+        self.assertEqual(caps.find("host/cpu/model").text, model)
+        host_cpu = ET.tostring(caps.find("host/cpu"), encoding="unicode")
+        self.assertIn(f"<model fallback='forbid'>{model}</model>",
+                      c.baselineCPU([host_cpu], libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES))
+        custom = f"<cpu mode='custom' match='exact'><model>{model}</model></cpu>"
+        self.assertEqual(c.compareHypervisorCPU(None, None, None, None, custom, 0),
+                         libvirt.VIR_CPU_COMPARE_IDENTICAL)
+        other = "<cpu mode='custom' match='exact'><model>Icelake-Server</model></cpu>"
+        self.assertEqual(c.compareCPU(other, 0), libvirt.VIR_CPU_COMPARE_INCOMPATIBLE)
+        e = expect_error(c.compareHypervisorCPU, None, "aarch64", None, None, custom, 0)
+        self.assertEqual(e.get_error_code(), libvirt.VIR_ERR_CONFIG_UNSUPPORTED)
+        # Networks: the lab's integration bridge.
+        nets = c.listAllNetworks(0)
+        self.assertEqual([n.name() for n in nets], ["br-int"])
+        self.assertEqual(nets[0].bridgeName(), "br-int")
+        self.assertEqual(c.listAllStoragePools(0), [])
+        self.assertNotIn("unknown procedure", self.daemon.log())
+
     def test_list_all_domains_empty(self):
         self.assertEqual(self.conn.listAllDomains(0), [])
         self.assertEqual(self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE), [])

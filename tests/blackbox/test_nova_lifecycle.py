@@ -146,6 +146,18 @@ class NovaLifecycle(DaemonCase):
         self.assertEqual(dom.undefineFlags(UNDEFINE_MANAGED_SAVE | UNDEFINE_NVRAM), 0)
         self.assertEqual(self.conn.listAllDomains(0), [])
 
+    def test_guest_time_sync_reads_as_no_agent(self):
+        """nova's sync_guest_time (after resume and the like): setTime with SYNC. A bare-metal
+        server has no guest agent; nova logs VIR_ERR_OPERATION_UNSUPPORTED at debug level."""
+        dom = self.define()
+        e = expect_error(dom.setTime, None, L.VIR_DOMAIN_TIME_SYNC)
+        self.assertEqual(e.get_error_code(), L.VIR_ERR_OPERATION_INVALID, e)
+        dom = self.spawn()
+        for call in (lambda: dom.setTime(None, L.VIR_DOMAIN_TIME_SYNC), lambda: dom.getTime(0)):
+            e = expect_error(call)
+            self.assertEqual(e.get_error_code(), L.VIR_ERR_OPERATION_UNSUPPORTED, e)
+            self.assertIn("no guest agent", str(e))
+
     def test_running_domain_info_and_vcpus(self):
         self.spawn()
         dom = self.lookup()

@@ -164,6 +164,61 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             c.with(|s| s.close_callback = false);
             void()
         }
+        // ---------------------------------------------------------------- CPU models
+        p::CONNECT_GET_CPU_MODEL_NAMES => {
+            let a: CpuModelNamesArgs = dec(args)?;
+            VirError::check_flags(a.flags, 0, "virConnectGetCPUModelNames")?;
+            let models = host::cpu::model_names(d, &a.arch)?;
+            let n = models.len() as i32;
+            ret(CpuModelNamesRet {
+                models: if a.need_results != 0 {
+                    models
+                } else {
+                    Vec::new()
+                },
+                ret: n,
+            })
+        }
+        p::CONNECT_COMPARE_CPU => {
+            let a: XmlFlags = dec(args)?;
+            ret(Int {
+                v: host::cpu::compare(d, &a.xml, a.flags, "virConnectCompareCPU")?,
+            })
+        }
+        p::CONNECT_COMPARE_HYPERVISOR_CPU => {
+            let a: CompareHypervisorCpuArgs = dec(args)?;
+            host::domain_capabilities(
+                d,
+                a.arch.as_deref(),
+                a.machine.as_deref(),
+                a.virttype.as_deref(),
+            )?;
+            ret(Int {
+                v: host::cpu::compare(d, &a.xml_cpu, a.flags, "virConnectCompareHypervisorCPU")?,
+            })
+        }
+        p::CONNECT_BASELINE_CPU => {
+            let a: BaselineCpuArgs = dec(args)?;
+            text(host::cpu::baseline(
+                &a.xml_cpus,
+                a.flags,
+                "virConnectBaselineCPU",
+            )?)
+        }
+        p::CONNECT_BASELINE_HYPERVISOR_CPU => {
+            let a: BaselineHypervisorCpuArgs = dec(args)?;
+            host::domain_capabilities(
+                d,
+                a.arch.as_deref(),
+                a.machine.as_deref(),
+                a.virttype.as_deref(),
+            )?;
+            text(host::cpu::baseline(
+                &a.xml_cpus,
+                a.flags,
+                "virConnectBaselineHypervisorCPU",
+            )?)
+        }
         _ => Err(unhandled(proc_)),
     }
 }

@@ -19,6 +19,7 @@ mod callbacks;
 mod connect;
 mod devices;
 mod domains;
+mod inventory;
 mod queries;
 mod secrets;
 
@@ -206,6 +207,7 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
         Area::Queries => queries::call(c, proc_, args).await,
         Area::Devices => devices::call(c, proc_, args).await,
         Area::Secrets => secrets::call(c, proc_, args).await,
+        Area::Inventory => inventory::call(c, proc_, args).await,
         // Answered above from `impossible`; a table entry that claims this area without
         // being impossible is a bug the table test catches.
         Area::Unsupported => Err(unhandled(proc_)),

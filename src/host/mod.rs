@@ -1,5 +1,10 @@
 //! The "host" metalvirt presents: all nodes together, as one libvirt host. Each node is one
 //! NUMA cell of the capabilities topology; CPU ids are numbered across nodes in node order.
+//! `cpu`: the CPU model APIs; `inventory`: networks, node devices and the object kinds
+//! metalvirt has none of.
+
+pub mod cpu;
+pub mod inventory;
 
 use std::fmt::Write;
 
@@ -162,17 +167,25 @@ fn esc(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
+/// The host's uuid (capabilities, the `computer` device): stable per host name.
+pub fn host_uuid(d: &Driver) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_DNS, d.hostname().as_bytes())
+}
+
 /// `virConnectGetCapabilities`.
 pub fn capabilities(d: &Driver) -> String {
     let nodes = d.nodes();
     let info = node_info(d);
     let mut x = String::with_capacity(4096);
-    let host_uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_DNS, d.hostname().as_bytes());
+    let host_uuid = host_uuid(d);
     let _ = writeln!(
         x,
         "<capabilities>\n\n  <host>\n    <uuid>{host_uuid}</uuid>\n    <cpu>"
     );
     let _ = writeln!(x, "      <arch>x86_64</arch>");
+    if let Some(m) = cpu::host_model(d) {
+        let _ = writeln!(x, "      <model>{}</model>", esc(m));
+    }
     let _ = writeln!(
         x,
         "      <topology sockets='{}' dies='1' cores='{}' threads='{}'/>",
