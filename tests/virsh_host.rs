@@ -215,3 +215,69 @@ fn guest_time_is_refused_cleanly() {
         "every call above is known"
     );
 }
+
+/// `key=value` lines of one domain's `virsh domstats` block.
+fn stats_of(out: &str, dom: &str) -> std::collections::BTreeMap<String, String> {
+    out.split("Domain: ")
+        .find(|b| b.starts_with(&format!("'{dom}'")))
+        .unwrap_or_else(|| panic!("no stats for {dom}: {out}"))
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn domstats_reports_state_memory_vcpus_nics_and_disks() {
+    let d = Daemon::start("");
+    for name in ["bm1", "bm2"] {
+        let f = d.file(&format!("{name}.xml"), &common::domain_xml(name, ""));
+        d.virsh_ok(&["define", f.to_str().unwrap()]);
+    }
+    d.virsh_ok(&["start", "bm1"]);
+
+    let all = d.virsh_ok(&["domstats"]);
+    let run = stats_of(&all, "bm1");
+    assert_eq!(run["state.state"], "1", "running");
+    assert_eq!(run["state.reason"], "1", "booted");
+    assert_eq!(run["vcpu.current"], run["vcpu.maximum"]);
+    assert!(run["balloon.maximum"].parse::<u64>().unwrap() > 0);
+    assert_eq!(run["net.count"], "1");
+    assert!(run["net.0.rx.bytes"].parse::<u64>().unwrap() > 0, "{run:?}");
+    assert_eq!(run["block.count"], "1");
+    assert_eq!(run["block.0.name"], "vda");
+    assert!(
+        run["block.0.rd.reqs"].parse::<u64>().unwrap() > 0,
+        "{run:?}"
+    );
+    assert!(
+        run["block.0.capacity"].parse::<u64>().unwrap() > 0,
+        "{run:?}"
+    );
+    // A shut-off domain has no hardware to read: state, memory, vCPUs and disk names only.
+    let off = stats_of(&all, "bm2");
+    assert_eq!(off["state.state"], "5");
+    assert!(!off.contains_key("net.count") && !off.contains_key("block.0.rd.reqs"));
+    assert_eq!(off["block.0.name"], "vda");
+
+    // Filters and groups.
+    let only = d.virsh_ok(&["domstats", "--list-running", "--state"]);
+    assert!(only.contains("'bm1'") && !only.contains("'bm2'"), "{only}");
+    assert!(!only.contains("block."), "{only}");
+    // The list form (virDomainListGetStats), by name.
+    let one = d.virsh_ok(&["domstats", "bm2", "--block"]);
+    assert!(
+        one.contains("block.count=1") && !one.contains("'bm1'"),
+        "{one}"
+    );
+    // Groups a bare-metal server has none of: left out, or refused with --enforce.
+    assert!(!d
+        .virsh_ok(&["domstats", "--cpu-total"])
+        .contains("cpu.time"));
+    let e = d.virsh_err(&["domstats", "--cpu-total", "--enforce"]);
+    assert!(
+        e.contains("Stats types bits 0x2 are not supported by this daemon"),
+        "{e}"
+    );
+}

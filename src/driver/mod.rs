@@ -19,6 +19,7 @@ mod plan;
 mod queries;
 mod recovery;
 pub mod state;
+mod stats;
 mod steps;
 pub mod store;
 pub mod stored;
@@ -39,6 +40,7 @@ use crate::events::{DomainEvent, EventBus, EventKind};
 use crate::secrets::Secrets;
 pub use domstate::DomState;
 use state::st;
+pub use stats::{Record as StatsRecord, StatValue};
 use store::{Status, Store};
 use stored::StoredDef;
 
@@ -380,6 +382,18 @@ impl Driver {
 
     /// `virConnectListAllDomains` filtering (groups OR-ed within, AND-ed across).
     pub fn list_all(&self, flags: u32) -> VirResult<Vec<DomRef>> {
+        VirError::check_flags(flags, 0xffff, "virConnectListAllDomains")?;
+        Ok(self
+            .all()
+            .into_iter()
+            .filter(|obj| obj.with(|s| Self::list_filter(s, flags)))
+            .map(|obj| obj.dom_ref())
+            .collect())
+    }
+
+    /// Whether a domain passes the `virConnectListAllDomains` filter `flags` (also the
+    /// filter bits of `virConnectGetAllDomainStats`).
+    fn list_filter(s: &DomState, flags: u32) -> bool {
         const ACTIVE: u32 = 1;
         const INACTIVE: u32 = 2;
         const PERSISTENT: u32 = 4;
@@ -396,40 +410,30 @@ impl Driver {
         const NO_SNAPSHOT: u32 = 8192;
         const HAS_CHECKPOINT: u32 = 16384;
         const NO_CHECKPOINT: u32 = 32768;
-        VirError::check_flags(flags, 0xffff, "virConnectListAllDomains")?;
         // Bare metal has no managed save, snapshots or checkpoints: "has" matches nothing,
         // "has no" matches everything.
         let absent = |has: u32, has_no: u32| flags & (has | has_no) == 0 || flags & has_no != 0;
-        let mut out = Vec::new();
-        for obj in self.all() {
-            let keep = obj.with(|s| {
-                let active = s.active();
-                let code = s.state().code();
-                let other = !matches!(code, st::RUNNING | st::PAUSED | st::SHUTOFF);
-                let g_active = flags & (ACTIVE | INACTIVE) == 0
-                    || (flags & ACTIVE != 0 && active)
-                    || (flags & INACTIVE != 0 && !active);
-                let g_pers = flags & (PERSISTENT | TRANSIENT) == 0
-                    || (flags & PERSISTENT != 0 && s.persistent)
-                    || (flags & TRANSIENT != 0 && !s.persistent);
-                let g_state = flags & (RUNNING | PAUSED | SHUTOFF | OTHER) == 0
-                    || (flags & RUNNING != 0 && code == st::RUNNING)
-                    || (flags & PAUSED != 0 && code == st::PAUSED)
-                    || (flags & SHUTOFF != 0 && code == st::SHUTOFF)
-                    || (flags & OTHER != 0 && other);
-                let g_ms = absent(MANAGEDSAVE, NO_MANAGEDSAVE);
-                let g_auto = flags & (AUTOSTART | NO_AUTOSTART) == 0
-                    || (flags & AUTOSTART != 0 && s.autostart)
-                    || (flags & NO_AUTOSTART != 0 && !s.autostart);
-                let g_snap = absent(HAS_SNAPSHOT, NO_SNAPSHOT);
-                let g_ckpt = absent(HAS_CHECKPOINT, NO_CHECKPOINT);
-                g_active && g_pers && g_state && g_ms && g_auto && g_snap && g_ckpt
-            });
-            if keep {
-                out.push(obj.dom_ref());
-            }
-        }
-        Ok(out)
+        let active = s.active();
+        let code = s.state().code();
+        let other = !matches!(code, st::RUNNING | st::PAUSED | st::SHUTOFF);
+        let g_active = flags & (ACTIVE | INACTIVE) == 0
+            || (flags & ACTIVE != 0 && active)
+            || (flags & INACTIVE != 0 && !active);
+        let g_pers = flags & (PERSISTENT | TRANSIENT) == 0
+            || (flags & PERSISTENT != 0 && s.persistent)
+            || (flags & TRANSIENT != 0 && !s.persistent);
+        let g_state = flags & (RUNNING | PAUSED | SHUTOFF | OTHER) == 0
+            || (flags & RUNNING != 0 && code == st::RUNNING)
+            || (flags & PAUSED != 0 && code == st::PAUSED)
+            || (flags & SHUTOFF != 0 && code == st::SHUTOFF)
+            || (flags & OTHER != 0 && other);
+        let g_ms = absent(MANAGEDSAVE, NO_MANAGEDSAVE);
+        let g_auto = flags & (AUTOSTART | NO_AUTOSTART) == 0
+            || (flags & AUTOSTART != 0 && s.autostart)
+            || (flags & NO_AUTOSTART != 0 && !s.autostart);
+        let g_snap = absent(HAS_SNAPSHOT, NO_SNAPSHOT);
+        let g_ckpt = absent(HAS_CHECKPOINT, NO_CHECKPOINT);
+        g_active && g_pers && g_state && g_ms && g_auto && g_snap && g_ckpt
     }
 
     /// Ids of active domains (legacy `virConnectListDomains`).

@@ -146,6 +146,8 @@ procs! {
     CONNECT_GET_CPU_MODEL_NAMES = 312, "virConnectGetCPUModelNames", Read, Host;
     CONNECT_COMPARE_HYPERVISOR_CPU = 393, "virConnectCompareHypervisorCPU", Read, Host;
     CONNECT_BASELINE_HYPERVISOR_CPU = 394, "virConnectBaselineHypervisorCPU", Read, Host;
+    // Statistics of every domain, or of a list (virDomainListGetStats, client-side).
+    CONNECT_GET_ALL_DOMAIN_STATS = 344, "virConnectGetAllDomainStats", Read, Queries;
     // Guest time: no guest agent on bare metal.
     DOMAIN_GET_TIME = 337, "virDomainGetTime", Write, Queries;
     DOMAIN_SET_TIME = 338, "virDomainSetTime", Write, Queries;

@@ -364,3 +364,10 @@ xdr_struct! {
 }
 xdr_struct! { pub struct DomainGetTimeRet { pub seconds: i64, pub nseconds: u32 } }
 xdr_struct! { pub struct DomainSetTimeArgs { pub dom: Domain, pub seconds: i64, pub nseconds: u32, pub flags: u32 } }
+
+// ---- domain statistics ----
+
+xdr_struct! { pub struct GetAllDomainStatsArgs { pub doms: Vec<Domain>, pub stats: u32, pub flags: u32 } }
+xdr_struct! { /// `remote_domain_stats_record`.
+pub struct DomainStatsRecord { pub dom: Domain, pub params: Vec<TypedParam> } }
+xdr_struct! { pub struct GetAllDomainStatsRet { pub ret_stats: Vec<DomainStatsRecord> } }

@@ -158,6 +158,24 @@ class NovaLifecycle(DaemonCase):
             self.assertEqual(e.get_error_code(), L.VIR_ERR_OPERATION_UNSUPPORTED, e)
             self.assertIn("no guest agent", str(e))
 
+    def test_domain_stats_as_an_exporter_reads_them(self):
+        """Prometheus libvirt exporters: getAllDomainStats with every group, typed values."""
+        dom = self.spawn()
+        recs = self.conn.getAllDomainStats(0, L.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        self.assertEqual([d.UUIDString() for d, _ in recs], [UUID])
+        st = recs[0][1]
+        self.assertEqual((st["state.state"], st["state.reason"]),
+                         (L.VIR_DOMAIN_RUNNING, L.VIR_DOMAIN_RUNNING_UNPAUSED))
+        self.assertIsInstance(st["block.0.rd.bytes"], int)
+        self.assertIsInstance(st["net.0.name"], str)
+        self.assertEqual(st["block.count"], len(ET.fromstring(dom.XMLDesc(0)).findall(
+            "devices/disk")))
+        self.assertEqual(self.conn.getAllDomainStats(
+            0, L.VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE), [])
+        # The list form (virDomainListGetStats), one group.
+        (d, st), = self.conn.domainListGetStats([dom], L.VIR_DOMAIN_STATS_STATE, 0)
+        self.assertEqual(sorted(st), ["state.reason", "state.state"])
+
     def test_running_domain_info_and_vcpus(self):
         self.spawn()
         dom = self.lookup()

@@ -1,6 +1,10 @@
 //! Domain queries and settings: info, state, XML, autostart, metadata, messages, statistics.
 
 use super::*;
+use crate::driver::StatValue;
+
+/// `REMOTE_DOMAIN_LIST_MAX`.
+const LIST_MAX: usize = 16384;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
@@ -166,6 +170,51 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                 val.encode(&mut w);
             }
             Ok(w)
+        }
+        // ---------------------------------------------------------------- statistics
+        p::CONNECT_GET_ALL_DOMAIN_STATS => {
+            let a: GetAllDomainStatsArgs = dec(args)?;
+            if a.doms.len() > LIST_MAX {
+                return Err(VirError::rpc(&format!(
+                    "too many domains '{}' for limit '{LIST_MAX}'",
+                    a.doms.len()
+                )));
+            }
+            // virDomainListGetStats: the named domains that still exist (libvirt skips the
+            // ones that went away).
+            let named = (!a.doms.is_empty()).then(|| {
+                a.doms
+                    .iter()
+                    .filter_map(|w| d.lookup_uuid(&Uuid::from_bytes(w.uuid)).ok())
+                    .collect()
+            });
+            let records = d.domain_stats(named, a.stats, a.flags).await?;
+            if records.len() > LIST_MAX {
+                return Err(VirError::rpc(&format!(
+                    "too many domains '{}' for limit '{LIST_MAX}'",
+                    records.len()
+                )));
+            }
+            ret(GetAllDomainStatsRet {
+                ret_stats: records
+                    .into_iter()
+                    .map(|(r, params)| DomainStatsRecord {
+                        dom: wire(&r),
+                        params: params
+                            .into_iter()
+                            .map(|(field, v)| TypedParam {
+                                field,
+                                value: match v {
+                                    StatValue::Int(n) => TypedValue::Int(n),
+                                    StatValue::UInt(n) => TypedValue::UInt(n),
+                                    StatValue::ULLong(n) => TypedValue::ULLong(n),
+                                    StatValue::Str(s) => TypedValue::String(s),
+                                },
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
         }
         // ---------------------------------------------------------------- guest time
         // libvirt asks the guest agent; a bare-metal server has no agent channel. nova reads
