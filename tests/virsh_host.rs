@@ -261,10 +261,25 @@ fn domstats_reports_state_memory_vcpus_nics_and_disks() {
     assert!(!off.contains_key("net.count") && !off.contains_key("block.0.rd.reqs"));
     assert_eq!(off["block.0.name"], "vda");
 
+    // The server's own sensors, from the power watcher's last reading (a simulated server
+    // of 64 threads draws 90 + 1.5 W each).
+    common::wait_for(10, "a sensor reading", || {
+        d.virsh_ok(&["domstats", "bm1"])
+            .contains("metalvirt.power.watts")
+    });
+    let run = stats_of(&d.virsh_ok(&["domstats", "bm1"]), "bm1");
+    assert_eq!(run["metalvirt.power.watts"], "186.000000", "{run:?}");
+    assert_eq!(run["metalvirt.inlet.celsius"], "24.000000", "{run:?}");
+    assert!(run["metalvirt.sensors.age.ms"].parse::<u64>().unwrap() < 10_000);
+    assert!(!off.keys().any(|k| k.starts_with("metalvirt.")), "{off:?}");
+
     // Filters and groups.
     let only = d.virsh_ok(&["domstats", "--list-running", "--state"]);
     assert!(only.contains("'bm1'") && !only.contains("'bm2'"), "{only}");
-    assert!(!only.contains("block."), "{only}");
+    assert!(
+        !only.contains("block.") && !only.contains("metalvirt."),
+        "{only}"
+    );
     // The list form (virDomainListGetStats), by name.
     let one = d.virsh_ok(&["domstats", "bm2", "--block"]);
     assert!(

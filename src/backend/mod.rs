@@ -406,8 +406,26 @@ pub trait Power: Send + Sync {
     async fn restart(&self, hard: bool) -> BResult<()>;
     /// Boot override.
     async fn set_boot(&self, req: &BootRequest) -> BResult<()>;
+    /// What the BMC's sensors read: power drawn, inlet temperature. A driver that reads none
+    /// answers `Unsupported` at once (no request).
+    async fn sensors(&self) -> BResult<Sensors> {
+        Err(BackendError::with_kind(
+            ErrorKind::Unsupported,
+            "this BMC driver reads no sensors",
+        ))
+    }
     /// Releases what the client holds on the BMC (a Redfish session); at daemon shutdown.
     async fn close(&self) {}
+}
+
+/// What a server's BMC reads from its sensors (what no hypervisor can report). A reading
+/// the BMC does not offer is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sensors {
+    /// Power drawn by the server, in watts.
+    pub power_watts: Option<f64>,
+    /// Inlet (intake) air temperature, in °C.
+    pub inlet_celsius: Option<f64>,
 }
 
 /// Disk mapping on the node's DPU.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BResult, BackendError, BlockInfo, BlockStats, BootDev, BootMode, BootRequest, DiskSpec, Disks,
-    IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Simulated,
+    IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Sensors, Simulated,
 };
 use crate::config::SimConfig;
 
@@ -252,6 +252,23 @@ impl Power for SimNode {
     async fn state(&self) -> BResult<PowerReading> {
         self.shared
             .read(&self.name, |n| Ok(PowerReading::ok(n.power)))
+    }
+
+    /// A plausible server: 90 W plus 1.5 W per hardware thread when on, 9 W of standby when
+    /// off; 24 °C inlet air.
+    async fn sensors(&self) -> BResult<Sensors> {
+        let c = &self.shared.cfg;
+        let threads = f64::from(c.sockets * c.cores * c.threads);
+        self.shared.read(&self.name, |n| {
+            Ok(Sensors {
+                power_watts: Some(if n.power == PowerState::Off {
+                    9.0
+                } else {
+                    90.0 + 1.5 * threads
+                }),
+                inlet_celsius: Some(24.0),
+            })
+        })
     }
 
     async fn on(&self) -> BResult<()> {

@@ -230,6 +230,9 @@ pub struct Driver {
     schema: std::path::PathBuf,
     /// The power watcher's per-node schedule.
     watch: Mutex<HashMap<String, watcher::NodeWatch>>,
+    /// The last sensor reading of each node a domain runs on, taken by the watcher with
+    /// the power state: statistics never wait for a BMC.
+    sensors: Mutex<HashMap<String, (std::time::Instant, crate::backend::Sensors)>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -281,6 +284,7 @@ impl Driver {
             secrets,
             schema,
             watch: Mutex::new(HashMap::new()),
+            sensors: Mutex::new(HashMap::new()),
         });
         d.load().await?;
         Ok(d)

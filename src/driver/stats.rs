@@ -9,6 +9,7 @@
 //! | vcpu | `vcpu.current`, `vcpu.maximum` | the definition |
 //! | interface | `net.count`, `net.<n>.name`, `.rx.bytes/pkts/errs/drop`, `.tx.…` | the NIC backend (OVS Interface statistics), running domains |
 //! | block | `block.count`, `block.<n>.name`, `.path` (local sources), `.rd.reqs/bytes/times`, `.wr.…`, `.fl.reqs/times`, `.allocation/capacity/physical` | the disk backend (SPDK `bdev_get_iostat`), running domains |
+//! | sensors (metalvirt's, bit 1 << 30) | `metalvirt.power.watts`, `metalvirt.inlet.celsius` (doubles), `metalvirt.sensors.age.ms` | the BMC (Redfish EnvironmentMetrics, or Power and Thermal), read by the power watcher with the power state: never a BMC call per statistics call |
 //!
 //! CPU time, per-vCPU times, perf counters and the rest describe a hypervisor's threads: a
 //! bare-metal server has none to report.
@@ -32,8 +33,11 @@ pub mod group {
     pub const INTERFACE: u32 = 16;
     /// `VIR_DOMAIN_STATS_BLOCK`.
     pub const BLOCK: u32 = 32;
+    /// metalvirt's own: the server's BMC sensors (`metalvirt.*`). A bit far above
+    /// libvirt's groups; part of "every group" (0).
+    pub const SENSORS: u32 = 1 << 30;
     /// Every group above.
-    pub const SUPPORTED: u32 = STATE | BALLOON | VCPU | INTERFACE | BLOCK;
+    pub const SUPPORTED: u32 = STATE | BALLOON | VCPU | INTERFACE | BLOCK | SENSORS;
 }
 
 /// `VIR_CONNECT_GET_ALL_DOMAINS_STATS_*`.
@@ -49,7 +53,7 @@ pub mod flag {
 }
 
 /// One statistic's value (dispatch turns it into a typed parameter).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StatValue {
     /// `VIR_TYPED_PARAM_INT`.
     Int(i32),
@@ -57,6 +61,8 @@ pub enum StatValue {
     UInt(u32),
     /// `VIR_TYPED_PARAM_ULLONG`.
     ULLong(u64),
+    /// `VIR_TYPED_PARAM_DOUBLE`.
+    Double(f64),
     /// `VIR_TYPED_PARAM_STRING`.
     Str(String),
 }
@@ -131,6 +137,20 @@ impl Driver {
         if groups & group::VCPU != 0 {
             put("vcpu.current".into(), StatValue::UInt(def.current_vcpus()));
             put("vcpu.maximum".into(), StatValue::UInt(def.max_vcpus()));
+        }
+        if groups & group::SENSORS != 0 {
+            if let Some((age, s)) = node.as_ref().and_then(|n| self.sensors_of(&n.spec.name)) {
+                if let Some(w) = s.power_watts {
+                    put("metalvirt.power.watts".into(), StatValue::Double(w));
+                }
+                if let Some(c) = s.inlet_celsius {
+                    put("metalvirt.inlet.celsius".into(), StatValue::Double(c));
+                }
+                put(
+                    "metalvirt.sensors.age.ms".into(),
+                    StatValue::ULLong(age.as_millis() as u64),
+                );
+            }
         }
         let tree = match def.tree() {
             Ok(t) => t,

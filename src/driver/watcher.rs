@@ -14,6 +14,10 @@
 //! | staged  | On           | reported once in the log and GET_MESSAGES; never forced off    |
 //! | shutoff | On           | the same, on the domain that last ran there                    |
 //!
+//! With the power state of a running domain's server, every sixth round, the watcher also
+//! reads the server's sensors (power draw, inlet temperature) into a cache that domain
+//! statistics read (`metalvirt.*`): a statistics call never waits for a BMC.
+//!
 //! A domain whose job is busy (a start, stop or restart in progress) is left for the next
 //! round, and a server reading Off within a restart's grace period is restarting, not off.
 
@@ -25,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use super::state::{st, Shutoff, Transition};
 use super::{DomainObj, Driver};
-use crate::backend::{BResult, Node, PowerReading, PowerState};
+use crate::backend::{BResult, ErrorKind, Node, PowerReading, PowerState, Sensors};
 
 /// The schedule of one node.
 #[derive(Debug, Clone)]
@@ -35,6 +39,9 @@ pub(super) struct NodeWatch {
     /// Not polled before this.
     next_due: Instant,
 }
+
+/// Sensors are read every this many watcher rounds (every 30 s at the default 5 s).
+const SENSOR_ROUNDS: u32 = 6;
 
 /// A domain's run when a reading was taken: its id and node (-1 and none: shut off).
 type Run = (i32, Option<String>);
@@ -102,13 +109,54 @@ impl Driver {
         let readings = join_all(due.into_iter().map(|(obj, node, run)| async move {
             let _slot = slots.acquire().await;
             let r = node.power.state().await;
-            (obj, node, run, r)
+            // The sensors of a running domain's server, with the power state every
+            // SENSOR_ROUNDS rounds (they change slowly; the BMC is spared the requests):
+            // statistics read this cache and never wait for a BMC.
+            let sensors = match (&r, run.0) {
+                (Ok(_), id) if id != -1 && self.sensors_due(&node.spec.name) => {
+                    Some(node.power.sensors().await)
+                }
+                _ => None,
+            };
+            (obj, node, run, r, sensors)
         }))
         .await;
-        for (obj, node, run, r) in readings {
+        for (obj, node, run, r, sensors) in readings {
+            if let Some(s) = sensors {
+                self.note_sensors(&node.spec.name, s);
+            }
             self.schedule(&node.spec.name, r.is_ok());
             self.observe(&obj, &node, &run, r).await;
         }
+    }
+
+    /// Keeps a node's sensor reading; a failed reading keeps the last one (its age tells),
+    /// a BMC that reads none has none.
+    fn note_sensors(&self, node: &str, r: BResult<Sensors>) {
+        let mut m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(s) => {
+                m.insert(node.to_string(), (Instant::now(), s));
+            }
+            Err(e) if e.kind == ErrorKind::Unsupported => {
+                m.remove(node);
+            }
+            Err(e) => tracing::debug!(node, "cannot read the sensors: {e}"),
+        }
+    }
+
+    /// Whether `node`'s sensors should be read this round: none read yet, or the last
+    /// reading is `SENSOR_ROUNDS` intervals old.
+    fn sensors_due(&self, node: &str) -> bool {
+        let every = self.cfg.watch_interval().saturating_mul(SENSOR_ROUNDS);
+        let m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(node).is_none_or(|(at, _)| at.elapsed() >= every)
+    }
+
+    /// The last sensor reading of `node` and its age.
+    pub(super) fn sensors_of(&self, node: &str) -> Option<(Duration, Sensors)> {
+        let m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(node).map(|(at, s)| (at.elapsed(), *s))
     }
 
     fn schedule(&self, node: &str, ok: bool) {

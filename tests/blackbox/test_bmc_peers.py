@@ -336,6 +336,26 @@ class OutOfBand(Base):
         self.assertEqual(dom.state()[0], L.VIR_DOMAIN_RUNNING)
         self.assertIn("already powered on", self.d.log())
 
+    def test_sensors_in_domain_stats(self):
+        """The BMC's own readings in `domstats` (metalvirt.*), read by the watcher: sushy-tools
+        offers a Thermal resource (chassis intake 25 °C) and no Power or EnvironmentMetrics,
+        so there is an inlet temperature and no power draw; the IPMI driver reads none."""
+        for node in ("rf-2", "ipmi-ghmi"):
+            self.define(f"vm-stats-{node}", node)
+            virsh("start", f"vm-stats-{node}")
+        rf = self.conn.lookupByName("vm-stats-rf-2")
+        wait_until(lambda: "metalvirt.inlet.celsius" in self.conn.domainListGetStats([rf])[0][1],
+                   NOTICE, what="a sensor reading of the Redfish node")
+        st = self.conn.domainListGetStats([rf])[0][1]
+        self.assertEqual(st["metalvirt.inlet.celsius"], 25.0)
+        self.assertNotIn("metalvirt.power.watts", st)
+        self.assertLess(st["metalvirt.sensors.age.ms"], 60_000)
+        ipmi = self.conn.lookupByName("vm-stats-ipmi-ghmi")
+        time.sleep(2 * INTERVAL_MS / 1000)
+        st = self.conn.domainListGetStats([ipmi])[0][1]
+        self.assertFalse([k for k in st if k.startswith("metalvirt.")], st)
+        self.assertEqual(st["state.state"], L.VIR_DOMAIN_RUNNING)
+
     def test_ipmi_sim_off(self):
         self.check_off("ipmi-sim")
 

@@ -208,6 +208,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                                     StatValue::Int(n) => TypedValue::Int(n),
                                     StatValue::UInt(n) => TypedValue::UInt(n),
                                     StatValue::ULLong(n) => TypedValue::ULLong(n),
+                                    StatValue::Double(n) => TypedValue::Double(n),
                                     StatValue::Str(s) => TypedValue::String(s),
                                 },
                             })

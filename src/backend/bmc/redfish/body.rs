@@ -8,7 +8,6 @@ use serde_json::Value;
 use crate::backend::bmc::{pick_reset_type, Action};
 use crate::backend::{PowerReading, PowerState};
 
-/// Where the service root lives.
 use super::{System, MAX_RETRY_AFTER};
 
 /// The BMC's own message from an error body: Redfish `error.@Message.ExtendedInfo[].Message`
@@ -120,6 +119,10 @@ pub(super) fn system_from_body(path: String, sys: &Value) -> (System, Option<Str
         boot_targets: str_list(&boot["BootSourceOverrideTarget@Redfish.AllowableValues"]),
         boot_modes: str_list(&boot["BootSourceOverrideMode@Redfish.AllowableValues"]),
         has_mode: boot.get("BootSourceOverrideMode").is_some(),
+        chassis: sys["Links"]["Chassis"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(odata_id),
     };
     (system, action_info)
 }
@@ -190,4 +193,42 @@ pub fn fuzz_bodies(data: &[u8]) {
             }
         }
     }
+}
+
+/// The power a `Power` resource reports drawn: the first `PowerControl` entry with a
+/// `PowerConsumedWatts` reading.
+pub(super) fn power_consumed(power: &Value) -> Option<f64> {
+    power["PowerControl"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["PowerConsumedWatts"].as_f64())
+}
+
+/// The inlet temperature a `Thermal` resource reports: the `Intake` sensor, else one named
+/// inlet or intake, with a reading.
+pub(super) fn inlet_celsius(thermal: &Value) -> Option<f64> {
+    let temps = thermal["Temperatures"].as_array()?;
+    let named = |t: &&Value| {
+        let name = t["Name"].as_str().unwrap_or("").to_ascii_lowercase();
+        name.contains("inlet") || name.contains("intake")
+    };
+    temps
+        .iter()
+        .filter(|t| t["ReadingCelsius"].is_number())
+        .find(|t| t["PhysicalContext"] == "Intake")
+        .or_else(|| {
+            temps
+                .iter()
+                .filter(|t| t["ReadingCelsius"].is_number())
+                .find(named)
+        })
+        .and_then(|t| t["ReadingCelsius"].as_f64())
+}
+
+/// The readings of an `EnvironmentMetrics` resource: (watts, °C).
+pub(super) fn environment(env: &Value) -> (Option<f64>, Option<f64>) {
+    (
+        env["PowerWatts"]["Reading"].as_f64(),
+        env["TemperatureCelsius"]["Reading"].as_f64(),
+    )
 }

@@ -27,7 +27,6 @@ use super::{backoff, pick_reset_type, Action};
 use crate::backend::{BResult, BackendError, ErrorKind};
 use crate::secret_value::SecretValue;
 
-/// Where the service root lives.
 mod body;
 mod power;
 #[cfg(test)]
@@ -38,6 +37,7 @@ pub use body::fuzz_bodies;
 use body::*;
 use tls::*;
 
+/// Where the service root lives.
 const ROOT: &str = "/redfish/v1/";
 /// The longest `Retry-After` honoured (the call time limit still applies).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -86,6 +86,18 @@ struct System {
     boot_targets: Vec<String>,
     boot_modes: Vec<String>,
     has_mode: bool,
+    /// The Chassis the system is in (`Links.Chassis`): where its sensors are.
+    chassis: Option<String>,
+}
+
+/// Where a BMC's sensor readings are, found at the first reading: `EnvironmentMetrics`
+/// (Redfish 2021+), else the older `Power` and `Thermal` of the chassis (linked, or at their
+/// conventional paths). What the BMC does not have is not asked again.
+#[derive(Debug, Default)]
+struct SensorPaths {
+    environment: Option<String>,
+    power: Option<String>,
+    thermal: Option<String>,
 }
 
 /// A response: status, headers, the raw body and its JSON (`Null` when empty or not JSON).
@@ -119,6 +131,7 @@ pub struct Redfish {
     /// `Authorization: Basic …`, built once (marked sensitive).
     basic: HeaderValue,
     system: Mutex<Option<Arc<System>>>,
+    sensor_paths: Mutex<Option<Arc<SensorPaths>>>,
 }
 
 impl std::fmt::Debug for Redfish {
@@ -173,6 +186,7 @@ impl Redfish {
             http,
             auth: Mutex::new(Auth::Unknown),
             system: Mutex::new(None),
+            sensor_paths: Mutex::new(None),
         })
     }
 
@@ -471,6 +485,57 @@ impl Redfish {
     }
 
     /// The ComputerSystem, discovered on first use.
+    /// Where the sensor readings are (found once; see [`SensorPaths`]). A resource the BMC
+    /// answers 404 (or 405, 501) for is absent; any other failure is an error and the
+    /// search is made again next time.
+    async fn sensor_paths(&self) -> BResult<Arc<SensorPaths>> {
+        let mut cached = self.sensor_paths.lock().await;
+        if let Some(p) = &*cached {
+            return Ok(p.clone());
+        }
+        let sys = self.system().await?;
+        let Some(chassis) = sys.chassis.clone() else {
+            return Err(BackendError::with_kind(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: the system links no Chassis (where sensors are)",
+                    self.who()
+                ),
+            ));
+        };
+        let ch = self.call(Method::GET, &chassis, None).await?.body;
+        let link = |k: &str| ch[k]["@odata.id"].as_str().map(str::to_string);
+        let exists = |path: String| async move {
+            let r = self.call_with(Method::GET, &path, None, &[]).await?;
+            let absent = [
+                StatusCode::NOT_FOUND,
+                StatusCode::METHOD_NOT_ALLOWED,
+                StatusCode::NOT_IMPLEMENTED,
+            ];
+            if absent.contains(&r.status) {
+                return Ok(None);
+            }
+            self.check(&Method::GET, &path, r).map(|_| Some(path))
+        };
+        let base = chassis.trim_end_matches('/');
+        let mut p = SensorPaths::default();
+        if let Some(env) = link("EnvironmentMetrics") {
+            p.environment = exists(env).await?;
+        }
+        if p.environment.is_none() {
+            let power = link("Power").unwrap_or_else(|| format!("{base}/Power"));
+            p.power = exists(power).await?;
+            let thermal = link("Thermal").unwrap_or_else(|| format!("{base}/Thermal"));
+            p.thermal = exists(thermal).await?;
+        }
+        if p.environment.is_none() && p.power.is_none() && p.thermal.is_none() {
+            tracing::info!(bmc = %self.who(), "the BMC offers no power or temperature readings");
+        }
+        let p = Arc::new(p);
+        *cached = Some(p.clone());
+        Ok(p)
+    }
+
     async fn system(&self) -> BResult<Arc<System>> {
         let mut cached = self.system.lock().await;
         if let Some(s) = &*cached {

@@ -8,10 +8,9 @@ use serde_json::json;
 
 use crate::backend::bmc::Action;
 use crate::backend::{
-    BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading,
+    BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading, Sensors,
 };
 
-/// Where the service root lives.
 use super::*;
 
 #[async_trait]
@@ -20,6 +19,30 @@ impl Power for Redfish {
         let sys = self.system().await?;
         let r = self.call(Method::GET, &sys.path, None).await?;
         power_reading(&r.body).map_err(|e| BackendError::new(format!("{} {e}", self.who())))
+    }
+
+    async fn sensors(&self) -> BResult<Sensors> {
+        let paths = self.sensor_paths().await?;
+        let get = |p: &Option<String>| {
+            let p = p.clone();
+            async move {
+                match p {
+                    Some(p) => self.call(Method::GET, &p, None).await.map(|r| Some(r.body)),
+                    None => Ok(None),
+                }
+            }
+        };
+        let mut s = Sensors::default();
+        if let Some(env) = get(&paths.environment).await? {
+            (s.power_watts, s.inlet_celsius) = environment(&env);
+        }
+        if s.power_watts.is_none() {
+            s.power_watts = get(&paths.power).await?.as_ref().and_then(power_consumed);
+        }
+        if s.inlet_celsius.is_none() {
+            s.inlet_celsius = get(&paths.thermal).await?.as_ref().and_then(inlet_celsius);
+        }
+        Ok(s)
     }
 
     async fn on(&self) -> BResult<()> {

@@ -374,3 +374,35 @@ async fn wrong_password_and_dead_bmc_are_classified() {
     let e = client(&dead).state().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
 }
+
+#[test]
+fn sensor_readings_from_power_thermal_and_environment_metrics() {
+    // Shapes from DMTF's Power.v1_7 / Thermal.v1_7 / EnvironmentMetrics.v1_3 mockups.
+    let power = json!({"PowerControl": [
+        {"MemberId": "0", "PowerConsumedWatts": null},
+        {"MemberId": "1", "PowerConsumedWatts": 344.5}
+    ]});
+    assert_eq!(power_consumed(&power), Some(344.5));
+    assert_eq!(power_consumed(&json!({"PowerControl": []})), None);
+    let thermal = json!({"Temperatures": [
+        {"Name": "CPU1 Temp", "PhysicalContext": "CPU", "ReadingCelsius": 61},
+        {"Name": "Inlet Temp", "ReadingCelsius": 22.5},
+        {"Name": "Chassis Intake Temp", "PhysicalContext": "Intake", "ReadingCelsius": 21}
+    ]});
+    assert_eq!(
+        inlet_celsius(&thermal),
+        Some(21.0),
+        "the Intake context wins"
+    );
+    let named_only = json!({"Temperatures": [
+        {"Name": "CPU1 Temp", "ReadingCelsius": 61},
+        {"Name": "System Inlet", "ReadingCelsius": 19}
+    ]});
+    assert_eq!(inlet_celsius(&named_only), Some(19.0));
+    assert_eq!(
+        inlet_celsius(&json!({"Temperatures": [{"Name": "CPU", "ReadingCelsius": 50}]})),
+        None
+    );
+    let env = json!({"TemperatureCelsius": {"Reading": 23.4}, "PowerWatts": {"Reading": 512.0}});
+    assert_eq!(environment(&env), (Some(512.0), Some(23.4)));
+}

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-/// Where the service root lives.
 use super::RedfishSettings;
 
 pub(super) fn tls_config(s: &RedfishSettings) -> Result<rustls::ClientConfig, String> {
