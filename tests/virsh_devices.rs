@@ -299,3 +299,142 @@ fn secret_commands() {
     );
     assert_eq!(mapped_disks(&d).len(), 1);
 }
+
+/// The QoS the simulated lab holds for the disk mapped from `source`.
+fn sim_qos(d: &Daemon, source: &str) -> serde_json::Value {
+    for node in d.sim_state()["nodes"].as_object().unwrap().values() {
+        for disk in node["disks"].as_object().unwrap().values() {
+            if disk["spec"]["source"].as_str() == Some(source) {
+                return disk["spec"]["qos"].clone();
+            }
+        }
+    }
+    panic!("no disk mapped from {source}");
+}
+
+/// `virsh blkdeviotune DOM DEV` as (field, value) pairs.
+fn iotune(d: &Daemon, args: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let mut a = vec!["blkdeviotune"];
+    a.extend_from_slice(args);
+    d.virsh_ok(&a)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn block_io_limits_reach_the_disk_backend() {
+    let d = Daemon::start("");
+    let disk = "<disk type='network' device='disk'>\
+        <source protocol='rbd' name='volumes/tuned'><host name='10.0.0.1' port='6789'/></source>\
+        <target dev='vdb' bus='virtio'/>\
+        <iotune><total_bytes_sec>10485760</total_bytes_sec><total_iops_sec>2000</total_iops_sec></iotune>\
+        </disk>\n";
+    let f = d.file("bm1.xml", &domain_xml("bm1", disk));
+    d.virsh_ok(&["define", f.to_str().unwrap()]);
+    d.virsh_ok(&["start", "bm1"]);
+    // Mapped with its limits, in SPDK's units (MiB/s, I/Os per second).
+    let q = sim_qos(&d, "rbd:volumes/tuned");
+    assert_eq!(q["rw_ios_per_sec"], 2000, "{q}");
+    assert_eq!(q["rw_mbytes_per_sec"], 10, "{q}");
+    assert!(
+        sim_qos(&d, "rbd:volumes/bm1-root").is_null(),
+        "an untuned disk has none"
+    );
+    let t = iotune(&d, &["bm1", "vdb"]);
+    assert_eq!(t["total_bytes_sec"], "10485760");
+    assert_eq!(t["total_iops_sec"], "2000");
+    assert_eq!(t["read_bytes_sec"], "0");
+
+    // Live: the backend and the live XML; a read limit replaces the total.
+    d.virsh_ok(&[
+        "blkdeviotune",
+        "bm1",
+        "vdb",
+        "--read-bytes-sec",
+        "4194304",
+        "--total-iops-sec",
+        "3000",
+        "--live",
+    ]);
+    let q = sim_qos(&d, "rbd:volumes/tuned");
+    assert_eq!(
+        (
+            &q["rw_ios_per_sec"],
+            &q["rw_mbytes_per_sec"],
+            &q["r_mbytes_per_sec"]
+        ),
+        (&3000.into(), &0.into(), &4.into()),
+        "{q}"
+    );
+    let live = d.virsh_ok(&["dumpxml", "bm1"]);
+    assert!(
+        live.contains("<read_bytes_sec>4194304</read_bytes_sec>")
+            && !live.contains("<total_bytes_sec>"),
+        "{live}"
+    );
+    // The persistent definition is untouched by a live change, and changed by --config.
+    let config = d.virsh_ok(&["dumpxml", "bm1", "--inactive"]);
+    assert!(
+        config.contains("<total_bytes_sec>10485760</total_bytes_sec>"),
+        "{config}"
+    );
+    d.virsh_ok(&[
+        "blkdeviotune",
+        "bm1",
+        "vdb",
+        "--total-iops-sec",
+        "0",
+        "--config",
+    ]);
+    assert_eq!(
+        iotune(&d, &["bm1", "vdb", "--config"])["total_iops_sec"],
+        "0"
+    );
+    assert_eq!(
+        iotune(&d, &["bm1", "vdb", "--live"])["total_iops_sec"],
+        "3000"
+    );
+
+    // What SPDK cannot apply exactly is refused, naming the field; nothing changes.
+    for (flag, value, field) in [
+        ("--total-iops-sec", "1500", "total_iops_sec"),
+        ("--read-iops-sec", "1000", "read_iops_sec"),
+        ("--write-bytes-sec", "1000", "write_bytes_sec"),
+        ("--total-bytes-sec-max", "20971520", "total_bytes_sec_max"),
+    ] {
+        let e = d.virsh_err(&["blkdeviotune", "bm1", "vdb", flag, value, "--live"]);
+        assert!(
+            e.contains("unsupported configuration") && e.contains(field),
+            "{flag}: {e}"
+        );
+    }
+    assert_eq!(sim_qos(&d, "rbd:volumes/tuned")["rw_ios_per_sec"], 3000);
+    let e = d.virsh_err(&["blkdeviotune", "bm1", "vdz"]);
+    assert!(e.contains("disk 'vdz' was not found"), "{e}");
+
+    // Bad <iotune> in a definition: libvirt's XML errors, or unsupported at define.
+    for (iotune, want) in [
+        (
+            "<total_iops_sec>-1000</total_iops_sec>",
+            "disk iotune field 'total_iops_sec' must be an integer",
+        ),
+        (
+            "<total_iops_sec>1000</total_iops_sec><read_iops_sec>1000</read_iops_sec>",
+            "total and read/write of iops_sec cannot be set at the same time",
+        ),
+        ("<write_iops_sec>1000</write_iops_sec>", "write_iops_sec"),
+    ] {
+        let xml = domain_xml(
+            "bad",
+            &disk.replace(
+                "<total_bytes_sec>10485760</total_bytes_sec><total_iops_sec>2000</total_iops_sec>",
+                iotune,
+            ),
+        );
+        let f = d.file("bad.xml", &xml);
+        let e = d.virsh_err(&["define", f.to_str().unwrap()]);
+        assert!(e.contains(want), "{iotune}: {e}");
+    }
+}

@@ -270,6 +270,30 @@ pub struct DiskSpec {
     /// `<target bus>` as the definition asks.
     #[serde(default)]
     pub bus: Option<String>,
+    /// I/O limits (`<iotune>`), applied when the disk is mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
+}
+
+/// A disk's I/O limits in the units SPDK's bdev QoS takes (`bdev_set_qos_limit`): I/Os per
+/// second for reads and writes together, and MiB/s for both, reads and writes. 0 is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qos {
+    /// Read and write I/Os per second (a multiple of 1000).
+    pub rw_ios_per_sec: u64,
+    /// Read and write MiB per second.
+    pub rw_mbytes_per_sec: u64,
+    /// Read MiB per second.
+    pub r_mbytes_per_sec: u64,
+    /// Write MiB per second.
+    pub w_mbytes_per_sec: u64,
+}
+
+impl Qos {
+    /// No limit at all.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Qos::default()
+    }
 }
 
 /// Where a disk's data lives, parsed from its `<disk>` element.
@@ -443,6 +467,14 @@ pub trait Disks: Send + Sync {
     async fn info(&self, handle: &str) -> BResult<BlockInfo>;
     /// I/O counters of a mapped disk.
     async fn stats(&self, handle: &str) -> BResult<BlockStats>;
+    /// Replaces the I/O limits of a mapped disk (all zero: none).
+    async fn set_qos(&self, handle: &str, qos: &Qos) -> BResult<()> {
+        let _ = (handle, qos);
+        Err(BackendError::with_kind(
+            ErrorKind::Unsupported,
+            "this disk backend cannot limit I/O",
+        ))
+    }
     /// Checks, before anything moves, that this backend can present `spec` (its source and
     /// bus); `Ok(Some(note))` when it presents it other than the definition says, for
     /// GET_MESSAGES. An `Unsupported` error means the definition asks for the impossible.

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BResult, BackendError, BlockInfo, BlockStats, BootDev, BootMode, BootRequest, DiskSpec, Disks,
-    IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Sensors, Simulated,
+    IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Qos, Sensors,
+    Simulated,
 };
 use crate::config::SimConfig;
 
@@ -411,6 +412,19 @@ impl Disks for SimNode {
             .read(&self.name, |n| Ok(n.disks.keys().cloned().collect()))
     }
 
+    /// Records the limits with the mapping (the lab state file shows them).
+    async fn set_qos(&self, handle: &str, qos: &Qos) -> BResult<()> {
+        delay(self.shared.cfg.disk_latency_ms).await;
+        self.shared.with(&self.name, |n| {
+            let d = n
+                .disks
+                .get_mut(handle)
+                .ok_or_else(|| BackendError::new(format!("disk {handle} is not mapped")))?;
+            d.spec.qos = (!qos.is_unlimited()).then_some(*qos);
+            Ok(())
+        })
+    }
+
     async fn resize(&self, handle: &str, bytes: u64) -> BResult<u64> {
         delay(self.shared.cfg.disk_latency_ms).await;
         let shared = &self.shared;
@@ -572,6 +586,7 @@ mod tests {
             volume: Default::default(),
             unit: None,
             bus: None,
+            qos: None,
         }
     }
 

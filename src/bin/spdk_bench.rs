@@ -53,6 +53,7 @@ fn disk(domain: usize, i: usize, vol: usize) -> DiskSpec {
         },
         unit: Some(i as u32 + 1),
         bus: Some("virtio".into()),
+        qos: None,
     }
 }
 

@@ -131,6 +131,113 @@ pub struct DiskDef {
     pub boot_order: Option<u32>,
     /// `<readonly/>` present.
     pub readonly: bool,
+    /// `<iotune>`, when the disk has one.
+    pub iotune: Option<IoTune>,
+}
+
+/// libvirt's `<iotune>` fields that hold numbers (every one but `group_name`), in the order
+/// libvirt reports them.
+pub const IOTUNE_FIELDS: &[&str] = &[
+    "total_bytes_sec",
+    "read_bytes_sec",
+    "write_bytes_sec",
+    "total_iops_sec",
+    "read_iops_sec",
+    "write_iops_sec",
+    "total_bytes_sec_max",
+    "read_bytes_sec_max",
+    "write_bytes_sec_max",
+    "total_iops_sec_max",
+    "read_iops_sec_max",
+    "write_iops_sec_max",
+    "size_iops_sec",
+    "total_bytes_sec_max_length",
+    "read_bytes_sec_max_length",
+    "write_bytes_sec_max_length",
+    "total_iops_sec_max_length",
+    "read_iops_sec_max_length",
+    "write_iops_sec_max_length",
+];
+
+/// A disk's `<iotune>`: the value of every numeric field (0 when absent) and the group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IoTune {
+    /// Values in the order of [`IOTUNE_FIELDS`].
+    pub values: [u64; 19],
+    /// `<group_name>`.
+    pub group_name: Option<String>,
+    /// The first field that is not a number, if any (libvirt refuses the definition).
+    pub invalid: Option<&'static str>,
+}
+
+impl IoTune {
+    /// A field's value (0: none); unknown names read 0.
+    pub fn get(&self, field: &str) -> u64 {
+        IOTUNE_FIELDS
+            .iter()
+            .position(|f| *f == field)
+            .map_or(0, |i| self.values[i])
+    }
+
+    /// Sets a numeric field; false for an unknown name.
+    pub fn set(&mut self, field: &str, value: u64) -> bool {
+        match IOTUNE_FIELDS.iter().position(|f| *f == field) {
+            Some(i) => {
+                self.values[i] = value;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// libvirt's consistency rule: a total and its read/write limits exclude each other.
+    pub fn conflict(&self) -> Option<String> {
+        for kind in ["bytes_sec", "iops_sec", "bytes_sec_max", "iops_sec_max"] {
+            let total = self.get(&format!("total_{kind}"));
+            let rw = self.get(&format!("read_{kind}")) + self.get(&format!("write_{kind}"));
+            if total != 0 && rw != 0 {
+                return Some(format!(
+                    "total and read/write of {kind} cannot be set at the same time"
+                ));
+            }
+        }
+        None
+    }
+
+    /// The `<iotune>` element: every non-zero field, in libvirt's order; `None` when nothing
+    /// is limited.
+    pub fn to_element(&self) -> Option<Element> {
+        let mut el = Element::new("iotune");
+        for (f, v) in IOTUNE_FIELDS.iter().zip(self.values) {
+            if v != 0 {
+                el.push(Element::new(*f).with_text(v.to_string()));
+            }
+        }
+        if let Some(g) = &self.group_name {
+            el.push(Element::new("group_name").with_text(g.clone()));
+        }
+        (!el.children.is_empty()).then_some(el)
+    }
+}
+
+fn iotune_view(disk: &Element) -> Option<IoTune> {
+    let el = disk.child("iotune")?;
+    let mut t = IoTune::default();
+    for (i, f) in IOTUNE_FIELDS.iter().enumerate() {
+        if let Some(c) = el.child(f) {
+            match c.text().trim().parse::<u64>() {
+                Ok(v) => t.values[i] = v,
+                Err(_) => {
+                    t.invalid.get_or_insert(f);
+                }
+            }
+        }
+    }
+    t.group_name = el
+        .child("group_name")
+        .map(|g| g.text().trim().to_string())
+        .filter(|g| !g.is_empty());
+    Some(t)
 }
 
 /// Read-only view of one `<interface>`.
@@ -240,6 +347,7 @@ pub fn disk_view(index: usize, el: &Element, live_alias: Option<String>) -> Disk
         serial,
         boot_order: boot_order(el),
         readonly: el.child("readonly").is_some(),
+        iotune: iotune_view(el),
     }
 }
 

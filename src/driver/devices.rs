@@ -32,7 +32,7 @@ fn not_live(kind: &str, what: &str) -> VirError {
 }
 
 /// Finds a disk by target or source, like `virDomainDiskByName`.
-fn disk_by_name(def: &DomainDef, path: &str) -> Option<crate::domain::DiskDef> {
+pub(super) fn disk_by_name(def: &DomainDef, path: &str) -> Option<crate::domain::DiskDef> {
     def.disks().into_iter().find(|d| {
         d.target_dev.as_deref() == Some(path)
             || [&d.source.file, &d.source.dev, &d.source.name]
@@ -42,7 +42,7 @@ fn disk_by_name(def: &DomainDef, path: &str) -> Option<crate::domain::DiskDef> {
 }
 
 impl Driver {
-    fn live_node(&self, obj: &DomainObj) -> VirResult<Node> {
+    pub(super) fn live_node(&self, obj: &DomainObj) -> VirResult<Node> {
         let n = obj.with(|s| s.node.clone());
         n.and_then(|n| self.node(&n).cloned())
             .ok_or_else(|| VirError::internal("active domain has no node"))
@@ -54,7 +54,7 @@ impl Driver {
     }
 
     /// The persistent definition as a tree.
-    fn config_tree(obj: &DomainObj) -> VirResult<DomainDef> {
+    pub(super) fn config_tree(obj: &DomainObj) -> VirResult<DomainDef> {
         obj.with(|s| s.persistent_def().clone()).tree()
     }
 
@@ -96,7 +96,7 @@ impl Driver {
     /// What every device change starts with (attach, detach, update): its flags checked
     /// (`VIR_DOMAIN_AFFECT_LIVE`, `_CONFIG` and the call's own `extra`), the domain's job,
     /// and which definitions the change affects (live, config).
-    async fn begin_device_change<'a>(
+    pub(super) async fn begin_device_change<'a>(
         &self,
         obj: &'a DomainObj,
         flags: u32,

@@ -13,6 +13,7 @@
 mod deflog;
 mod devices;
 mod domstate;
+mod iotune;
 mod lifecycle;
 mod placement;
 mod plan;
@@ -39,6 +40,7 @@ use crate::error::{VirError, VirResult};
 use crate::events::{DomainEvent, EventBus, EventKind};
 use crate::secrets::Secrets;
 pub use domstate::DomState;
+pub use iotune::TuneParam;
 use state::st;
 pub use stats::{Record as StatsRecord, StatValue};
 use store::{Status, Store};

@@ -96,6 +96,7 @@ pub(super) fn disk_spec(
         serial: d.serial.clone(),
         volume,
         unit: None,
+        qos: disk_qos(d)?,
     }))
 }
 
@@ -221,9 +222,18 @@ pub(super) fn check_devices(def: &DomainDef) -> VirResult<()> {
     def.interfaces()
         .iter()
         .try_for_each(crate::domain::devices::check_interface)?;
-    def.disks()
-        .iter()
-        .try_for_each(|d| super::volumes::disk_volume(d).map(drop))
+    def.disks().iter().try_for_each(|d| {
+        super::volumes::disk_volume(d)?;
+        disk_qos(d).map(drop)
+    })
+}
+
+/// A disk's I/O limits (see `volumes::disk_qos`).
+pub(super) fn disk_qos(d: &DiskDef) -> VirResult<Option<crate::backend::Qos>> {
+    match &d.iotune {
+        Some(t) => super::volumes::disk_qos(d.target_dev.as_deref().unwrap_or("?"), t),
+        None => Ok(None),
+    }
 }
 
 /// Handles a live definition owns: what its journal may hold.

@@ -1,8 +1,8 @@
 //! Where a disk's data lives, as the backends need it: the domain XML's `<disk>` (pure data,
 //! `domain/`) turned into a backend [`Volume`]. Here, above both, so neither knows the other.
 
-use crate::backend::Volume;
-use crate::domain::devices::DiskDef;
+use crate::backend::{Qos, Volume};
+use crate::domain::devices::{DiskDef, IoTune};
 use crate::error::{VirError, VirResult};
 
 /// The network disk protocols a DPU connects.
@@ -146,4 +146,136 @@ fn by_path_iscsi(path: &str) -> Option<Volume> {
         host: host.to_string(),
         port: port.parse().ok()?,
     })
+}
+/// A disk's `<iotune>` as the disk backend's QoS takes it (`None`: no limit), exactly: SPDK
+/// limits I/Os per second for reads and writes together, in multiples of 1000, and bytes
+/// per second in whole MiB for both, reads and writes. What it cannot represent exactly is
+/// refused with `VIR_ERR_CONFIG_UNSUPPORTED` naming the field, rather than rounded behind the
+/// user's back; a field that is not a number, or a total with its read/write limits, is
+/// `VIR_ERR_XML_ERROR` as in libvirt.
+pub fn disk_qos(target: &str, t: &IoTune) -> VirResult<Option<Qos>> {
+    if let Some(f) = t.invalid {
+        return Err(VirError::xml(&format!(
+            "disk iotune field '{f}' must be an integer"
+        )));
+    }
+    if let Some(c) = t.conflict() {
+        return Err(VirError::xml(&c));
+    }
+    let refuse = |field: &str, why: &str| {
+        Err(VirError::config_unsupported(&format!(
+            "disk {target}: iotune {field} {why}"
+        )))
+    };
+    for f in ["read_iops_sec", "write_iops_sec"] {
+        if t.get(f) != 0 {
+            return refuse(
+                f,
+                "cannot be applied: the DPU's SPDK limits read and write I/Os together only (use total_iops_sec)",
+            );
+        }
+    }
+    for f in crate::domain::devices::IOTUNE_FIELDS {
+        if (f.ends_with("_max") || f.ends_with("_max_length") || *f == "size_iops_sec")
+            && t.get(f) != 0
+        {
+            return refuse(
+                f,
+                "cannot be applied: the DPU's SPDK has no bursts or I/O size accounting",
+            );
+        }
+    }
+    if t.group_name.is_some() {
+        return refuse(
+            "group_name",
+            "cannot be applied: the DPU's SPDK limits each disk on its own",
+        );
+    }
+    let iops = t.get("total_iops_sec");
+    if iops % 1000 != 0 {
+        return refuse(
+            "total_iops_sec",
+            &format!("{iops} cannot be applied exactly: the DPU's SPDK takes multiples of 1000 I/Os per second"),
+        );
+    }
+    let mib = |f: &str| -> VirResult<u64> {
+        let v = t.get(f);
+        if v % (1 << 20) != 0 {
+            return Err(VirError::config_unsupported(&format!(
+                "disk {target}: iotune {f} {v} cannot be applied exactly: the DPU's SPDK takes whole MiB per second (multiples of 1048576 bytes)"
+            )));
+        }
+        Ok(v >> 20)
+    };
+    let q = Qos {
+        rw_ios_per_sec: iops,
+        rw_mbytes_per_sec: mib("total_bytes_sec")?,
+        r_mbytes_per_sec: mib("read_bytes_sec")?,
+        w_mbytes_per_sec: mib("write_bytes_sec")?,
+    };
+    Ok((!q.is_unlimited()).then_some(q))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::code;
+
+    fn tune(fields: &[(&str, u64)]) -> IoTune {
+        let mut t = IoTune::default();
+        for (f, v) in fields {
+            assert!(t.set(f, *v));
+        }
+        t
+    }
+
+    #[test]
+    fn iotune_converts_exactly_or_is_refused_naming_the_field() {
+        let q = disk_qos(
+            "vda",
+            &tune(&[
+                ("total_iops_sec", 20_000),
+                ("read_bytes_sec", 3 << 20),
+                ("write_bytes_sec", 1 << 20),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            q,
+            Qos {
+                rw_ios_per_sec: 20_000,
+                rw_mbytes_per_sec: 0,
+                r_mbytes_per_sec: 3,
+                w_mbytes_per_sec: 1
+            }
+        );
+        assert_eq!(disk_qos("vda", &IoTune::default()).unwrap(), None);
+        for (field, value) in [
+            ("total_iops_sec", 1500),
+            ("total_bytes_sec", 1_000_000),
+            ("read_iops_sec", 1000),
+            ("write_iops_sec", 1000),
+            ("total_iops_sec_max", 1000),
+            ("size_iops_sec", 4096),
+        ] {
+            let e = disk_qos("vda", &tune(&[(field, value)])).unwrap_err();
+            assert_eq!(e.code, code::CONFIG_UNSUPPORTED, "{field}");
+            assert!(e.message.contains(field), "{e}");
+        }
+        let e = disk_qos(
+            "vda",
+            &tune(&[("total_bytes_sec", 1 << 20), ("read_bytes_sec", 1 << 20)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::XML_ERROR);
+        let bad = IoTune {
+            invalid: Some("total_iops_sec"),
+            ..IoTune::default()
+        };
+        assert!(disk_qos("vda", &bad)
+            .unwrap_err()
+            .message
+            .contains("disk iotune field 'total_iops_sec' must be an integer"));
+    }
 }

@@ -146,6 +146,9 @@ procs! {
     CONNECT_GET_CPU_MODEL_NAMES = 312, "virConnectGetCPUModelNames", Read, Host;
     CONNECT_COMPARE_HYPERVISOR_CPU = 393, "virConnectCompareHypervisorCPU", Read, Host;
     CONNECT_BASELINE_HYPERVISOR_CPU = 394, "virConnectBaselineHypervisorCPU", Read, Host;
+    // Block I/O limits: the disk backend's QoS.
+    DOMAIN_SET_BLOCK_IO_TUNE = 252, "virDomainSetBlockIoTune", Write, Devices;
+    DOMAIN_GET_BLOCK_IO_TUNE = 253, "virDomainGetBlockIoTune", Read, Devices;
     // Statistics of every domain, or of a list (virDomainListGetStats, client-side).
     CONNECT_GET_ALL_DOMAIN_STATS = 344, "virConnectGetAllDomainStats", Read, Queries;
     // Guest time: no guest agent on bare metal.

@@ -371,3 +371,8 @@ xdr_struct! { pub struct GetAllDomainStatsArgs { pub doms: Vec<Domain>, pub stat
 xdr_struct! { /// `remote_domain_stats_record`.
 pub struct DomainStatsRecord { pub dom: Domain, pub params: Vec<TypedParam> } }
 xdr_struct! { pub struct GetAllDomainStatsRet { pub ret_stats: Vec<DomainStatsRecord> } }
+
+// ---- block I/O limits ----
+
+xdr_struct! { pub struct DomainSetBlockIoTuneArgs { pub dom: Domain, pub disk: String, pub params: Vec<TypedParam>, pub flags: u32 } }
+xdr_struct! { pub struct DomainGetBlockIoTuneArgs { pub dom: Domain, pub disk: Option<String>, pub nparams: i32, pub flags: u32 } }

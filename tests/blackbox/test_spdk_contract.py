@@ -446,6 +446,39 @@ def decode_errors_per_method():
 
 
 @check
+def qos_limits():
+    """bdev_set_qos_limit (src bdev_rpc.c, bdev.c; no recording): limits not given keep their
+    value, MB/s are whole MiB, an IOPS limit off the 1000 grid is rounded up (not refused),
+    0 removes a limit; bdev_get_bdevs shows them as assigned_rate_limits."""
+    with SpdkDouble("dpu") as spdk:
+        d = spdk.sock("dpu")
+        call(d, "bdev_null_create", {"name": "Q", "num_blocks": 2048, "block_size": 512})
+        limits = lambda: call(d, "bdev_get_bdevs", {"name": "Q"})[0]["assigned_rate_limits"]
+        assert limits() == {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0,
+                            "w_mbytes_per_sec": 0}
+        assert call(d, "bdev_set_qos_limit", {"name": "Q", "rw_ios_per_sec": 20000,
+                                              "w_mbytes_per_sec": 5}) is True
+        call(d, "bdev_set_qos_limit", {"name": "Q", "r_mbytes_per_sec": 7})
+        assert limits() == {"rw_ios_per_sec": 20000, "rw_mbytes_per_sec": 0,
+                            "r_mbytes_per_sec": 7, "w_mbytes_per_sec": 5}, limits()
+        call(d, "bdev_set_qos_limit", {"name": "Q", "rw_ios_per_sec": 1500,
+                                       "w_mbytes_per_sec": 0})
+        assert limits()["rw_ios_per_sec"] == 2000 and limits()["w_mbytes_per_sec"] == 0
+        for params, code, message in [
+            ({"name": "Q"}, -22, "No rate limits specified"),
+            ({"name": "nope", "rw_ios_per_sec": 1000}, -19, "No such device"),
+            ({"name": "Q", "rw_ios_per_sec": -1}, -32603, "spdk_json_decode_object failed"),
+            ({"name": "Q", "iops": 1}, -32603, "spdk_json_decode_object failed"),
+        ]:
+            try:
+                call(d, "bdev_set_qos_limit", params)
+                raise AssertionError("%s succeeded" % params)
+            except RpcError as e:
+                assert (e.code, e.message) == (code, message), (params, e.code, e.message)
+    return "set, keep, round up, remove, errors"
+
+
+@check
 def daemon_call_shapes():
     """Each call shape metalvirtd sends is accepted; an unknown key is refused where SPDK
     decodes strictly and ignored where it decodes relaxed (add_listener, add_ns,

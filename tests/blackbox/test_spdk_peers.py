@@ -757,6 +757,43 @@ class SpdkPeers(unittest.TestCase):
         self.assertEqual(blkinfo("t8", "vda"), 16 * MiB)
         dom.destroy()
 
+    def test_8b_io_limits_become_the_bdevs_qos(self):
+        """<iotune> and virDomainSetBlockIoTune reach SPDK as bdev_set_qos_limit on the
+        disk's bdev (I/Os per second, MiB/s), exactly."""
+        u = "5b0d0088-0000-4000-8000-000000000088"
+        h = hexid(u)
+        img = os.path.join(LAB["dir"], "qos.img")
+        with open(img, "wb") as f:
+            f.truncate(16 * MiB)
+        dom = self.define("t8b", "bm-spdk", [
+            f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{img}'/><target dev='vda' bus='virtio'/>"
+            f"<iotune><total_iops_sec>5000</total_iops_sec>"
+            f"<total_bytes_sec>{20 * MiB}</total_bytes_sec></iotune></disk>"], u)
+        dom.create()
+        bdev = f"mv-{h}-vda"
+
+        def limits():
+            return rpc("dpu", "bdev_get_bdevs", {"name": bdev})[0]["assigned_rate_limits"]
+        self.assertEqual(limits(), {"rw_ios_per_sec": 5000, "rw_mbytes_per_sec": 20,
+                                    "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0})
+        dom.setBlockIoTune("vda", {"total_iops_sec": 8000}, L.VIR_DOMAIN_AFFECT_LIVE)
+        self.assertEqual(limits()["rw_ios_per_sec"], 8000)
+        self.assertEqual(limits()["rw_mbytes_per_sec"], 20, "fields not given are kept")
+        got = dom.blockIoTune("vda", 0)
+        self.assertEqual((got["total_iops_sec"], got["total_bytes_sec"]), (8000, 20 * MiB))
+        e = expect_error(dom.setBlockIoTune, "vda", {"total_iops_sec": 8500},
+                         L.VIR_DOMAIN_AFFECT_LIVE)
+        self.assertEqual(e.get_error_code(), L.VIR_ERR_CONFIG_UNSUPPORTED)
+        self.assertIn("multiples of 1000", str(e))
+        self.assertEqual(limits()["rw_ios_per_sec"], 8000, "nothing sent to SPDK")
+        # Removing every limit: zeros to SPDK, no <iotune> left.
+        dom.setBlockIoTune("vda", {"total_iops_sec": 0, "total_bytes_sec": 0},
+                           L.VIR_DOMAIN_AFFECT_LIVE)
+        self.assertEqual(set(limits().values()), {0})
+        self.assertNotIn("<iotune>", dom.XMLDesc(0))
+        dom.destroy()
+
     # ------------------------------------------------------------------------------ (9)
 
     def test_9_the_log_never_holds_a_chap_secret_or_ceph_key(self):

@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{BResult, BackendError, BlockInfo, BlockStats, DiskSpec, Disks, ErrorKind, Volume};
+use super::{
+    BResult, BackendError, BlockInfo, BlockStats, DiskSpec, Disks, ErrorKind, Qos, Volume,
+};
 pub use frontend::{Frontend, Listen, Nvmf, Presented, VhostBlk};
 use rpc::{code, RpcError, Spdk};
 
@@ -446,6 +448,24 @@ impl SpdkDisks {
         }
     }
 
+    /// Sets a bdev's QoS limits (`bdev_set_qos_limit`: every limit named, 0 = none).
+    async fn set_limits(&self, bdev: &str, q: &Qos) -> BResult<()> {
+        self.spdk
+            .call(
+                "bdev_set_qos_limit",
+                Some(json!({
+                    "name": bdev,
+                    "rw_ios_per_sec": q.rw_ios_per_sec,
+                    "rw_mbytes_per_sec": q.rw_mbytes_per_sec,
+                    "r_mbytes_per_sec": q.r_mbytes_per_sec,
+                    "w_mbytes_per_sec": q.w_mbytes_per_sec,
+                })),
+            )
+            .await
+            .map(drop)
+            .map_err(spdk_err)
+    }
+
     /// Maps and presents; on failure removes what it made.
     async fn attach_inner(&self, spec: &DiskSpec) -> BResult<String> {
         let source = Source::of(&spec.volume).ok_or_else(|| {
@@ -482,6 +502,16 @@ impl SpdkDisks {
                 return Err(spdk_err(e));
             }
         };
+        if let Some(q) = spec.qos {
+            if let Err(e) = self.set_limits(&bdev, &q).await {
+                let _ = self
+                    .frontend
+                    .withdraw(&self.spdk, &domain, &spec.handle)
+                    .await;
+                let _ = self.delete_source(&spec.handle, Some(source)).await;
+                return Err(e);
+            }
+        }
         let mut presented = Presented {
             handle: spec.handle.clone(),
             domain,
@@ -586,6 +616,17 @@ impl Disks for SpdkDisks {
             }
             return Err(spdk_err(e));
         }
+        Ok(())
+    }
+
+    async fn set_qos(&self, handle: &str, qos: &Qos) -> BResult<()> {
+        let _gate = self.gate.read().await;
+        let mut m = self
+            .mapping(handle)
+            .ok_or_else(|| BackendError::new(format!("disk {handle} is not mapped")))?;
+        self.set_limits(&m.presented.bdev, qos).await?;
+        m.spec.qos = (!qos.is_unlimited()).then_some(*qos);
+        self.remember(handle, Some(m));
         Ok(())
     }
 
@@ -910,6 +951,7 @@ pub fn fuzz_replies(data: &[u8]) {
         volume,
         unit: Some(unit),
         bus: Some("virtio".into()),
+        qos: None,
     };
     let vda = spec(
         "vda",
@@ -1006,6 +1048,7 @@ mod tests {
             volume,
             unit: Some(unit),
             bus: Some("virtio".into()),
+            qos: None,
         }
     }
 
@@ -1420,6 +1463,7 @@ mod tests {
             volume: Volume::Other,
             unit: None,
             bus: None,
+            qos: None,
         }
     }
 

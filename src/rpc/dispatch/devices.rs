@@ -1,6 +1,10 @@
 //! Devices: attach, detach and update, block and interface calls.
 
 use super::*;
+use crate::driver::{StatValue, TuneParam};
+
+/// `REMOTE_DOMAIN_BLOCK_IO_TUNE_PARAMETERS_MAX`.
+const IOTUNE_PARAMS_MAX: usize = 32;
 
 pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
     let d = &c.driver;
@@ -101,6 +105,54 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                 tx_packets: s.tx_packets,
                 tx_errs: s.tx_errs,
                 tx_drop: s.tx_drop,
+            })
+        }
+        // ---------------------------------------------------------------- I/O limits
+        p::DOMAIN_SET_BLOCK_IO_TUNE => {
+            let a: DomainSetBlockIoTuneArgs = dec(args)?;
+            if a.params.len() > IOTUNE_PARAMS_MAX {
+                return Err(VirError::rpc_internal("nparams too large"));
+            }
+            let params = a
+                .params
+                .into_iter()
+                .map(|p| match (p.field.as_str(), p.value) {
+                    ("group_name", TypedValue::String(g)) => Ok(TuneParam::Group(g)),
+                    ("group_name", _) => Err(VirError::invalid_arg(
+                        "invalid type for parameter 'group_name', expected 'string'",
+                    )),
+                    (_, TypedValue::ULLong(v)) => Ok(TuneParam::Field(p.field, v)),
+                    (f, _) => Err(VirError::invalid_arg(&format!(
+                        "invalid type for parameter '{f}', expected 'ullong'"
+                    ))),
+                })
+                .collect::<VirResult<Vec<_>>>()?;
+            d.set_block_io_tune(&dom(c, &a.dom)?, &a.disk, &params, a.flags)
+                .await?;
+            void()
+        }
+        p::DOMAIN_GET_BLOCK_IO_TUNE => {
+            let a: DomainGetBlockIoTuneArgs = dec(args)?;
+            if a.nparams < 0 || a.nparams as usize > IOTUNE_PARAMS_MAX {
+                return Err(VirError::rpc_internal("nparams too large"));
+            }
+            let (params, n) =
+                d.get_block_io_tune(&dom(c, &a.dom)?, a.disk.as_deref(), a.nparams, a.flags)?;
+            ret(TypedParamsRet {
+                params: params
+                    .into_iter()
+                    .map(|(field, v)| TypedParam {
+                        field,
+                        value: match v {
+                            StatValue::Str(s) => TypedValue::String(s),
+                            StatValue::ULLong(n) => TypedValue::ULLong(n),
+                            StatValue::UInt(n) => TypedValue::UInt(n),
+                            StatValue::Int(n) => TypedValue::Int(n),
+                            StatValue::Double(n) => TypedValue::Double(n),
+                        },
+                    })
+                    .collect(),
+                nparams: n,
             })
         }
         _ => Err(unhandled(proc_)),

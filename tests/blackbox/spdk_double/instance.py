@@ -110,6 +110,28 @@ class Instance(InstanceModel):
             raise errno_error(E.ENODEV)
         return lookup()
 
+    QOS_KEYS = ("rw_ios_per_sec", "rw_mbytes_per_sec", "r_mbytes_per_sec", "w_mbytes_per_sec")
+
+    def rpc_bdev_set_qos_limit(self, p):
+        """src bdev_rpc.c rpc_bdev_set_qos_limit and bdev.c bdev_qos_limits_set: the bdev must
+        open (-ENODEV, strerror), at least one limit must be given (-EINVAL "No rate limits
+        specified"); a limit not given keeps its value; MB/s become bytes; a limit that is not
+        a multiple of the minimum (1000 I/Os, 1 MiB) is rounded up, with an error logged,
+        not refused; 0 removes that limit. Answers true."""
+        b = self.find_bdev(p["name"])
+        if b is None:
+            raise errno_error(E.ENODEV)
+        given = [(i, p[k]) for i, k in enumerate(self.QOS_KEYS) if k in p]
+        if not given:
+            raise RpcError(-E.EINVAL, "No rate limits specified")
+        for i, v in given:
+            minimum = 1000 if i == 0 else 1 << 20
+            limit = v if i == 0 else v << 20
+            if limit % minimum:      # src: SPDK_ERRLOG "... is not a multiple of ...", then
+                limit += minimum - limit % minimum      # "Round up the rate limit"
+            b.qos[i] = limit
+        return True
+
     def rpc_bdev_get_iostat(self, p):
         """src bdev_rpc.c: tick_rate, ticks, then every (or each named) bdev's counters;
         v26.05 takes `names` (R API drift). Nothing does I/O here, so all are 0."""

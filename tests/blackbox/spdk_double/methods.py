@@ -61,6 +61,9 @@ METHODS = {
     "notify_get_notifications": Method(Obj({"id": Opt("u64"), "max": Opt("u64")}), optional=True,
                                        decode_error=DECODE_EINVAL),
     "bdev_get_bdevs": Method(Obj({"name": Opt(STR), "timeout": Opt("u64")}), optional=True),
+    "bdev_set_qos_limit": Method(Obj({
+        "name": Req(STR), "rw_ios_per_sec": Opt("u64"), "rw_mbytes_per_sec": Opt("u64"),
+        "r_mbytes_per_sec": Opt("u64"), "w_mbytes_per_sec": Opt("u64")})),
     "bdev_get_iostat": Method(Obj({"names": Opt(Arr(STR, 1024)), "per_channel": Opt("bool"),
                                    "reset_mode": Opt(Enum("all", "maxmin", "error", "none"))}),
                               optional=True),

@@ -62,6 +62,9 @@ class Bdev:
         self.dif_is_head_of_md = dif_is_head_of_md
         self.dif_pi_format = dif_pi_format
         self.claim = None            # (claim type, owner)
+        # QoS (src lib/bdev/bdev.c): rw I/Os per second, then rw, read and write bytes per
+        # second; 0 = no limit.
+        self.qos = [0, 0, 0, 0]
         self.descs = []
         self.specific = lambda: {}   # driver_specific
 
@@ -89,8 +92,9 @@ class Bdev:
                 b["enabled_dif_check_types"] = {"reftag": self.dif_type in (1, 2),
                                                 "apptag": False, "guard": True}
                 b["dif_pi_format"] = self.dif_pi_format
-        b["assigned_rate_limits"] = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
-                                     "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
+        b["assigned_rate_limits"] = {
+            "rw_ios_per_sec": self.qos[0], "rw_mbytes_per_sec": self.qos[1] >> 20,
+            "r_mbytes_per_sec": self.qos[2] >> 20, "w_mbytes_per_sec": self.qos[3] >> 20}
         b["claimed"] = self.claim is not None
         if self.claim:
             b["claim_type"] = self.claim[0]
