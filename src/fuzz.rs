@@ -246,7 +246,7 @@ pub fn rpc_call(data: &[u8]) {
         calls += 1;
         let payload = &body[HEADER_LEN..];
         lab.rt.block_on(async {
-            let call = crate::rpc::dispatch::call(&client, h.proc_, payload);
+            let call = crate::rpc::dispatch::call(&client, h.proc_, h.serial, payload);
             // Every call of the simulated lab answers at once; a hang is a finding.
             let _reply = tokio::time::timeout(std::time::Duration::from_secs(10), call)
                 .await

@@ -438,8 +438,30 @@ pub trait Power: Send + Sync {
             "this BMC driver reads no sensors",
         ))
     }
+    /// Opens the server's serial console (IPMI Serial-over-LAN): its output, and its input.
+    async fn console(&self) -> BResult<ConsoleIo> {
+        Err(BackendError::with_kind(
+            ErrorKind::Unsupported,
+            "this BMC driver offers no serial console",
+        ))
+    }
     /// Releases what the client holds on the BMC (a Redfish session); at daemon shutdown.
     async fn close(&self) {}
+}
+
+/// A serial console session: what the server writes on its serial line, and a way to type.
+/// Dropping it ends the session.
+pub struct ConsoleIo {
+    /// The server's output.
+    pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// Keystrokes to the server.
+    pub input: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+}
+
+impl std::fmt::Debug for ConsoleIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConsoleIo")
+    }
 }
 
 /// What a server's BMC reads from its sensors (what no hypervisor can report). A reading

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BResult, BackendError, BlockInfo, BlockStats, BootDev, BootMode, BootRequest, DiskSpec, Disks,
-    IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Qos, Sensors,
-    Simulated,
+    BResult, BackendError, BlockInfo, BlockStats, BootDev, BootMode, BootRequest, ConsoleIo,
+    DiskSpec, Disks, IfStats, NicSpec, Nics, Node, NodeSpec, Power, PowerReading, PowerState, Qos,
+    Sensors, Simulated,
 };
 use crate::config::SimConfig;
 
@@ -253,6 +253,49 @@ impl Power for SimNode {
     async fn state(&self) -> BResult<PowerReading> {
         self.shared
             .read(&self.name, |n| Ok(PowerReading::ok(n.power)))
+    }
+
+    /// A simulated serial line: a banner and a login prompt, then every keystroke echoed
+    /// (a carriage return as a new line), as long as the session lasts.
+    async fn console(&self) -> BResult<ConsoleIo> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let powered = self
+            .shared
+            .read(&self.name, |n| Ok(n.power != PowerState::Off))?;
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(ours);
+            let banner = if powered {
+                format!("\r\nmetalvirt simulated serial console of {name}\r\n{name} login: ")
+            } else {
+                format!("\r\nmetalvirt simulated serial console of {name} (powered off)\r\n")
+            };
+            if wr.write_all(banner.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut echo = Vec::with_capacity(n + 8);
+                for &b in &buf[..n] {
+                    echo.push(b);
+                    if b == b'\r' {
+                        echo.push(b'\n');
+                    }
+                }
+                if wr.write_all(&echo).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (output, input) = tokio::io::split(theirs);
+        Ok(ConsoleIo {
+            output: Box::new(output),
+            input: Box::new(input),
+        })
     }
 
     /// A plausible server: 90 W plus 1.5 W per hardware thread when on, 9 W of standby when

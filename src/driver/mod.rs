@@ -10,6 +10,7 @@
 //!   that the domain still exists and is in the state they expect.
 //! - Lock order: `reg` → `st`; `job` is always taken before either.
 
+mod console;
 mod deflog;
 mod devices;
 mod domstate;
@@ -39,6 +40,7 @@ use crate::domain::def::DomainDef;
 use crate::error::{VirError, VirResult};
 use crate::events::{DomainEvent, EventBus, EventKind};
 use crate::secrets::Secrets;
+pub use console::ConsoleSession;
 pub use domstate::DomState;
 pub use iotune::TuneParam;
 use state::st;
@@ -235,6 +237,9 @@ pub struct Driver {
     /// The last sensor reading of each node a domain runs on, taken by the watcher with
     /// the power state: statistics never wait for a BMC.
     sensors: Mutex<HashMap<String, (std::time::Instant, crate::backend::Sensors)>>,
+    /// Open console sessions, one per domain.
+    consoles: console::Sessions,
+    next_console: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -287,6 +292,8 @@ impl Driver {
             schema,
             watch: Mutex::new(HashMap::new()),
             sensors: Mutex::new(HashMap::new()),
+            consoles: Default::default(),
+            next_console: std::sync::atomic::AtomicU64::new(1),
         });
         d.load().await?;
         Ok(d)

@@ -30,6 +30,8 @@ pub enum Area {
     Secrets,
     /// Networks, storage pools, node devices, host interfaces, network filters.
     Inventory,
+    /// Calls that open a stream (consoles).
+    Streams,
     /// Impossible on bare metal: answered from [`impossible`], no handler.
     Unsupported,
 }
@@ -146,6 +148,8 @@ procs! {
     CONNECT_GET_CPU_MODEL_NAMES = 312, "virConnectGetCPUModelNames", Read, Host;
     CONNECT_COMPARE_HYPERVISOR_CPU = 393, "virConnectCompareHypervisorCPU", Read, Host;
     CONNECT_BASELINE_HYPERVISOR_CPU = 394, "virConnectBaselineHypervisorCPU", Read, Host;
+    // Streams: the serial console.
+    DOMAIN_OPEN_CONSOLE = 201, "virDomainOpenConsole", Write, Streams;
     // Block I/O limits: the disk backend's QoS.
     DOMAIN_SET_BLOCK_IO_TUNE = 252, "virDomainSetBlockIoTune", Write, Devices;
     DOMAIN_GET_BLOCK_IO_TUNE = 253, "virDomainGetBlockIoTune", Read, Devices;

@@ -376,3 +376,7 @@ xdr_struct! { pub struct GetAllDomainStatsRet { pub ret_stats: Vec<DomainStatsRe
 
 xdr_struct! { pub struct DomainSetBlockIoTuneArgs { pub dom: Domain, pub disk: String, pub params: Vec<TypedParam>, pub flags: u32 } }
 xdr_struct! { pub struct DomainGetBlockIoTuneArgs { pub dom: Domain, pub disk: Option<String>, pub nparams: i32, pub flags: u32 } }
+
+// ---- streams ----
+
+xdr_struct! { pub struct DomainOpenConsoleArgs { pub dom: Domain, pub dev_name: Option<String>, pub flags: u32 } }

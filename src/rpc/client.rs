@@ -247,6 +247,32 @@ pub struct ClientState {
     /// Runs started with `VIR_DOMAIN_START_AUTODESTROY` (uuid, id): destroyed when this
     /// connection closes.
     pub autodestroy: Vec<(Uuid, i32)>,
+    /// Open streams by the serial of the call that opened them: where the client's stream
+    /// packets go.
+    pub streams: HashMap<u32, tokio::sync::mpsc::Sender<StreamIn>>,
+    /// Streams whose opening call has not been answered yet: started once the reply is
+    /// queued (stream data must follow it).
+    pub pending_streams: HashMap<u32, PendingStream>,
+}
+
+/// The task of a stream, waiting for its opening call's reply to be queued.
+pub struct PendingStream(pub futures::future::BoxFuture<'static, ()>);
+
+impl std::fmt::Debug for PendingStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingStream")
+    }
+}
+
+/// What a client sends on a stream.
+#[derive(Debug)]
+pub enum StreamIn {
+    /// Data (`VIR_NET_CONTINUE` with bytes).
+    Data(Vec<u8>),
+    /// `virStreamFinish` (`VIR_NET_OK`).
+    Finish,
+    /// `virStreamAbort` (`VIR_NET_ERROR`).
+    Abort,
 }
 
 /// One client connection.

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::client::{Client, Outbox, Peer, Transport};
+use super::client::{Client, Outbox, Peer, StreamIn, Transport};
 use super::dispatch;
 use super::listen::{Listener, Role, Socket};
 use super::tls::Gate;
@@ -535,7 +535,9 @@ where
                 tokio::spawn(async move {
                     let payload = &body[HEADER_LEN..];
                     // A bug in one handler must not leave its client waiting forever.
-                    let call = std::panic::AssertUnwindSafe(dispatch::call(&c, h.proc_, payload));
+                    let call = std::panic::AssertUnwindSafe(dispatch::call(
+                        &c, h.proc_, h.serial, payload,
+                    ));
                     let f = match futures::FutureExt::catch_unwind(call).await {
                         Ok(Ok(ret)) => frame(&h.reply_to(Status::Ok), &ret),
                         Ok(Err(e)) => error_frame(&h, &e),
@@ -552,13 +554,32 @@ where
                     };
                     let len = f.len();
                     c.send(f);
+                    // A stream the call opened starts once its reply is queued.
+                    if let Some(task) = c.with(|s| s.pending_streams.remove(&h.serial)) {
+                        tokio::spawn(task.0);
+                    }
                     c.out.end_call(len);
                     drop(permit);
                     IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             (REMOTE_PROGRAM, Some(MessageType::Stream)) => {
-                // No streams are open: stray stream packets are ignored, as libvirtd does.
+                // A packet of an open stream goes to its task (the reader waits while the
+                // task is busy); stray stream packets are ignored, as libvirtd does.
+                let tx = client.with(|s| s.streams.get(&h.serial).cloned());
+                if let Some(tx) = tx {
+                    let msg = match h.status {
+                        s if s == Status::Continue as u32 => {
+                            StreamIn::Data(body[HEADER_LEN..].to_vec())
+                        }
+                        s if s == Status::Ok as u32 => StreamIn::Finish,
+                        _ => StreamIn::Abort,
+                    };
+                    tokio::select! {
+                        _ = tx.send(msg) => {}
+                        _ = out.closed() => break,
+                    }
+                }
             }
             (REMOTE_PROGRAM, Some(MessageType::CallWithFds)) => {
                 client.send(error_frame(
@@ -592,6 +613,9 @@ where
     out.close();
     let doomed = client.with(|s| {
         s.callbacks.clear();
+        // Ends every stream (its task sees its inbox close) and its console session.
+        s.streams.clear();
+        s.pending_streams.clear();
         std::mem::take(&mut s.autodestroy)
     });
     for (uuid, id) in doomed {

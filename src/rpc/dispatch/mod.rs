@@ -22,6 +22,7 @@ mod domains;
 mod inventory;
 mod queries;
 mod secrets;
+mod streams;
 
 /// libvirt version we claim (`virConnectGetLibVersion`): 10.0.0.
 pub const LIB_VERSION: u64 = 10_000_000;
@@ -164,8 +165,10 @@ fn audit_object(api: &str, args: &[u8], reply: Option<&[u8]>) -> String {
 
 /// Handles one call. Returns the encoded ret payload or the error to send. Mutating calls
 /// leave an audit line (target `metalvirt::audit`): who, what, on which object, result.
-pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
-    let r = call_inner(c, proc_, args).await;
+/// `serial` is the call's: a call that opens a stream (a console) registers the stream
+/// under it.
+pub async fn call(c: &Arc<Client>, proc_: i32, serial: u32, args: &[u8]) -> VirResult<Vec<u8>> {
+    let r = call_inner(c, proc_, serial, args).await;
     let enabled = tracing::enabled!(target: "metalvirt::audit", tracing::Level::INFO);
     if let Some(info) = p::info(proc_).filter(|i| enabled && audited(i)) {
         let object = audit_object(info.api, args, r.as_ref().ok().map(|v| v.as_slice()));
@@ -186,7 +189,7 @@ pub async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>
     r
 }
 
-async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u8>> {
+async fn call_inner(c: &Arc<Client>, proc_: i32, serial: u32, args: &[u8]) -> VirResult<Vec<u8>> {
     let Some(info) = p::info(proc_) else {
         return Err(VirError::rpc(&format!("unknown procedure: {proc_}")));
     };
@@ -208,6 +211,7 @@ async fn call_inner(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<Vec<u
         Area::Devices => devices::call(c, proc_, args).await,
         Area::Secrets => secrets::call(c, proc_, args).await,
         Area::Inventory => inventory::call(c, proc_, args).await,
+        Area::Streams => streams::call(c, proc_, serial, args).await,
         // Answered above from `impossible`; a table entry that claims this area without
         // being impossible is a bug the table test catches.
         Area::Unsupported => Err(unhandled(proc_)),
@@ -263,7 +267,7 @@ mod tests {
                 }
                 // Empty arguments: every handler answers (mostly "Unable to decode"), none
                 // falls through to "unknown procedure".
-                let r = call_inner(&c, n, &[]).await;
+                let r = call_inner(&c, n, 1, &[]).await;
                 if let Err(e) = r {
                     assert_ne!(
                         e.message,
