@@ -616,5 +616,36 @@ class DaemonCase(unittest.TestCase):
         return conn
 
 
+def read_until(st, want, timeout=5.0):
+    """Reads a non-blocking stream until `want` arrived; b"" marks end of file."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        r = st.recv(4096)
+        if r == -2:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {want!r} within {timeout}s; got {got!r}")
+            time.sleep(0.01)
+            continue
+        if not r:
+            raise EOFError(got)
+        got += r
+    return got
+
+
+def wait_eof(st, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = st.recv(4096)
+        if r == -2:
+            if time.monotonic() > deadline:
+                raise AssertionError("no end of file")
+            time.sleep(0.01)
+            continue
+        if not r:
+            return
+        # Output still on its way is fine.
+
+
 if __name__ == "__main__":
     sys.exit("harness.py is a library; run a test module: python3 -m blackbox.test_connect")

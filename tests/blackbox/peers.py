@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -275,10 +276,58 @@ class Ipmitool:
         return self.run("chassis", "bootparam", "get", "5")
 
 
+class SerialLine:
+    """The far end of a server's serial port for ipmi_sim's SOL (`sol "tcp:…"`: ipmi_sim
+    connects to it when SOL is activated): it greets each connection with `banner` and
+    answers every chunk it receives with `[got …]`; `received` holds what was typed."""
+
+    def __init__(self, banner=b"serial line of the ipmi_sim server\r\nlogin: "):
+        self.banner = banner
+        self.received = b""
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn):
+        with conn:
+            try:
+                conn.sendall(self.banner)
+                while True:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    self.received += data
+                    conn.sendall(b"[got " + data + b"]")
+            except OSError:
+                return
+
+
 class IpmiSim(_Process):
-    """OpenIPMI's ipmi_sim with one LAN channel on a loopback UDP port."""
+    """OpenIPMI's ipmi_sim with one LAN channel on a loopback UDP port; with `sol_port`, its
+    Serial-over-LAN goes to a TCP serial line there (see `SerialLine`)."""
 
     prefix = "metalvirt-ipmisim"
+
+    def __init__(self, sol_port=None):
+        self.sol_port = sol_port
+        super().__init__()
 
     def prepare(self):
         self.port = free_port(socket.SOCK_DGRAM)
@@ -302,6 +351,8 @@ set_working_mc 0x20
   chassis_control "{os.path.join(PEERS, 'ipmi_chassis.sh')} {self.path('power')}"
   user 2 true  "{USER}" "{PASSWORD}" admin 10 none md2 md5 straight
 """)
+            if self.sol_port:
+                f.write(f'  sol "tcp:127.0.0.1:{self.sol_port}" 115200\n')
         with open(self.path("bmsim.emu"), "w") as f:
             f.write("mc_setbmc 0x20\n"
                     "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"

@@ -18,7 +18,7 @@ import libvirt
 
 from . import peers
 from .harness import (
-    METALVIRT_NS, Daemon, EventCollector, expect_error, wait_until,
+    METALVIRT_NS, Daemon, EventCollector, expect_error, read_until, wait_until,
 )
 
 L = libvirt
@@ -79,7 +79,8 @@ exec ipmitool "$@"
     tls = LAB["tls"] = up(peers.Sushy([SYS["tls"] + ("Off",)], tls=True))
     dead = LAB["dead"] = up(peers.Sushy([SYS["dead"] + ("Off",)]))
     slow = LAB["slow"] = up(peers.Sushy([SYS["slow"] + ("Off",)], delay="random"))
-    sim = LAB["ipmisim"] = up(peers.IpmiSim())
+    serial = LAB["serial"] = up(peers.SerialLine())
+    sim = LAB["ipmisim"] = up(peers.IpmiSim(sol_port=serial.port))
     ghmi = LAB["pyghmi"] = up(peers.Pyghmi(2))
     raw = "".join([
         # by UUID, by Name (the emulator redirects names to UUIDs), by path
@@ -440,6 +441,44 @@ class Failures(Base):
 
     def test_ipmi_wrong_password(self):
         self.check_wrong_password("ipmi-badpw")
+
+
+class Console(Base):
+    """virsh console's stream over IPMI Serial-over-LAN to ipmi_sim's serial line."""
+
+    def test_ipmi_sol_console_both_ways(self):
+        name = "vm-console-ipmi"
+        self.define(name, "ipmi-sim")
+        virsh("start", name)
+        # A connection opened after the event loop runs (stream data arrives through it).
+        conn = libvirt.open(self.d.uri)
+        self.addCleanup(conn.close)
+        dom = conn.lookupByName(name)
+        for round_ in range(2):  # a second session after the first: SOL is freed
+            st = conn.newStream(L.VIR_STREAM_NONBLOCK)
+            dom.openConsole(None, st, 0)
+            # ipmi_sim drops what the line says before the session is up (the banner):
+            # what is typed now reaches the line, and its answers come back.
+            word = b"root%d\r" % round_
+            self.assertEqual(st.send(word), len(word))
+            wait_until(lambda: word in LAB["serial"].received, 10,
+                       what="the keystrokes on the serial line")
+            got = read_until(st, b"[got ", 10)
+            self.assertNotIn(b"SOL Session", got, "ipmitool's announcement is not the line's")
+            st.finish()
+
+    def test_redfish_has_no_console(self):
+        name = "vm-console-rf"
+        self.define(name, "rf-2")
+        virsh("start", name)
+        dom = self.conn.lookupByName(name)
+        e = expect_error(dom.openConsole, None, self.conn.newStream(L.VIR_STREAM_NONBLOCK), 0)
+        self.assertEqual(e.get_error_code(), L.VIR_ERR_OPERATION_UNSUPPORTED)
+        self.assertIn("serial console of node rf-2", str(e))
+        self.assertIn("Serial-over-LAN", str(e))
+        # Refused before anything was claimed: a retry gets the same answer, not "busy".
+        e = expect_error(dom.openConsole, None, self.conn.newStream(L.VIR_STREAM_NONBLOCK), 0)
+        self.assertEqual(e.get_error_code(), L.VIR_ERR_OPERATION_UNSUPPORTED)
 
 
 class Secrecy(Base):

@@ -5,47 +5,17 @@ Run (from the repository root; METALVIRTD defaults to target/debug/metalvirtd):
     PYTHONPATH=tests /usr/bin/python3 -m blackbox.test_console
 """
 
-import time
 import unittest
 
 import libvirt
 import libvirt as L
 
-from .harness import DaemonCase, expect_error, nova_domain_xml, start_event_loop
+from .harness import (
+    DaemonCase, expect_error, nova_domain_xml, read_until, start_event_loop, wait_eof,
+)
 
 UUID = "c0750000-0000-4000-8000-000000000001"
 NAME = "instance-c0n"
-
-
-def read_until(st, want, timeout=5.0):
-    """Reads a non-blocking stream until `want` arrived; b"" marks end of file."""
-    got = b""
-    deadline = time.monotonic() + timeout
-    while want not in got:
-        r = st.recv(4096)
-        if r == -2:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {want!r} within {timeout}s; got {got!r}")
-            time.sleep(0.01)
-            continue
-        if not r:
-            raise EOFError(got)
-        got += r
-    return got
-
-
-def wait_eof(st, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = st.recv(4096)
-        if r == -2:
-            if time.monotonic() > deadline:
-                raise AssertionError("no end of file")
-            time.sleep(0.01)
-            continue
-        if not r:
-            return
-        # Output still on its way is fine.
 
 
 class Console(DaemonCase):

@@ -18,8 +18,8 @@ use tokio::process::Command;
 use tokio::sync::Semaphore;
 
 use crate::backend::{
-    BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading,
-    PowerState,
+    BResult, BackendError, BootDev, BootMode, BootRequest, ConsoleIo, ErrorKind, Power,
+    PowerReading, PowerState,
 };
 use crate::secret_value::SecretValue;
 
@@ -229,13 +229,184 @@ impl Ipmi {
         Ok(stdout)
     }
 
+    /// `sol activate` as a long-lived child: its standard output is the serial line, its
+    /// standard input the keystrokes (after the password line it reads first). ipmitool's
+    /// escape character is set to ^] — virsh's own, which never reaches the daemon — so
+    /// nothing typed ends the session behind the client's back.
+    async fn sol(&self) -> BResult<ConsoleIo> {
+        use tokio::io::AsyncReadExt;
+        // A session a killed daemon left open would refuse this one.
+        let _ = self.run(&["sol", "deactivate"]).await;
+        let port = self.s.port.to_string();
+        let cipher = self.s.cipher_suite.to_string();
+        let mut cmd = Command::new(&self.s.ipmitool);
+        cmd.args(["-I", "lanplus", "-H", &self.s.host, "-p", &port])
+            .args(["-U", &self.s.username, "-f", "/dev/stdin", "-C", &cipher])
+            .args(["-e", "\u{1d}", "sol", "activate"])
+            .env_remove("IPMI_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            BackendError::new(format!("cannot run {}: {e}", self.s.ipmitool.display()))
+        })?;
+        let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(BackendError::new("ipmitool started without its pipes"));
+        };
+        let mut line = self.s.password.expose().to_vec();
+        line.push(b'\n');
+        let wrote = stdin.write_all(&line).await;
+        line.iter_mut().for_each(|b| *b = 0);
+        wrote.map_err(|e| BackendError::new(format!("cannot give ipmitool its password: {e}")))?;
+        // ipmitool announces the session ("[SOL Session operational …]") into its stdio
+        // buffer, which only the console's first output flushes: up is "still running a
+        // moment later"; an ipmitool that exits has failed.
+        let grace = tokio::time::sleep(Duration::from_millis(1500));
+        let exited = tokio::select! {
+            r = child.wait() => Some(r),
+            _ = grace => None,
+        };
+        if exited.is_some() {
+            let mut err = String::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stderr.read_to_string(&mut err)).await;
+            let mut out = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stdout.read_to_end(&mut out)).await;
+            let mut e = classify(&format!("{err}\n{}", String::from_utf8_lossy(&out)));
+            e.msg = format!("{}: sol activate: {}", self.who(), e.msg);
+            return Err(e);
+        }
+        // Its remarks (tcgetattr without a tty) are not the console's.
+        tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = stderr.read_to_end(&mut sink).await;
+        });
+        // The serial line, without ipmitool's announcement.
+        let (mut line, output) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            const UP: &[u8] = b"[SOL Session operational";
+            let mut head: Option<Vec<u8>> = Some(Vec::new());
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match stdout.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let data = match head.as_mut() {
+                    None => buf[..n].to_vec(),
+                    Some(h) => {
+                        h.extend_from_slice(&buf[..n]);
+                        let announcing = h.starts_with(UP) || UP.starts_with(h);
+                        match h.iter().position(|&b| b == b'\n') {
+                            Some(end) if announcing => h.split_off(end + 1),
+                            None if announcing && h.len() < 512 => continue,
+                            _ => std::mem::take(h),
+                        }
+                    }
+                };
+                head = None;
+                if line.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ConsoleIo {
+            output: Box::new(output),
+            input: Box::new(SolInput {
+                stdin: Some(stdin),
+                child: Some(child),
+            }),
+        })
+    }
+
     async fn chassis_power(&self, what: &str) -> BResult<()> {
         self.run(&["chassis", "power", what]).await.map(|_| ())
     }
 }
 
+/// Keystrokes to `ipmitool sol activate`; owns the child. Dropped, it ends the session the
+/// way a user would (ipmitool's escape, then `.`), so the BMC frees its SOL payload, and
+/// kills ipmitool if it has not gone within two seconds.
+struct SolInput {
+    stdin: Option<tokio::process::ChildStdin>,
+    child: Option<tokio::process::Child>,
+}
+
+impl SolInput {
+    fn stdin(&mut self) -> std::io::Result<std::pin::Pin<&mut tokio::process::ChildStdin>> {
+        self.stdin
+            .as_mut()
+            .map(std::pin::Pin::new)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl tokio::io::AsyncWrite for SolInput {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.stdin() {
+            Ok(s) => s.poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.stdin() {
+            Ok(s) => s.poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.stdin() {
+            Ok(s) => s.poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for SolInput {
+    fn drop(&mut self) {
+        let (Some(mut stdin), Some(mut child)) = (self.stdin.take(), self.child.take()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // the child is killed on drop
+        };
+        rt.spawn(async move {
+            // ipmitool's escape (^], set at activation) after a new line, then '.'.
+            let _ = stdin.write_all(b"\r\x1d.").await;
+            drop(stdin);
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        });
+    }
+}
+
 #[async_trait]
 impl Power for Ipmi {
+    async fn console(&self) -> BResult<ConsoleIo> {
+        self.sol().await
+    }
+
     async fn state(&self) -> BResult<PowerReading> {
         let out = self.run(&["chassis", "status"]).await?;
         parse_chassis_status(&out).map_err(|mut e| {

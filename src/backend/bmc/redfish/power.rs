@@ -8,7 +8,8 @@ use serde_json::json;
 
 use crate::backend::bmc::Action;
 use crate::backend::{
-    BResult, BackendError, BootDev, BootMode, BootRequest, ErrorKind, Power, PowerReading, Sensors,
+    BResult, BackendError, BootDev, BootMode, BootRequest, ConsoleIo, ErrorKind, Power,
+    PowerReading, Sensors,
 };
 
 use super::*;
@@ -43,6 +44,16 @@ impl Power for Redfish {
             s.inlet_celsius = get(&paths.thermal).await?.as_ref().and_then(inlet_celsius);
         }
         Ok(s)
+    }
+
+    async fn console(&self) -> BResult<ConsoleIo> {
+        Err(BackendError::with_kind(
+            ErrorKind::Unsupported,
+            format!(
+                "{} is driven over Redfish, which gives metalvirt no serial console (Serial-over-LAN needs the node's BMC over IPMI)",
+                self.who()
+            ),
+        ))
     }
 
     async fn on(&self) -> BResult<()> {
