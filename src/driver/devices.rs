@@ -536,15 +536,7 @@ impl Driver {
         self.require_running(obj)?;
         let node = self.live_node(obj)?;
         let handles: Vec<String> = if path.is_empty() {
-            obj.with(|s| {
-                s.journal
-                    .iter()
-                    .filter_map(|st| match st {
-                        Step::Disk { handle, .. } => Some(handle.clone()),
-                        _ => None,
-                    })
-                    .collect()
-            })
+            obj.with(|s| s.disk_handles())
         } else {
             let (_, h) = self.live_disk(obj, path, || {
                 VirError::invalid_arg(&format!("invalid path: {path}"))

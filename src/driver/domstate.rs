@@ -52,6 +52,17 @@ pub struct DomState {
 }
 
 impl DomState {
+    /// The handles of the disks the run has mapped (its journal's disk steps).
+    pub fn disk_handles(&self) -> Vec<String> {
+        self.journal
+            .iter()
+            .filter_map(|st| match st {
+                super::store::Step::Disk { handle, .. } => Some(handle.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(super) fn new(def: Arc<StoredDef>, persistent: bool) -> Self {
         DomState {
             def,

@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use super::plan::{disk_handle, nic_handle};
-use super::store::Step;
 use super::{DomRef, DomainObj, Driver};
 use crate::error::{VirError, VirResult};
 
@@ -188,15 +187,7 @@ impl Driver {
         if groups & group::BLOCK != 0 {
             let disks = tree.disks();
             put("block.count".into(), StatValue::UInt(disks.len() as u32));
-            let mapped: Vec<String> = obj.with(|s| {
-                s.journal
-                    .iter()
-                    .filter_map(|st| match st {
-                        Step::Disk { handle, .. } => Some(handle.clone()),
-                        _ => None,
-                    })
-                    .collect()
-            });
+            let mapped = obj.with(|s| s.disk_handles());
             for (i, d) in disks.iter().enumerate() {
                 let target = d.target_dev.clone().unwrap_or_default();
                 put(format!("block.{i}.name"), StatValue::Str(target.clone()));
