@@ -243,6 +243,7 @@ impl Driver {
         let r = obj.dom_ref();
         self.emit_all(&r, &events);
         tracing::info!(domain = %name, id, node = %node.spec.name, paused, "started");
+        self.serve_serial_ports(obj, &tree);
         Ok(r)
     }
 

@@ -239,7 +239,6 @@ pub struct Driver {
     sensors: Mutex<HashMap<String, (std::time::Instant, crate::backend::Sensors)>>,
     /// Open console sessions, one per domain.
     consoles: console::Sessions,
-    next_console: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -293,7 +292,6 @@ impl Driver {
             watch: Mutex::new(HashMap::new()),
             sensors: Mutex::new(HashMap::new()),
             consoles: Default::default(),
-            next_console: std::sync::atomic::AtomicU64::new(1),
         });
         d.load().await?;
         Ok(d)

@@ -222,6 +222,7 @@ pub(super) fn check_devices(def: &DomainDef) -> VirResult<()> {
     def.interfaces()
         .iter()
         .try_for_each(crate::domain::devices::check_interface)?;
+    super::console::tcp_serials(def)?;
     def.disks().iter().try_for_each(|d| {
         super::volumes::disk_volume(d)?;
         disk_qos(d).map(drop)

@@ -207,6 +207,9 @@ impl Driver {
                     .busy
                     .insert(status.node.clone(), status.uuid);
                 tracing::info!(domain = %status.name, id = status.id, node = %status.node, "reattached to live domain");
+                if let Ok(t) = live_def.tree() {
+                    self.serve_serial_ports(&obj, &t);
+                }
             }
             Phase::Starting | Phase::Stopping => {
                 let errors = self.undo(&node, &status.journal, &status.name).await;
