@@ -431,3 +431,76 @@ fn a_run_on_a_node_no_longer_configured_is_quarantined() {
     assert!(e.contains("domain is quarantined"), "{e}");
     assert!(status_file(&d, "gone").exists(), "its live state is kept");
 }
+
+#[test]
+fn console_streams_on_the_wire_and_hostile_stream_packets() {
+    const CREATE: i32 = 9;
+    const OPEN_CONSOLE: i32 = 201;
+    let d = Daemon::start("");
+    let mut r = Raw::connect(&d.socket());
+    r.open();
+    assert_eq!(define(&mut r, &domain_xml("con", "")).0, 0);
+    let dom = lookup(&mut r, "con");
+    assert_eq!(r.call(CREATE, &dom).0, 0);
+    // OPEN_CONSOLE(dom, dev_name NULL, flags 0): the reply, then stream packets with the
+    // call's serial: STREAM (3), CONTINUE (2), raw bytes.
+    let mut args = dom.clone();
+    args.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    let serial = r.send_call(OPEN_CONSOLE, &args);
+    let (h, _) = r.read().unwrap();
+    assert_eq!(
+        (h[2], h[3], h[4], h[5]),
+        (201, 1, serial, 0),
+        "the reply first"
+    );
+    let mut out = Vec::new();
+    while !out.ends_with(b"login: ") {
+        let (h, p) = r.read().unwrap();
+        assert_eq!((h[2], h[3], h[4], h[5]), (201, 3, serial, 2));
+        out.extend_from_slice(&p);
+    }
+    // Keystrokes: a stream packet from the client; the echo comes back.
+    r.send_raw(0x2000_8086, 1, OPEN_CONSOLE, 3, serial, 2, b"x\r");
+    let (_, p) = r.read().unwrap();
+    assert_eq!(p, b"x\r\n");
+    // Packets for a stream that does not exist are ignored; the connection lives.
+    r.send_raw(0x2000_8086, 1, OPEN_CONSOLE, 3, serial + 100, 2, b"stray");
+    // Finish: confirmed with an empty OK stream packet.
+    r.send_raw(0x2000_8086, 1, OPEN_CONSOLE, 3, serial, 0, &[]);
+    loop {
+        let (h, p) = r.read().unwrap();
+        if h[5] == 0 {
+            assert_eq!((h[3], h[4], p.len()), (3, serial, 0));
+            break;
+        }
+    }
+    assert_eq!(r.call(GET_LIB_VERSION, &[]).0, 0, "still serving");
+
+    // A stream packet bigger than libvirt's client ever sends closes that connection only.
+    let serial = r.send_call(OPEN_CONSOLE, &args);
+    let (h, _) = r.read().unwrap();
+    assert_eq!((h[4], h[5]), (serial, 0));
+    r.send_raw(
+        0x2000_8086,
+        1,
+        OPEN_CONSOLE,
+        3,
+        serial,
+        2,
+        &vec![b'a'; 300_000],
+    );
+    while r.read().is_some() {}
+    alive(&d);
+    // The console it held is free again.
+    let mut r2 = Raw::connect(&d.socket());
+    r2.open();
+    common::wait_for(5, "the console to be freed", || {
+        let serial = r2.send_call(OPEN_CONSOLE, &args);
+        loop {
+            let (h, _) = r2.read().unwrap();
+            if h[3] == 1 && h[4] == serial {
+                return h[5] == 0;
+            }
+        }
+    });
+}

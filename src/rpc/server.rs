@@ -23,10 +23,14 @@ use crate::protocol::header::{
     check_length, frame, frame_with, Header, MessageType, Status, HEADER_LEN, KEEPALIVE_PING,
     KEEPALIVE_PONG, KEEPALIVE_PROGRAM, PROTOCOL_VERSION, REMOTE_PROGRAM,
 };
+use crate::protocol::procs::{self as p, Area};
 use crate::protocol::types::RemoteError;
 use crate::protocol::xdr::{Reader, Xdr};
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// The largest stream packet payload a client may send (`VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX`).
+const STREAM_CHUNK_MAX: usize = 262_120;
 /// Calls being executed, over all connections (for the drain at shutdown).
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 /// Memory that closed connections held (their largest output queue and buffers), not yet
@@ -554,9 +558,12 @@ where
                     };
                     let len = f.len();
                     c.send(f);
-                    // A stream the call opened starts once its reply is queued.
-                    if let Some(task) = c.with(|s| s.pending_streams.remove(&h.serial)) {
-                        tokio::spawn(task.0);
+                    // A stream the call opened starts once its reply is queued (only the
+                    // stream-opening procedures look: no cost to the others).
+                    if p::info(h.proc_).is_some_and(|i| i.area == Area::Streams) {
+                        if let Some(task) = c.with(|s| s.pending_streams.remove(&h.serial)) {
+                            tokio::spawn(task.0);
+                        }
                     }
                     c.out.end_call(len);
                     drop(permit);
@@ -568,6 +575,12 @@ where
                 // task is busy); stray stream packets are ignored, as libvirtd does.
                 let tx = client.with(|s| s.streams.get(&h.serial).cloned());
                 if let Some(tx) = tx {
+                    // libvirt's client sends stream data in chunks of at most
+                    // VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX; bigger is not a client of ours.
+                    if body.len() - HEADER_LEN > STREAM_CHUNK_MAX {
+                        tracing::warn!(client = id, "oversized stream packet; closing connection");
+                        break;
+                    }
                     let msg = match h.status {
                         s if s == Status::Continue as u32 => {
                             StreamIn::Data(body[HEADER_LEN..].to_vec())

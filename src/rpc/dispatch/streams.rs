@@ -15,8 +15,9 @@ use crate::rpc::client::{PendingStream, StreamIn};
 
 /// The most a stream packet carries (`VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX` is 262,120).
 const CHUNK: usize = 64 * 1024;
-/// Client packets a stream holds before the reader waits for it.
-const INBOX: usize = 64;
+/// Client packets a stream holds before the reader waits for it (with the reader's limit
+/// on their size, at most 2 MiB per stream).
+const INBOX: usize = 8;
 
 pub(super) async fn call(
     c: &Arc<Client>,
