@@ -73,6 +73,7 @@ async fn console_stream(
     let mut open = Some(session);
     loop {
         let mut ended = false;
+        let mut finished = false;
         match open.as_mut() {
             Some(s) => tokio::select! {
                 r = s.io.output.read(&mut buf) => match r {
@@ -86,10 +87,7 @@ async fn console_stream(
                 },
                 m = rx.recv() => match m {
                     Some(StreamIn::Data(b)) => ended = s.io.input.write_all(&b).await.is_err(),
-                    Some(StreamIn::Finish) | Some(StreamIn::Abort) => {
-                        c.send(packet(proc_, serial, Status::Ok, &[]));
-                        break;
-                    }
+                    Some(StreamIn::Finish) | Some(StreamIn::Abort) => finished = true,
                     None => break,
                 },
                 _ = taken_over.notified() => ended = true,
@@ -104,6 +102,12 @@ async fn console_stream(
                 Some(StreamIn::Data(_)) => {}
                 None => break,
             },
+        }
+        if finished {
+            // The console is free before the client hears that its stream is finished.
+            drop(open.take());
+            c.send(packet(proc_, serial, Status::Ok, &[]));
+            break;
         }
         if ended {
             open = None;
