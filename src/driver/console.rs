@@ -59,14 +59,17 @@ impl ConsoleSession {
     }
 }
 
+/// Frees the console of `uuid` if claim `ticket` still holds it.
+fn release(sessions: &Sessions, uuid: &Uuid, ticket: u64) {
+    let mut m = sessions.lock().unwrap_or_else(|e| e.into_inner());
+    if m.get(uuid).is_some_and(|(t, _)| *t == ticket) {
+        m.remove(uuid);
+    }
+}
+
 impl Drop for ConsoleSession {
     fn drop(&mut self) {
-        let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if m.get(&self.obj.uuid)
-            .is_some_and(|(t, _)| *t == self.ticket)
-        {
-            m.remove(&self.obj.uuid);
-        }
+        release(&self.sessions, &self.obj.uuid, self.ticket);
     }
 }
 
@@ -93,22 +96,17 @@ async fn open_session(
         }
         m.insert(obj.uuid, (ticket, taken_over.clone()));
     }
-    let session = |io| ConsoleSession {
-        io,
-        taken_over: taken_over.clone(),
-        run,
-        obj: obj.clone(),
-        ticket,
-        sessions: sessions.clone(),
-    };
     match node.power.console().await {
-        Ok(io) => Ok(session(io)),
+        Ok(io) => Ok(ConsoleSession {
+            io,
+            taken_over,
+            run,
+            obj: obj.clone(),
+            ticket,
+            sessions: sessions.clone(),
+        }),
         Err(e) => {
-            // Frees the claim (the session's drop does it).
-            drop(session(ConsoleIo {
-                output: Box::new(tokio::io::empty()),
-                input: Box::new(tokio::io::sink()),
-            }));
+            release(sessions, &obj.uuid, ticket);
             Err(super::backend_error(
                 &format!("cannot open the serial console of node {}", node.spec.name),
                 &e,

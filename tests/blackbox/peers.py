@@ -389,17 +389,8 @@ class Pyghmi(_Process):
 
 
 def _stop_popen(proc, timeout=5):
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if proc is not None:
+        stop_group(proc, timeout)
 
 
 class OvsLab:

@@ -1,7 +1,7 @@
 //! Devices: attach, detach and update, block and interface calls.
 
 use super::*;
-use crate::driver::{StatValue, TuneParam};
+use crate::driver::TuneParam;
 
 /// `REMOTE_DOMAIN_BLOCK_IO_TUNE_PARAMETERS_MAX`.
 const IOTUNE_PARAMS_MAX: usize = 32;
@@ -139,19 +139,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
             let (params, n) =
                 d.get_block_io_tune(&dom(c, &a.dom)?, a.disk.as_deref(), a.nparams, a.flags)?;
             ret(TypedParamsRet {
-                params: params
-                    .into_iter()
-                    .map(|(field, v)| TypedParam {
-                        field,
-                        value: match v {
-                            StatValue::Str(s) => TypedValue::String(s),
-                            StatValue::ULLong(n) => TypedValue::ULLong(n),
-                            StatValue::UInt(n) => TypedValue::UInt(n),
-                            StatValue::Int(n) => TypedValue::Int(n),
-                            StatValue::Double(n) => TypedValue::Double(n),
-                        },
-                    })
-                    .collect(),
+                params: typed_params(params),
                 nparams: n,
             })
         }

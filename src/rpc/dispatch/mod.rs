@@ -86,6 +86,24 @@ fn dom_xml_flags(args: &[u8], has_flags: bool, old_flags: u32) -> VirResult<DomX
     })
 }
 
+/// Driver statistics and settings as typed parameters.
+fn typed_params(params: Vec<(String, crate::driver::StatValue)>) -> Vec<TypedParam> {
+    use crate::driver::StatValue as S;
+    params
+        .into_iter()
+        .map(|(field, v)| TypedParam {
+            field,
+            value: match v {
+                S::Int(n) => TypedValue::Int(n),
+                S::UInt(n) => TypedValue::UInt(n),
+                S::ULLong(n) => TypedValue::ULLong(n),
+                S::Double(n) => TypedValue::Double(n),
+                S::Str(s) => TypedValue::String(s),
+            },
+        })
+        .collect()
+}
+
 fn void() -> VirResult<Vec<u8>> {
     Ok(Vec::new())
 }

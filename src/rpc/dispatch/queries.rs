@@ -1,7 +1,6 @@
 //! Domain queries and settings: info, state, XML, autostart, metadata, messages, statistics.
 
 use super::*;
-use crate::driver::StatValue;
 
 /// `REMOTE_DOMAIN_LIST_MAX`.
 const LIST_MAX: usize = 16384;
@@ -200,19 +199,7 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                     .into_iter()
                     .map(|(r, params)| DomainStatsRecord {
                         dom: wire(&r),
-                        params: params
-                            .into_iter()
-                            .map(|(field, v)| TypedParam {
-                                field,
-                                value: match v {
-                                    StatValue::Int(n) => TypedValue::Int(n),
-                                    StatValue::UInt(n) => TypedValue::UInt(n),
-                                    StatValue::ULLong(n) => TypedValue::ULLong(n),
-                                    StatValue::Double(n) => TypedValue::Double(n),
-                                    StatValue::Str(s) => TypedValue::String(s),
-                                },
-                            })
-                            .collect(),
+                        params: typed_params(params),
                     })
                     .collect(),
             })
