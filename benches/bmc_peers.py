@@ -63,10 +63,10 @@ def spy_script(d):
     return path, log
 
 
-def count_lines(path, needle=""):
+def count_lines(path, *needles):
     try:
         with open(path, errors="replace") as f:
-            return sum(1 for ln in f if needle in ln)
+            return sum(1 for ln in f if all(n in ln for n in needles))
     except FileNotFoundError:
         return 0
 
@@ -184,18 +184,23 @@ def run(args, work):
         with Daemon(sim=sim0, extra="[watcher]\ninterval_ms = 5000\n", raw=raw,
                     ceph_secret=False) as d:
             conn = libvirt.open(d.uri)
-            for n in ("rf", "ghmi"):
+            for n in ("rf", "ghmi", "isim"):
                 conn.defineXML(dom_xml(f"watch-{n}", n)).create()
             rf0 = count_lines(sushy.log_path, "GET /redfish/v1/Systems/")
             ch0 = count_lines(sushy.log_path, "GET /redfish/v1/Chassis/")
-            ip0 = count_lines(spy_log, "chassis status")
+            # Per BMC (its port): chassis status sessions, and sensor (SDR) sessions.
+            ipmi_count = {n: (lambda what, p=f"-p {port} ": count_lines(spy_log, p, what))
+                          for n, port in (("ghmi", ghmi.ports[0]), ("isim", isim.port))}
+            ip0 = {n: (c("chassis status"), c("sdr list")) for n, c in ipmi_count.items()}
             time.sleep(args.watch_secs)
             rf_per_min = (count_lines(sushy.log_path, "GET /redfish/v1/Systems/") - rf0) \
                 * 60 / args.watch_secs
             # Sensor reads (the chassis' Thermal; sushy-tools has no Power resource).
             ch_per_min = (count_lines(sushy.log_path, "GET /redfish/v1/Chassis/") - ch0) \
                 * 60 / args.watch_secs
-            ip_per_min = (count_lines(spy_log, "chassis status") - ip0) * 60 / args.watch_secs
+            ip_per_min = {n: tuple((now - then) * 60 / args.watch_secs for now, then in
+                                   zip((c("chassis status"), c("sdr list")), ip0[n]))
+                          for n, c in ipmi_count.items()}
             for dom in conn.listAllDomains():
                 dom.destroy()
             conn.close()
@@ -209,9 +214,10 @@ def run(args, work):
               f"{mv / direct:.2f}× |")
     print(f"| watcher, Redfish | {rf_per_min:.1f} system GETs + {ch_per_min:.1f} sensor GETs "
           "per node per minute | | | |")
-    print(f"| watcher, IPMI | {ip_per_min:.1f} `chassis status` sessions per node per minute "
-          "| | | |")
-
+    for n, peer in (("isim", "ipmi_sim, 2 SDR sensors"), ("ghmi", "pyghmi, no SDR")):
+        status, sdr = ip_per_min[n]
+        print(f"| watcher, IPMI ({peer}) | {status:.1f} `chassis status` + {sdr:.1f} "
+              "`sdr list` sessions per node per minute | | | |")
 
 if __name__ == "__main__":
     main()

@@ -236,7 +236,7 @@ pub struct Driver {
     watch: Mutex<HashMap<String, watcher::NodeWatch>>,
     /// The last sensor reading of each node a domain runs on, taken by the watcher with
     /// the power state: statistics never wait for a BMC.
-    sensors: Mutex<HashMap<String, (std::time::Instant, crate::backend::Sensors)>>,
+    sensors: Mutex<HashMap<String, (std::time::Instant, Option<crate::backend::Sensors>)>>,
     /// Open console sessions, one per domain.
     consoles: console::Sessions,
 }

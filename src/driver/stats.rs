@@ -9,7 +9,7 @@
 //! | vcpu | `vcpu.current`, `vcpu.maximum` | the definition |
 //! | interface | `net.count`, `net.<n>.name`, `.rx.bytes/pkts/errs/drop`, `.tx.…` | the NIC backend (OVS Interface statistics), running domains |
 //! | block | `block.count`, `block.<n>.name`, `.path` (local sources), `.rd.reqs/bytes/times`, `.wr.…`, `.fl.reqs/times`, `.allocation/capacity/physical` | the disk backend (SPDK `bdev_get_iostat`), running domains |
-//! | sensors (metalvirt's, bit 1 << 30) | `metalvirt.power.watts`, `metalvirt.inlet.celsius` (doubles), `metalvirt.sensors.age.ms` | the BMC (Redfish EnvironmentMetrics, or Power and Thermal), read by the power watcher with the power state: never a BMC call per statistics call |
+//! | sensors (metalvirt's, bit 1 << 30) | `metalvirt.power.watts`, `metalvirt.inlet.celsius` (doubles), `metalvirt.sensors.age.ms` | the BMC (Redfish EnvironmentMetrics, or Power and Thermal; IPMI full-sensor SDR records), read by the power watcher with the power state: never a BMC call per statistics call |
 //!
 //! CPU time, per-vCPU times, perf counters and the rest describe a hypervisor's threads: a
 //! bare-metal server has none to report.

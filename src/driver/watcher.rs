@@ -130,33 +130,36 @@ impl Driver {
         }
     }
 
-    /// Keeps a node's sensor reading; a failed reading keeps the last one (its age tells),
-    /// a BMC that reads none has none.
+    /// Keeps a node's sensor reading; a failed reading keeps the last one (its age tells).
+    /// A BMC that reads none is remembered as such, so it is asked again only when a reading
+    /// would be due, not every round.
     fn note_sensors(&self, node: &str, r: BResult<Sensors>) {
         let mut m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(s) => {
-                m.insert(node.to_string(), (Instant::now(), s));
+                m.insert(node.to_string(), (Instant::now(), Some(s)));
             }
             Err(e) if e.kind == ErrorKind::Unsupported => {
-                m.remove(node);
+                m.insert(node.to_string(), (Instant::now(), None));
             }
             Err(e) => tracing::debug!(node, "cannot read the sensors: {e}"),
         }
     }
 
-    /// Whether `node`'s sensors should be read this round: none read yet, or the last
-    /// reading is `SENSOR_ROUNDS` intervals old.
+    /// Whether `node`'s sensors should be read this round: never asked yet, or last asked
+    /// `SENSOR_ROUNDS` intervals ago.
     fn sensors_due(&self, node: &str) -> bool {
         let every = self.cfg.watch_interval().saturating_mul(SENSOR_ROUNDS);
         let m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
         m.get(node).is_none_or(|(at, _)| at.elapsed() >= every)
     }
 
-    /// The last sensor reading of `node` and its age.
+    /// The last sensor reading of `node` and its age; none when the BMC reads no sensor.
     pub(super) fn sensors_of(&self, node: &str) -> Option<(Duration, Sensors)> {
         let m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(node).map(|(at, s)| (at.elapsed(), *s))
+        let (at, s) = m.get(node)?;
+        let s = (*s).filter(|s| s.power_watts.is_some() || s.inlet_celsius.is_some())?;
+        Some((at.elapsed(), s))
     }
 
     fn schedule(&self, node: &str, ok: bool) {

@@ -353,10 +353,20 @@ set_working_mc 0x20
 """)
             if self.sol_port:
                 f.write(f'  sol "tcp:127.0.0.1:{self.sol_port}" 115200\n')
+        self.set_sensor("inlet", 23)
+        self.set_sensor("watts", 412)
         with open(self.path("bmsim.emu"), "w") as f:
             f.write("mc_setbmc 0x20\n"
                     "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
-                    "sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n")
+                    "sel_enable 0x20 1000 0x0a\n")
+            # Two sensors as a server's BMC has them: full sensor records in the SDR
+            # repository, each polled every second from a file set_sensor writes.
+            f.write(_full_sensor_sdr(0x30, 0x01, 0x37, 1, 1, "Inlet Temp"))
+            f.write(f'sensor_add 0x20 0 0x30 0x01 0x01 poll 1000 file "{self.path("inlet")}"\n')
+            f.write(_full_sensor_sdr(0x31, 0x0b, 0x15, 6, 4, "Pwr Consumption"))
+            f.write(f'sensor_add 0x20 0 0x31 0x0b 0x01 poll 1000 file "{self.path("watts")}"'
+                    " div=4\n")
+            f.write("mc_enable 0x20\n")
         self._popen(["ipmi_sim", "-c", self.path("lan.conf"), "-f", self.path("bmsim.emu"),
                      "-s", self.path("state"), "-n"])
         self.tool = Ipmitool(self.port)
@@ -365,6 +375,31 @@ set_working_mc 0x20
     def boot_file(self):
         with open(self.path("power", "boot")) as f:
             return f.read().strip()
+
+    def set_sensor(self, which, value):
+        """What the BMC's sensor reads next (within its 1 s poll): `inlet` in degrees C,
+        `watts` (in steps of 4 W, the record's resolution)."""
+        with open(self.path(which), "w") as f:
+            f.write(f"{value}\n")
+
+
+def _full_sensor_sdr(number, sensor_type, entity, unit, m, name):
+    """An ipmi_sim `main_sdr_add` line: an IPMI 2.0 full sensor record (SDR type 01h, spec
+    table 43-1) for a linear, unsigned, threshold sensor reading raw * `m` in `unit`
+    (1 = degrees C, 6 = Watts), with no thresholds set."""
+    name = name.encode()
+    body = [0x20, 0, number, entity, 1,  # owner, LUN, number; entity and instance
+            0x67, 0x68, sensor_type, 0x01,  # initialisation, capabilities, type, threshold
+            0, 0, 0, 0, 0, 0,  # event and reading masks
+            0x00, unit, 0, 0,  # unsigned; base unit; no modifier; linear
+            m & 0xff, (m >> 8) << 6, 0, 0, 0, 0,  # M, tolerance, B, accuracy, exponents
+            0x00,  # analog characteristics
+            0, 0, 0, 0xff, 0,  # nominal, normal max and min, sensor max and min
+            0, 0, 0, 0, 0, 0, 0, 0,  # thresholds, hysteresis
+            0, 0, 0,  # reserved, OEM
+            0xC0 | len(name), *name]  # 8-bit ASCII ID string
+    record = [0, 0, 0x51, 0x01, len(body), *body]  # ID (assigned), SDR 1.5/2.0, type, length
+    return "main_sdr_add 0x20 " + " ".join(f"0x{b:02x}" for b in record) + "\n"
 
 
 class Pyghmi(_Process):

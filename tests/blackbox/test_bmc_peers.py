@@ -340,20 +340,34 @@ class OutOfBand(Base):
     def test_sensors_in_domain_stats(self):
         """The BMC's own readings in `domstats` (metalvirt.*), read by the watcher: sushy-tools
         offers a Thermal resource (chassis intake 25 °C) and no Power or EnvironmentMetrics,
-        so there is an inlet temperature and no power draw; the IPMI driver reads none."""
-        for node in ("rf-2", "ipmi-ghmi"):
+        so there is an inlet temperature and no power draw; ipmi_sim has an inlet and a power
+        sensor in its SDR repository; pyghmi's BMC has no SDR repository and reads none."""
+        sim = LAB["ipmisim"]
+        sim.set_sensor("inlet", 27)
+        sim.set_sensor("watts", 300)
+        for node in ("rf-2", "ipmi-sim", "ipmi-ghmi"):
             self.define(f"vm-stats-{node}", node)
             virsh("start", f"vm-stats-{node}")
         rf = self.conn.lookupByName("vm-stats-rf-2")
-        wait_until(lambda: "metalvirt.inlet.celsius" in self.conn.domainListGetStats([rf])[0][1],
-                   NOTICE, what="a sensor reading of the Redfish node")
+        ipmi = self.conn.lookupByName("vm-stats-ipmi-sim")
+        for dom in (rf, ipmi):
+            wait_until(lambda: "metalvirt.inlet.celsius" in
+                       self.conn.domainListGetStats([dom])[0][1],
+                       NOTICE, what=f"a sensor reading of {dom.name()}")
         st = self.conn.domainListGetStats([rf])[0][1]
         self.assertEqual(st["metalvirt.inlet.celsius"], 25.0)
         self.assertNotIn("metalvirt.power.watts", st)
         self.assertLess(st["metalvirt.sensors.age.ms"], 60_000)
-        ipmi = self.conn.lookupByName("vm-stats-ipmi-ghmi")
-        time.sleep(2 * INTERVAL_MS / 1000)
         st = self.conn.domainListGetStats([ipmi])[0][1]
+        self.assertEqual(st["metalvirt.inlet.celsius"], 27.0)
+        self.assertEqual(st["metalvirt.power.watts"], 300.0)
+        # virsh shows them too, with the libvirt groups.
+        out = virsh("domstats", "--raw", "vm-stats-ipmi-sim").stdout
+        self.assertIn("metalvirt.power.watts=300", out)
+        self.assertIn("state.state=1", out)
+        ghmi = self.conn.lookupByName("vm-stats-ipmi-ghmi")
+        time.sleep(2 * INTERVAL_MS / 1000)
+        st = self.conn.domainListGetStats([ghmi])[0][1]
         self.assertFalse([k for k in st if k.startswith("metalvirt.")], st)
         self.assertEqual(st["state.state"], L.VIR_DOMAIN_RUNNING)
 

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::backend::{
     BResult, BackendError, BootDev, BootMode, BootRequest, ConsoleIo, ErrorKind, Power,
-    PowerReading, PowerState,
+    PowerReading, PowerState, Sensors,
 };
 use crate::secret_value::SecretValue;
 
@@ -141,6 +141,54 @@ fn parse_chassis_status(out: &str) -> BResult<PowerReading> {
     .collect();
     let fault = (!faults.is_empty()).then(|| format!("BMC reports {}", faults.join(", ")));
     Ok(PowerReading { state, fault })
+}
+
+/// The readings metalvirt reports, picked from `ipmitool -c sdr list full` (CSV: name, value,
+/// unit, status, and with `-v` more columns). Sensor names are the vendor's, so they are
+/// matched by unit and a few words vendors use:
+/// - power: a Watts sensor named for the whole system ("Pwr Consumption", "System Power",
+///   "Total Power"); else the sum of the power supplies' input sensors ("PS1 Input Power");
+///   else the only Watts sensor there is;
+/// - inlet: a degrees-C sensor named inlet, ambient or intake (a CPU's temperature is not
+///   the air the server takes in).
+///
+/// Sensors that read nothing ("no reading", "na", "disabled") are skipped.
+fn parse_sdr_csv(out: &str) -> Sensors {
+    let readings: Vec<(String, f64, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let name = f.next()?.trim().to_ascii_lowercase();
+            let value: f64 = f.next()?.trim().parse().ok()?;
+            let unit = f.next()?.trim().to_ascii_lowercase();
+            value.is_finite().then_some((name, value, unit))
+        })
+        .collect();
+    let named = |unit: &str, words: &[&str]| -> Vec<f64> {
+        readings
+            .iter()
+            .filter(|(n, _, u)| u == unit && words.iter().any(|w| n.contains(w)))
+            .map(|(_, v, _)| *v)
+            .collect()
+    };
+    let watts: Vec<f64> = readings
+        .iter()
+        .filter(|(_, _, u)| u == "watts")
+        .map(|(_, v, _)| *v)
+        .collect();
+    let inputs = named("watts", &["input"]);
+    let power_watts = named("watts", &["consumption", "system", "total"])
+        .first()
+        .copied()
+        .or_else(|| (!inputs.is_empty()).then(|| inputs.iter().sum()))
+        .or_else(|| (watts.len() == 1).then(|| watts[0]));
+    let inlet_celsius = named("degrees c", &["inlet", "ambient", "intake"])
+        .first()
+        .copied();
+    Sensors {
+        power_watts,
+        inlet_celsius,
+    }
 }
 
 impl Ipmi {
@@ -407,6 +455,13 @@ impl Power for Ipmi {
         self.sol().await
     }
 
+    /// The sensor data repository's full-sensor readings, in one session. A BMC without an
+    /// SDR repository ("Invalid command") reads none.
+    async fn sensors(&self) -> BResult<Sensors> {
+        let out = self.run(&["-c", "sdr", "list", "full"]).await?;
+        Ok(parse_sdr_csv(&out))
+    }
+
     async fn state(&self) -> BResult<PowerReading> {
         let out = self.run(&["chassis", "status"]).await?;
         parse_chassis_status(&out).map_err(|mut e| {
@@ -507,6 +562,36 @@ mod tests {
             classify("Chassis Power Control: Invalid data field in request").kind,
             ErrorKind::Unsupported
         );
+    }
+
+    #[test]
+    fn sdr_readings_are_picked_by_unit_and_name() {
+        // ipmitool 1.8.19 -v -c against ipmi_sim with two full sensor records.
+        let sim = "Inlet Temp,30,degrees C,ok,55.1,Air Inlet,Temperature,,,,,,,,,,0.000,255.000\nPwr Consumption,412,Watts,ok,21.1,Power Management,Other,,,,,,,,,,0.000,1020.000\n";
+        assert_eq!(
+            parse_sdr_csv(sim),
+            Sensors {
+                power_watts: Some(412.0),
+                inlet_celsius: Some(30.0)
+            }
+        );
+        // Two supplies and no system sensor: their inputs add up; a CPU is not the inlet;
+        // unreadable sensors are skipped.
+        let psus = "CPU1 Temp,61,degrees C,ok\nPS1 Input Power,180,Watts,ok\nPS2 Input Power,175.5,Watts,ok\nPS1 Output Power,150,Watts,ok\nAmbient Temp,no reading,degrees C,ns\n";
+        assert_eq!(
+            parse_sdr_csv(psus),
+            Sensors {
+                power_watts: Some(355.5),
+                inlet_celsius: None
+            }
+        );
+        // One Watts sensor of any name is the draw; two unnamed ones are not guessed at.
+        assert_eq!(parse_sdr_csv("PSU,220,Watts,ok").power_watts, Some(220.0));
+        assert_eq!(
+            parse_sdr_csv("A,1,Watts,ok\nB,2,Watts,ok").power_watts,
+            None
+        );
+        assert_eq!(parse_sdr_csv(""), Sensors::default());
     }
 
     #[test]
