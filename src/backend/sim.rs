@@ -2,11 +2,13 @@
 //! this process, with configurable latencies and injectable failures. It exists for trying
 //! metalvirt and for fast tests; it proves nothing about real hardware.
 //!
-//! The simulated hardware state is written to `<state_dir>/sim-lab.json` after every change,
-//! so it survives daemon restarts like real servers do, and tests can see what is mapped,
-//! plugged and powered.
+//! The simulated hardware state is written after every change, so it survives daemon
+//! restarts like real servers do, and tests can see what is mapped, plugged and powered:
+//! `<state_dir>/sim-lab/<node>.json` per node (written once the node first changes) and
+//! `<state_dir>/sim-lab/volumes.json`. Each node has its own lock and file, so nodes change
+//! side by side and a change costs the same with 10 nodes or 10,000.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,10 +86,11 @@ pub struct SimNic {
     pub plugged_at_ms: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct LabState {
+/// The single file of earlier versions (every node and the volumes), read once and
+/// replaced by the per-node files.
+#[derive(Debug, Default, Deserialize)]
+struct OldLabState {
     nodes: BTreeMap<String, SimNodeState>,
-    /// Size of every simulated cloud volume that was ever resized, by source, in bytes.
     #[serde(default)]
     volumes: BTreeMap<String, u64>,
 }
@@ -106,45 +109,66 @@ fn secs_since(t: u64) -> i64 {
 
 struct Shared {
     cfg: SimConfig,
-    file: PathBuf,
-    state: Mutex<LabState>,
+    /// `<state_dir>/sim-lab`.
+    dir: PathBuf,
+    nodes: HashMap<String, Mutex<SimNodeState>>,
+    /// Size of every simulated cloud volume that was ever resized, by source, in bytes.
+    volumes: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Shared {
+    fn node(&self, node: &str) -> BResult<&Mutex<SimNodeState>> {
+        self.nodes
+            .get(node)
+            .ok_or_else(|| BackendError::new(format!("simulated node {node} is gone")))
+    }
+
+    /// Changes a node's state and writes its file.
     fn with<T>(&self, node: &str, f: impl FnOnce(&mut SimNodeState) -> BResult<T>) -> BResult<T> {
-        self.with_lab(node, |n, _| f(n))
+        let mut n = self.node(node)?.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut n)?;
+        // Written under the lock: the file always reflects the latest state. Replaced
+        // atomically but not fsynced: simulated hardware outlives a killed daemon (the page
+        // cache keeps it), and a power cut has no meaning for it.
+        self.save(&format!("{node}.json"), &*n)?;
+        Ok(r)
     }
 
     /// Reads a node's state (nothing is written: reads are the common case, e.g. the
     /// power watcher's).
     fn read<T>(&self, node: &str, f: impl FnOnce(&SimNodeState) -> BResult<T>) -> BResult<T> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let n = st
-            .nodes
-            .get(node)
-            .ok_or_else(|| BackendError::new(format!("simulated node {node} is gone")))?;
-        f(n)
+        let n = self.node(node)?.lock().unwrap_or_else(|e| e.into_inner());
+        f(&n)
     }
 
-    /// Like [`Shared::with`], with the volume sizes too.
-    fn with_lab<T>(
+    /// Reads a node's state and the volume sizes.
+    fn read_lab<T>(
         &self,
         node: &str,
-        f: impl FnOnce(&mut SimNodeState, &mut BTreeMap<String, u64>) -> BResult<T>,
+        f: impl FnOnce(&SimNodeState, &BTreeMap<String, u64>) -> BResult<T>,
     ) -> BResult<T> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let LabState { nodes, volumes } = &mut *st;
-        let n = nodes
-            .get_mut(node)
-            .ok_or_else(|| BackendError::new(format!("simulated node {node} is gone")))?;
-        let r = f(n, volumes)?;
-        // Written under the lock: the file always reflects the latest state. Replaced
-        // atomically but not fsynced: simulated hardware outlives a killed daemon (the page
-        // cache keeps it), and a power cut has no meaning for it.
-        let json = serde_json::to_vec(&*st).map_err(|e| BackendError::new(e.to_string()))?;
-        crate::persist::write_replace(&self.file, &json, 0o644)
-            .map_err(|e| BackendError::new(format!("cannot save simulated lab state: {e}")))?;
+        let n = self.node(node)?.lock().unwrap_or_else(|e| e.into_inner());
+        let volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        f(&n, &volumes)
+    }
+
+    /// Changes the volume sizes (with the node's state at hand) and writes them.
+    fn with_volumes<T>(
+        &self,
+        node: &str,
+        f: impl FnOnce(&SimNodeState, &mut BTreeMap<String, u64>) -> BResult<T>,
+    ) -> BResult<T> {
+        let n = self.node(node)?.lock().unwrap_or_else(|e| e.into_inner());
+        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&n, &mut volumes)?;
+        self.save("volumes.json", &*volumes)?;
         Ok(r)
+    }
+
+    fn save<T: Serialize + ?Sized>(&self, file: &str, v: &T) -> BResult<()> {
+        let json = serde_json::to_vec(v).map_err(|e| BackendError::new(e.to_string()))?;
+        crate::persist::write_replace(&self.dir.join(file), &json, 0o644)
+            .map_err(|e| BackendError::new(format!("cannot save simulated lab state: {e}")))
     }
 
     fn volume_bytes(&self, volumes: &BTreeMap<String, u64>, source: &str) -> u64 {
@@ -174,32 +198,82 @@ pub fn build_named(
     state_dir: &std::path::Path,
     names: &[String],
 ) -> Result<Vec<Arc<SimNode>>, String> {
-    let file = state_dir.join("sim-lab.json");
-    let mut state: LabState = match std::fs::read(&file) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| format!("corrupt simulated lab state {}: {e}", file.display()))?,
-        Err(_) => LabState::default(),
+    let dir = state_dir.join("sim-lab");
+    crate::persist::ensure_dir(&dir, 0o755)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fn load<T: serde::de::DeserializeOwned>(p: &std::path::Path) -> Result<T, String> {
+        let b = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        serde_json::from_slice(&b)
+            .map_err(|e| format!("corrupt simulated lab state {}: {e}", p.display()))
+    }
+    // The single file of earlier versions, if any: its nodes are written out below.
+    let old_file = state_dir.join("sim-lab.json");
+    let mut old: OldLabState = if old_file.exists() {
+        load(&old_file)?
+    } else {
+        OldLabState::default()
     };
-    state.nodes.retain(|k, _| names.contains(k));
+    let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut saved = HashMap::new();
+    let mut volumes = std::mem::take(&mut old.volumes);
+    for ent in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let p = ent.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        let Some(stem) = p
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        if stem == "volumes" {
+            volumes = load(&p)?;
+        } else if wanted.contains(stem) {
+            saved.insert(stem.to_string(), load::<SimNodeState>(&p)?);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let mut nodes = HashMap::with_capacity(names.len());
+    let mut migrated = Vec::new();
     for n in names {
-        state
-            .nodes
-            .entry(n.clone())
-            .or_insert_with(|| SimNodeState {
-                power: PowerState::Off,
-                boot: None,
-                boot_persistent: false,
-                boot_mode: None,
-                boots: 0,
-                disks: BTreeMap::new(),
-                nics: BTreeMap::new(),
-            });
+        let st = match saved.remove(n) {
+            Some(st) => st,
+            None => match old.nodes.remove(n) {
+                Some(st) => {
+                    migrated.push(n.clone());
+                    st
+                }
+                None => SimNodeState {
+                    power: PowerState::Off,
+                    boot: None,
+                    boot_persistent: false,
+                    boot_mode: None,
+                    boots: 0,
+                    disks: BTreeMap::new(),
+                    nics: BTreeMap::new(),
+                },
+            },
+        };
+        nodes.insert(n.clone(), Mutex::new(st));
     }
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        file,
-        state: Mutex::new(state),
+        dir,
+        nodes,
+        volumes: Mutex::new(volumes),
     });
+    if old_file.exists() {
+        for n in &migrated {
+            shared.with(n, |_| Ok(())).map_err(|e| e.to_string())?;
+        }
+        let v = shared.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        shared
+            .save("volumes.json", &*v)
+            .map_err(|e| e.to_string())?;
+        drop(v);
+        std::fs::remove_file(&old_file)
+            .map_err(|e| format!("cannot remove {}: {e}", old_file.display()))?;
+    }
     Ok(names
         .iter()
         .map(|name| {
@@ -471,7 +545,7 @@ impl Disks for SimNode {
     async fn resize(&self, handle: &str, bytes: u64) -> BResult<u64> {
         delay(self.shared.cfg.disk_latency_ms).await;
         let shared = &self.shared;
-        shared.with_lab(&self.name, |n, volumes| {
+        shared.with_volumes(&self.name, |n, volumes| {
             let d = n
                 .disks
                 .get(handle)
@@ -490,7 +564,7 @@ impl Disks for SimNode {
 
     async fn info(&self, handle: &str) -> BResult<BlockInfo> {
         let shared = &self.shared;
-        shared.with_lab(&self.name, |n, volumes| {
+        shared.read_lab(&self.name, |n, volumes| {
             let d = n
                 .disks
                 .get(handle)
@@ -660,6 +734,32 @@ mod tests {
         again[0].disks.detach("h1").await.unwrap();
         again[0].disks.detach("h1").await.unwrap();
         assert_eq!(again[0].disks.list().await.unwrap(), vec!["h2"]);
+    }
+
+    #[tokio::test]
+    async fn one_file_per_node_and_the_old_single_file_is_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        let old = r#"{"nodes":{"node-1":{"power":"On","boot":null,"boots":3,"disks":{},"nics":{}},"gone":{"power":"On","boot":null,"boots":1,"disks":{},"nics":{}}},"volumes":{"rbd:p/v":1073741824}}"#;
+        std::fs::write(d.path().join("sim-lab.json"), old).unwrap();
+        let nodes = build(&cfg(), d.path()).unwrap();
+        assert_eq!(nodes[0].power.state().await.unwrap().state, PowerState::On);
+        assert_eq!(nodes[1].power.state().await.unwrap().state, PowerState::Off);
+        let dir = d.path().join("sim-lab");
+        assert!(!d.path().join("sim-lab.json").exists());
+        assert!(dir.join("node-1.json").exists() && dir.join("volumes.json").exists());
+        // A node that never changed has no file; one that changes gets its own.
+        assert!(!dir.join("node-2.json").exists());
+        nodes[1].power.on().await.unwrap();
+        let n2: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("node-2.json")).unwrap()).unwrap();
+        assert_eq!(n2["power"], "On");
+        // A stale node's file goes with the next build; a corrupt one is an error.
+        std::fs::write(dir.join("old-node.json"), "{}").unwrap();
+        build(&cfg(), d.path()).unwrap();
+        assert!(!dir.join("old-node.json").exists());
+        std::fs::write(dir.join("node-2.json"), "{").unwrap();
+        let e = build(&cfg(), d.path()).err().unwrap();
+        assert!(e.contains("corrupt simulated lab state"), "{e}");
     }
 
     #[tokio::test]

@@ -117,7 +117,7 @@ impl Driver {
         let disks = disk_plan(&obj.uuid, &tree, Some(&self.secrets))?;
         check_devices(&tree)?;
         let nics = nic_plan(&obj.uuid, &tree);
-        let node = self.place(obj.uuid, &tree)?;
+        let node = self.place(obj.uuid, &tree).await?;
         let notes = match disk_notes(&node, &disks) {
             Ok(n) => n,
             Err(e) => {

@@ -28,7 +28,7 @@ pub mod stored;
 pub mod volumes;
 mod watcher;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -209,21 +209,17 @@ struct Registry {
     by_id: HashMap<i32, Uuid>,
 }
 
-#[derive(Debug, Default)]
-struct Placement {
-    /// Node → domain currently bound to it.
-    busy: HashMap<String, Uuid>,
-    /// Node → last domain bound to it (sticky placement; persisted).
-    history: BTreeMap<String, Uuid>,
-}
-
 /// The driver.
 pub struct Driver {
     cfg: Config,
     nodes: Vec<Node>,
+    /// Node name → index in `nodes`.
+    node_index: HashMap<String, usize>,
     store: Store,
     reg: RwLock<Registry>,
-    placement: Mutex<Placement>,
+    placement: Mutex<placement::Placement>,
+    /// The placement history generation last written (see `save_history`).
+    history_written: tokio::sync::Mutex<u64>,
     next_id: AtomicI32,
     /// Domain events.
     pub events: EventBus,
@@ -275,15 +271,19 @@ impl Driver {
         );
         let schema = crate::domain::schema::install(&cfg.state_dir)
             .map_err(|e| format!("cannot install the domain schema: {e}"))?;
+        let node_index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.spec.name.clone(), i))
+            .collect();
         let d = Arc::new(Driver {
             cfg,
-            nodes,
             store,
             reg: RwLock::new(Registry::default()),
-            placement: Mutex::new(Placement {
-                busy: HashMap::new(),
-                history,
-            }),
+            placement: Mutex::new(placement::Placement::new(&nodes, &node_index, history)),
+            history_written: tokio::sync::Mutex::new(0),
+            nodes,
+            node_index,
             next_id: AtomicI32::new(1),
             events: EventBus::new(),
             hostname,
@@ -318,7 +318,7 @@ impl Driver {
     }
 
     fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.spec.name == name)
+        self.nodes.get(*self.node_index.get(name)?)
     }
 
     fn emit(&self, r: &DomRef, kind: EventKind) {

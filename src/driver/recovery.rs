@@ -201,11 +201,7 @@ impl Driver {
                 if !stale.is_empty() {
                     let _ = self.persist_active(&obj).await;
                 }
-                self.placement
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .busy
-                    .insert(status.node.clone(), status.uuid);
+                self.mark_busy(&status.node, status.uuid);
                 tracing::info!(domain = %status.name, id = status.id, node = %status.node, "reattached to live domain");
                 if let Ok(t) = live_def.tree() {
                     self.serve_serial_ports(&obj, &t);
@@ -292,11 +288,7 @@ impl Driver {
             s.note(note);
         });
         self.set_id(&obj, -1, status.id);
-        self.placement
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .busy
-            .insert(status.node, status.uuid);
+        self.mark_busy(&status.node, status.uuid);
     }
 
     /// Quarantines a run whose status cannot be read at all: its state is unknown
@@ -319,15 +311,13 @@ impl Driver {
             s.apply(Transition::Unknown);
             s.note(note);
         });
-        let mut p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
-        let last: Vec<String> = p
-            .history
-            .iter()
-            .filter(|(_, u)| **u == uuid)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let last = self
+            .placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .history_of(uuid);
         for n in last {
-            p.busy.insert(n, uuid);
+            self.mark_busy(&n, uuid);
         }
     }
 }

@@ -291,9 +291,13 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Saves the placement history.
-    pub fn save_node_history(&self, h: &BTreeMap<String, Uuid>) -> io::Result<()> {
-        let data = serde_json::to_vec_pretty(h).map_err(io::Error::other)?;
-        persist::write_atomic(&self.state_dir.join("nodes.json"), &data, 0o600)
+    /// Saves the placement history (on the blocking pool: it is the size of the lab).
+    pub async fn save_node_history(&self, h: BTreeMap<String, Uuid>) -> io::Result<()> {
+        let p = self.state_dir.join("nodes.json");
+        Self::blocking(move || {
+            let data = serde_json::to_vec(&h).map_err(io::Error::other)?;
+            persist::write_atomic(&p, &data, 0o600)
+        })
+        .await
     }
 }

@@ -80,16 +80,13 @@ impl Driver {
             })
             .collect();
         // Free nodes whose last domain is shut off: a server powered on behind its back.
-        let last: Vec<(String, uuid::Uuid)> = {
-            let p = self.placement.lock().unwrap_or_else(|e| e.into_inner());
-            p.history
-                .iter()
-                .filter(|(n, _)| !p.busy.contains_key(*n))
-                .map(|(n, u)| (n.clone(), *u))
-                .collect()
-        };
-        for (n, uuid) in last {
-            let (Ok(obj), Some(node)) = (self.lookup_uuid(&uuid), self.node(&n)) else {
+        let last = self
+            .placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_with_history(&self.nodes);
+        for (i, uuid) in last {
+            let (Ok(obj), node) = (self.lookup_uuid(&uuid), &self.nodes[i]) else {
                 continue;
             };
             if obj.with(|s| s.state().code() == st::SHUTOFF && !s.removed) {
@@ -98,7 +95,9 @@ impl Driver {
         }
         let due: Vec<_> = {
             let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-            w.retain(|name, _| bound.iter().any(|(_, n, _)| &n.spec.name == name));
+            let watched: std::collections::HashSet<&str> =
+                bound.iter().map(|(_, n, _)| n.spec.name.as_str()).collect();
+            w.retain(|name, _| watched.contains(name.as_str()));
             bound
                 .into_iter()
                 .filter(|(_, n, _)| w.get(&n.spec.name).is_none_or(|x| x.next_due <= now))

@@ -83,6 +83,22 @@ DEFAULT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", 
                               "debug", "metalvirtd")
 
 
+
+def sim_state(state_dir):
+    """The simulated lab's hardware state under `state_dir` (see Daemon.sim_state)."""
+    lab = {"nodes": {}, "volumes": {}}
+    d = os.path.join(state_dir, "sim-lab")
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(d, name), "rb") as f:
+            data = json.load(f)
+        if name == "volumes.json":
+            lab["volumes"] = data
+        else:
+            lab["nodes"][name[:-5]] = data
+    return lab
+
 class DaemonError(RuntimeError):
     pass
 
@@ -280,12 +296,14 @@ class Daemon:
     # -- simulated hardware ----------------------------------------------------------
 
     def sim_state(self):
-        """The simulated lab's hardware state (sim-lab.json)."""
-        try:
-            with open(os.path.join(self.state_dir, "sim-lab.json"), "rb") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return {"nodes": {}}
+        """The simulated lab's hardware state, as {"nodes": {name: state}, "volumes": {...}}
+        from its files (state_dir/sim-lab/NODE.json, written once a node changes, and
+        volumes.json)."""
+        return sim_state(self.state_dir)
+
+    def sim_node_file(self, node):
+        """The file of one simulated node's state."""
+        return os.path.join(self.state_dir, "sim-lab", f"{node}.json")
 
     def sim_mapped(self):
         """(disks mapped, NICs plugged) summed over all simulated nodes."""
@@ -296,7 +314,8 @@ class Daemon:
         return disks, nics
 
     def sim_power(self, node):
-        return self.sim_state().get("nodes", {}).get(node, {}).get("power", "?")
+        """A simulated node's power; a node that never changed has no file and is Off."""
+        return self.sim_state()["nodes"].get(node, {}).get("power", "Off")
 
     def sim_powers(self):
         return {n: v.get("power") for n, v in self.sim_state().get("nodes", {}).items()}

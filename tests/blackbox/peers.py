@@ -376,11 +376,16 @@ set_working_mc 0x20
         with open(self.path("power", "boot")) as f:
             return f.read().strip()
 
-    def set_sensor(self, which, value):
-        """What the BMC's sensor reads next (within its 1 s poll): `inlet` in degrees C,
-        `watts` (in steps of 4 W, the record's resolution)."""
+    def set_sensor(self, which, value, wait=False):
+        """What the BMC's sensor reads: `inlet` in degrees C, `watts` (in steps of 4 W, the
+        record's resolution). ipmi_sim polls the file every second; with `wait`, returns
+        once the BMC reports the new value."""
         with open(self.path(which), "w") as f:
             f.write(f"{value}\n")
+        if wait:
+            name = {"inlet": "Inlet Temp", "watts": "Pwr Consumption"}[which]
+            wait_until(lambda: f"{name},{value}," in self.tool.run("-c", "sdr", "list", "full"),
+                       10, f"ipmi_sim's {name} to read {value}", step=0.2)
 
 
 def _full_sensor_sdr(number, sensor_type, entity, unit, m, name):

@@ -343,8 +343,8 @@ class OutOfBand(Base):
         so there is an inlet temperature and no power draw; ipmi_sim has an inlet and a power
         sensor in its SDR repository; pyghmi's BMC has no SDR repository and reads none."""
         sim = LAB["ipmisim"]
-        sim.set_sensor("inlet", 27)
-        sim.set_sensor("watts", 300)
+        sim.set_sensor("inlet", 27, wait=True)
+        sim.set_sensor("watts", 300, wait=True)
         for node in ("rf-2", "ipmi-sim", "ipmi-ghmi"):
             self.define(f"vm-stats-{node}", node)
             virsh("start", f"vm-stats-{node}")

@@ -230,10 +230,7 @@ def scrub_spdk():
 
 
 def sim_power(d):
-    """The node's simulated power. The sim writes sim-lab.json at its first change; before
-    that the node is in its initial state, Off."""
-    if not os.path.exists(os.path.join(d.state_dir, "sim-lab.json")):
-        return "Off"
+    """The node's simulated power (Off until it first changes)."""
     return d.sim_power(NODE)
 
 

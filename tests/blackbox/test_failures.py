@@ -301,10 +301,10 @@ class DaemonRestart(Base):
         dom.createWithFlags(0)
         node = bound_node(self.lookup().XMLDesc(0))
         self.d.stop()
-        path = os.path.join(self.d.state_dir, "sim-lab.json")
+        path = self.d.sim_node_file(node)
         with open(path) as f:
             state = json.load(f)
-        state["nodes"][node]["power"] = "Off"
+        state["power"] = "Off"
         with open(path, "w") as f:
             json.dump(state, f)
         self.d.restart()

@@ -200,8 +200,10 @@ class NovaDevices(DeviceCase):
         self.assertEqual(m["key_len"], len(CEPH_KEY))
         self.assertEqual(m["spec"]["serial"], VOL2)
         # the key itself is written nowhere the daemon writes
-        with open(self.d.path("state", "sim-lab.json"), "rb") as f:
-            self.assertNotIn(CEPH_KEY, f.read())
+        lab = self.d.path("state", "sim-lab")
+        for name in os.listdir(lab):
+            with open(os.path.join(lab, name), "rb") as f:
+                self.assertNotIn(CEPH_KEY, f.read(), name)
         self.assertNotIn(CEPH_KEY.decode(), self.d.log())
         self.assertNotIn(CEPH_KEY.decode(), dom.XMLDesc(L.VIR_DOMAIN_XML_SECURE))
 
@@ -353,8 +355,7 @@ class NovaDevices(DeviceCase):
         # nova's extend_volume: blockResize in bytes; the DPU grows the volume, the host sees it
         dom.blockResize("vdb", 30 << 30, L.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
         self.assertEqual(dom.blockInfo("vdb")[0], 30 << 30)
-        with open(self.d.path("state", "sim-lab.json")) as f:
-            vols = json.load(f)["volumes"]
+        vols = self.d.sim_state()["volumes"]
         self.assertEqual(vols[f"rbd:volumes/volume-{VOL2}"], 30 << 30)
         dom.blockResize("vdb", 31 * 1024 * 1024)  # KiB
         self.assertEqual(dom.blockInfo("vdb")[0], 31 << 30)

@@ -135,13 +135,31 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
-    /// The simulated lab's hardware state.
+    /// The simulated lab's hardware state, `{"nodes": {name: state}, "volumes": {..}}`, from
+    /// its files (`state_dir/sim-lab/NODE.json`, written once a node changes, and
+    /// `volumes.json`).
     pub fn sim_state(&self) -> serde_json::Value {
-        let p = self.state_dir().join("sim-lab.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).unwrap(),
-            Err(_) => serde_json::json!({"nodes": {}}),
+        let mut nodes = serde_json::Map::new();
+        let mut volumes = serde_json::json!({});
+        let dir = self.state_dir().join("sim-lab");
+        for ent in std::fs::read_dir(&dir).into_iter().flatten() {
+            let p = ent.unwrap().path();
+            let Some(stem) = p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_suffix(".json"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            if stem == "volumes" {
+                volumes = v;
+            } else {
+                nodes.insert(stem, v);
+            }
         }
+        serde_json::json!({"nodes": nodes, "volumes": volumes})
     }
 
     /// Total disks mapped and NICs plugged over all simulated nodes.
@@ -158,11 +176,12 @@ impl Daemon {
         (d, n)
     }
 
-    /// Power of a simulated node ("On"/"Off").
+    /// Power of a simulated node ("On"/"Off"; a node that never changed has no file and is
+    /// off).
     pub fn sim_power(&self, node: &str) -> String {
         self.sim_state()["nodes"][node]["power"]
             .as_str()
-            .unwrap_or("?")
+            .unwrap_or("Off")
             .to_string()
     }
 
