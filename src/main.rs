@@ -166,7 +166,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         "READY=1\nSTATUS=serving {} nodes, {domains} domains",
         nodes.len()
     ));
-    server::serve(driver, listeners, tls, async move {
+    server::serve(driver.clone(), listeners, tls, async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -174,6 +174,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         listen::notify("STOPPING=1\nSTATUS=finishing calls in flight");
     })
     .await;
+    if let Err(e) = driver.flush().await {
+        tracing::error!("cannot write definitions and statuses to their files: {e}");
+    }
     // Log out of BMC sessions (Redfish BMCs have few session slots).
     futures::future::join_all(nodes.iter().map(|n| n.power.close())).await;
     Ok(())

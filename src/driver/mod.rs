@@ -10,8 +10,8 @@
 //!   that the domain still exists and is in the state they expect.
 //! - Lock order: `reg` → `st`; `job` is always taken before either.
 
+mod commitlog;
 mod console;
-mod deflog;
 mod devices;
 mod domstate;
 mod iotune;
@@ -378,6 +378,13 @@ impl Driver {
             .and_then(|u| reg.by_uuid.get(u))
             .cloned()
             .ok_or_else(|| VirError::no_domain_id(id))
+    }
+
+    /// Writes every acknowledged definition and status change to its file (the commit logs
+    /// hold them durably until then): at shutdown, so a stopped daemon's directories are
+    /// complete for an operator.
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.store.flush().await
     }
 
     /// Every domain, in no particular order.

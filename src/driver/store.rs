@@ -4,6 +4,8 @@
 //! - `<config_dir>/autostart/<name>` — autostart markers
 //! - `<state_dir>/domains/<uuid>.json` — live status of active or half-started domains:
 //!   node binding, id, state, the live XML and the undo journal
+//! - `<config_dir>/domains.log`, `<state_dir>/domains.log` — the group-commit logs of the
+//!   two directories above (`commitlog`): a change is durable there first
 //! - `<state_dir>/nodes.json` — last domain bound to each node (sticky placement)
 
 use std::collections::BTreeMap;
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::commitlog::CommitLog;
 use crate::persist;
 
 /// A hardware step of a start, recorded before it runs.
@@ -123,30 +126,30 @@ pub enum Found {
 pub struct Store {
     config_dir: PathBuf,
     state_dir: PathBuf,
-    /// Group-committed definition writes (see `deflog`).
-    deflog: super::deflog::DefLog,
+    /// Group-committed definition writes (see `commitlog`).
+    deflog: CommitLog,
+    /// Group-committed status writes.
+    status_log: CommitLog,
 }
 
 impl Store {
-    /// Creates the directory layout.
+    /// Creates the directory layout and recovers both commit logs into their files.
     pub fn open(config_dir: &Path, state_dir: &Path) -> io::Result<Store> {
-        persist::ensure_dir(&config_dir.join("domains"), 0o755)?;
-        let deflog = super::deflog::DefLog::open(
-            &config_dir.join("domains"),
-            &config_dir.join("domains.log"),
-        )?;
-        let s = Store {
+        let (domains, status) = (config_dir.join("domains"), state_dir.join("domains"));
+        persist::ensure_dir(&domains, 0o755)?;
+        persist::ensure_dir(&config_dir.join("autostart"), 0o755)?;
+        persist::ensure_dir(&status, 0o700)?;
+        for d in [&domains, &config_dir.join("autostart"), &status, state_dir] {
+            persist::clean_temp_files(d)?;
+        }
+        let deflog = CommitLog::open(&domains, "xml", &config_dir.join("domains.log"))?;
+        let status_log = CommitLog::open(&status, "json", &state_dir.join("domains.log"))?;
+        Ok(Store {
             config_dir: config_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             deflog,
-        };
-        persist::ensure_dir(&s.autostart_dir(), 0o755)?;
-        persist::ensure_dir(&s.status_dir(), 0o700)?;
-        for d in [s.domains_dir(), s.autostart_dir(), s.status_dir()] {
-            persist::clean_temp_files(&d)?;
-        }
-        persist::clean_temp_files(&s.state_dir)?;
-        Ok(s)
+            status_log,
+        })
     }
 
     /// The state directory.
@@ -225,17 +228,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Saves a live status.
-    pub async fn save_status(&self, s: &Status) -> io::Result<()> {
-        let data = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
-        let p = self.status_dir().join(format!("{}.json", s.uuid));
-        Self::blocking(move || persist::write_atomic(&p, &data, 0o600)).await
+    /// Writes every acknowledged definition and status to its file (at shutdown).
+    pub async fn flush(&self) -> io::Result<()> {
+        self.deflog.flush().await?;
+        self.status_log.flush().await
     }
 
-    /// Deletes a live status.
+    /// Saves a live status (durable when this returns; group-committed with other writes,
+    /// in its file `<uuid>.json` a moment later).
+    pub async fn save_status(&self, s: &Status) -> io::Result<()> {
+        let data = serde_json::to_string_pretty(s).map_err(io::Error::other)?;
+        self.status_log.put(&s.uuid.to_string(), data.into()).await
+    }
+
+    /// Deletes a live status (durable when this returns).
     pub async fn delete_status(&self, uuid: &Uuid) -> io::Result<()> {
-        let p = self.status_dir().join(format!("{uuid}.json"));
-        Self::blocking(move || persist::remove(&p)).await
+        self.status_log.delete(&uuid.to_string()).await
     }
 
     /// All live statuses: each readable one, or why it cannot be read (with the domain's

@@ -360,6 +360,9 @@ async fn a_start_interrupted_by_a_stop_is_undone_at_the_next_start() {
         .contains("power_on"));
     start.abort();
     let _ = start.await;
+    // As a daemon killed there would leave it (the log's changes written to their files,
+    // as the next open would do itself).
+    d.flush().await.unwrap();
     drop((obj, d));
 
     lab.sim.hang_power_on_nodes.clear();
@@ -369,6 +372,7 @@ async fn a_start_interrupted_by_a_stop_is_undone_at_the_next_start() {
     let (disks, nics, power) = hardware(node(&d, "node-1")).await;
     assert!(disks.is_empty() && nics.is_empty(), "{disks:?} {nics:?}");
     assert_eq!(power, PowerState::Off);
+    d.flush().await.unwrap();
     assert!(!status.exists());
     // Nothing is left holding the node.
     d.create(&obj, 0).await.unwrap();
@@ -382,6 +386,7 @@ async fn unreadable_live_state_quarantines_and_leaves_the_server_alone() {
     let obj = define(&d, "vm1", 1, "").await;
     d.create(&obj, 0).await.unwrap();
     let status = lab.status_file(&obj);
+    d.flush().await.unwrap();
     drop((obj, d));
     std::fs::write(&status, b"{ not json").unwrap();
 

@@ -91,8 +91,17 @@ def sim_state(state_dir):
     for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
         if not name.endswith(".json"):
             continue
-        with open(os.path.join(d, name), "rb") as f:
-            data = json.load(f)
+        for attempt in range(5):
+            with open(os.path.join(d, name), "rb") as f:
+                raw = f.read()
+            try:
+                data = json.loads(raw)
+                break
+            except ValueError:
+                # The sim rewrites its files in place: this read met a rewrite.
+                if attempt == 4:
+                    raise
+                time.sleep(0.01)
         if name == "volumes.json":
             lab["volumes"] = data
         else:
@@ -300,6 +309,29 @@ class Daemon:
         from its files (state_dir/sim-lab/NODE.json, written once a node changes, and
         volumes.json)."""
         return sim_state(self.state_dir)
+
+    def live_status(self, uuid):
+        """A domain's live status as the daemon last recorded it durably: the newest record
+        for it in the status commit log (state_dir/domains.log; its file follows within an
+        idle moment), else its file; None when it has none."""
+        latest, found = None, False
+        try:
+            with open(os.path.join(self.state_dir, "domains.log"), "rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # a record being appended
+                    rec = json.loads(line)
+                    if rec["name"] == uuid:
+                        latest, found = rec["xml"], True
+        except FileNotFoundError:
+            pass
+        if found:
+            return None if latest is None else json.loads(latest)
+        try:
+            with open(os.path.join(self.state_dir, "domains", f"{uuid}.json"), "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
 
     def sim_node_file(self, node):
         """The file of one simulated node's state."""

@@ -483,8 +483,7 @@ class InjectedFailures(DeviceCase):
         after = (dom.XMLDesc(0), dom.XMLDesc(L.VIR_DOMAIN_XML_INACTIVE), self.d.sim_mapped())
         self.assertEqual(before, after, "config unchanged, nothing left mapped or plugged")
         self.assertFalse([e for e in self.ev.events if e[0] == "device-added"])
-        with open(self.d.path("state", "domains", f"{UUID}.json")) as f:
-            journal = json.load(f)["journal"]
+        journal = self.d.live_status(UUID)["journal"]
         self.assertEqual(len([s for s in journal if s["kind"] != "power_on"]), 2)
 
     def test_removal_failure_is_reported_and_the_device_stays(self):
@@ -510,8 +509,7 @@ class CrashDuringHotplug(DeviceCase):
     sim = {"disk_latency_ms": 1500}
 
     def status(self):
-        with open(self.d.path("state", "domains", f"{UUID}.json")) as f:
-            return json.load(f)
+        return self.d.live_status(UUID)
 
     def kill_during(self, call, ready):
         t = threading.Thread(target=_swallow, args=(call,))

@@ -152,7 +152,16 @@ impl Daemon {
             else {
                 continue;
             };
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            // The sim rewrites its files in place: a read that meets a rewrite reads again.
+            let v: serde_json::Value = (0..5)
+                .find_map(|_| {
+                    let r = serde_json::from_slice(&std::fs::read(&p).unwrap()).ok();
+                    if r.is_none() {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    r
+                })
+                .unwrap_or_else(|| panic!("{} does not parse", p.display()));
             if stem == "volumes" {
                 volumes = v;
             } else {

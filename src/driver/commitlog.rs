@@ -1,17 +1,20 @@
-//! Durable definition writes with group commit.
+//! Durable file writes with group commit: definitions (`<config_dir>/domains/<name>.xml`)
+//! and live statuses (`<state_dir>/domains/<uuid>.json`) each go through one [`CommitLog`].
 //!
-//! Defining and undefining must be durable before the client is answered, but writing one
-//! file per definition costs a create, an fsync, a rename and a directory fsync each — on a
-//! typical VM disk about 0.5 ms, serialised by the directory lock. Instead, every change is
-//! appended to one log (`<config_dir>/domains.log`) and all changes that arrive together
-//! share one `fdatasync` (group commit); then the callers are answered. A background step
-//! materialises the libvirt layout (`domains/<name>.xml`, crash-safe writes) once the log has
-//! been idle for a moment, coalescing changes to the same name (a define followed by an undefine costs no file
-//! work at all), and empties the log once every change in it is in place.
+//! A change must be durable before the client is answered (a definition) or before the
+//! hardware step it records runs (a status), but writing one file per change costs a create,
+//! an fsync, a rename and a directory fsync each — on a typical VM disk about 0.5 ms,
+//! serialised by the directory lock, and with many changes at once the lock is fought over.
+//! Instead, every change is appended to one log (`domains.log` beside the directory) and all
+//! changes that arrive together share one `fdatasync` (group commit); then the callers are
+//! answered. A background step materialises the layout (one file per name, crash-safe
+//! writes) once the log has been idle for a moment, coalescing changes to the same name (a
+//! define followed by an undefine costs no file work at all; a start's three status writes
+//! become one file), and empties the log once every change in it is in place.
 //!
 //! Recovery: at open, complete log records are applied to the files, a torn last record (no
-//! newline, or not JSON) is ignored, and the log is emptied. A reader of `domains/` sees a
-//! change at most one idle moment after it was acknowledged.
+//! newline, or not JSON) is ignored, and the log is emptied. A reader of the directory sees
+//! a change at most one idle moment after it was acknowledged.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -40,29 +43,38 @@ const MAX_PENDING: usize = 4096;
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     name: String,
-    /// The definition; `None` deletes it. Shared with the stored definition (no copy).
+    /// The file's content (a definition's XML, a status's JSON; the field keeps its first
+    /// name so logs written before statuses used it still read); `None` deletes it. A
+    /// definition's is shared with the stored definition (no copy).
     xml: Option<Arc<str>>,
 }
 
 struct Req {
-    rec: Record,
+    /// A change, or none: a flush (answered once every change is in its file).
+    rec: Option<Record>,
     done: oneshot::Sender<io::Result<()>>,
 }
 
 /// Handle to the committer thread.
 #[derive(Debug, Clone)]
-pub struct DefLog {
+pub struct CommitLog {
     tx: mpsc::Sender<Req>,
 }
 
-fn file_for(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.xml"))
+/// Where the changes land: `<dir>/<name>.<ext>`.
+#[derive(Debug, Clone)]
+struct Files {
+    dir: PathBuf,
+    ext: &'static str,
 }
 
-fn apply(dir: &Path, name: &str, xml: Option<&str>) -> io::Result<()> {
-    match xml {
-        Some(x) => persist::write_atomic(&file_for(dir, name), x.as_bytes(), 0o600),
-        None => persist::remove(&file_for(dir, name)),
+impl Files {
+    fn apply(&self, name: &str, content: Option<&str>) -> io::Result<()> {
+        let path = self.dir.join(format!("{name}.{}", self.ext));
+        match content {
+            Some(x) => persist::write_atomic(&path, x.as_bytes(), 0o600),
+            None => persist::remove(&path),
+        }
     }
 }
 
@@ -87,7 +99,7 @@ fn read_log(path: &Path) -> io::Result<Vec<Record>> {
             Ok(rec) => out.push(rec),
             Err(e) => tracing::error!(
                 log = %path.display(),
-                "skipping a damaged definition log record ({} bytes): {e}",
+                "skipping a damaged log record ({} bytes): {e}",
                 line.len()
             ),
         }
@@ -100,15 +112,20 @@ fn truncate(log: &File) -> io::Result<()> {
     log.sync_data()
 }
 
-impl DefLog {
-    /// Recovers `log_path` into `dir`, then starts the committer thread.
-    pub fn open(dir: &Path, log_path: &Path) -> io::Result<DefLog> {
+impl CommitLog {
+    /// Recovers `log_path` into `dir` (files `<name>.<ext>`), then starts the committer
+    /// thread.
+    pub fn open(dir: &Path, ext: &'static str, log_path: &Path) -> io::Result<CommitLog> {
+        let files = Files {
+            dir: dir.to_path_buf(),
+            ext,
+        };
         let mut latest: BTreeMap<String, Option<Arc<str>>> = BTreeMap::new();
         for rec in read_log(log_path)? {
             latest.insert(rec.name, rec.xml);
         }
         for (name, xml) in &latest {
-            apply(dir, name, xml.as_deref())?;
+            files.apply(name, xml.as_deref())?;
         }
         let log = OpenOptions::new()
             .create(true)
@@ -118,38 +135,43 @@ impl DefLog {
         truncate(&log)?;
         persist::sync_dir(log_path.parent().unwrap_or(Path::new(".")))?;
         let (tx, rx) = mpsc::channel::<Req>();
-        let dir = dir.to_path_buf();
         std::thread::Builder::new()
-            .name("metalvirt-deflog".into())
-            .spawn(move || committer(rx, log, dir))?;
-        Ok(DefLog { tx })
+            .name(format!("metalvirt-log-{ext}"))
+            .spawn(move || committer(rx, log, files))?;
+        Ok(CommitLog { tx })
     }
 
-    async fn submit(&self, rec: Record) -> io::Result<()> {
+    async fn submit(&self, rec: Option<Record>) -> io::Result<()> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Req { rec, done })
-            .map_err(|_| io::Error::other("definition log is closed"))?;
+            .map_err(|_| io::Error::other("the commit log is closed"))?;
         rx.await
-            .unwrap_or_else(|_| Err(io::Error::other("definition log stopped")))
+            .unwrap_or_else(|_| Err(io::Error::other("the commit log stopped")))
     }
 
-    /// Durably records a definition.
+    /// Durably records a file's new content.
     pub async fn put(&self, name: &str, xml: Arc<str>) -> io::Result<()> {
-        self.submit(Record {
+        self.submit(Some(Record {
             name: name.to_string(),
             xml: Some(xml),
-        })
+        }))
         .await
     }
 
     /// Durably records a deletion.
     pub async fn delete(&self, name: &str) -> io::Result<()> {
-        self.submit(Record {
+        self.submit(Some(Record {
             name: name.to_string(),
             xml: None,
-        })
+        }))
         .await
+    }
+
+    /// Writes every acknowledged change to its file and empties the log: at shutdown, so a
+    /// stopped daemon leaves its directory complete for an operator to read or repair.
+    pub async fn flush(&self) -> io::Result<()> {
+        self.submit(None).await
     }
 }
 
@@ -188,7 +210,7 @@ impl Pending {
     }
 }
 
-fn committer(rx: mpsc::Receiver<Req>, mut log: File, dir: PathBuf) {
+fn committer(rx: mpsc::Receiver<Req>, mut log: File, files: Files) {
     let mut pending = Pending::default();
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
@@ -201,12 +223,12 @@ fn committer(rx: mpsc::Receiver<Req>, mut log: File, dir: PathBuf) {
             match rx.recv_timeout(IDLE) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    materialize_step(&mut pending, &dir, &log);
+                    materialize_step(&mut pending, &files, &log);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     while !pending.is_empty() {
-                        materialize_step(&mut pending, &dir, &log);
+                        materialize_step(&mut pending, &files, &log);
                     }
                     return;
                 }
@@ -219,50 +241,77 @@ fn committer(rx: mpsc::Receiver<Req>, mut log: File, dir: PathBuf) {
                 Err(_) => break,
             }
         }
-        buf.clear();
-        for r in &batch {
-            if serde_json::to_writer(&mut buf, &r.rec).is_ok() {
-                buf.push(b'\n');
-            }
+        let (changes, flushes): (Vec<Req>, Vec<Req>) =
+            batch.into_iter().partition(|r| r.rec.is_some());
+        if !changes.is_empty() {
+            commit(changes, &mut log, &files, &mut pending, &mut buf);
         }
-        let before = log.metadata().map(|m| m.len());
-        let res = log.write_all(&buf).and_then(|_| log.sync_data());
-        if res.is_err() {
-            // Cut what a failed append may have left, so no partial record sits in front
-            // of the records that later succeed.
-            if let Ok(len) = before {
-                let _ = log.set_len(len).and_then(|_| log.sync_data());
+        if !flushes.is_empty() {
+            while !pending.is_empty() {
+                materialize_step(&mut pending, &files, &log);
             }
-        }
-        match res {
-            Ok(()) => {
-                for r in batch {
-                    pending.insert(r.rec.name, r.rec.xml);
-                    let _ = r.done.send(Ok(()));
-                }
-                if pending.len() > MAX_PENDING {
-                    materialize_step(&mut pending, &dir, &log);
-                }
-            }
-            Err(e) => {
-                tracing::error!("cannot write the definition log: {e}");
-                for r in batch {
-                    let _ = r.done.send(Err(io::Error::new(e.kind(), e.to_string())));
-                }
+            for r in flushes {
+                let _ = r.done.send(Ok(()));
             }
         }
     }
 }
 
-/// Writes some pending definitions to their files; empties the log when none are left.
-fn materialize_step(pending: &mut Pending, dir: &Path, log: &File) {
+/// Appends a batch of changes to the log with one `fdatasync`, then answers their callers.
+fn commit(
+    batch: Vec<Req>,
+    log: &mut File,
+    files: &Files,
+    pending: &mut Pending,
+    buf: &mut Vec<u8>,
+) {
+    buf.clear();
+    for r in &batch {
+        if let Some(rec) = &r.rec {
+            if serde_json::to_writer(&mut *buf, rec).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+    }
+    let before = log.metadata().map(|m| m.len());
+    let res = log.write_all(buf).and_then(|_| log.sync_data());
+    if res.is_err() {
+        // Cut what a failed append may have left, so no partial record sits in front of
+        // the records that later succeed.
+        if let Ok(len) = before {
+            let _ = log.set_len(len).and_then(|_| log.sync_data());
+        }
+    }
+    match res {
+        Ok(()) => {
+            for r in batch {
+                if let Some(rec) = r.rec {
+                    pending.insert(rec.name, rec.xml);
+                }
+                let _ = r.done.send(Ok(()));
+            }
+            if pending.len() > MAX_PENDING {
+                materialize_step(pending, files, log);
+            }
+        }
+        Err(e) => {
+            tracing::error!(dir = %files.dir.display(), "cannot write the commit log: {e}");
+            for r in batch {
+                let _ = r.done.send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+    }
+}
+
+/// Writes some pending changes to their files; empties the log when none are left.
+fn materialize_step(pending: &mut Pending, files: &Files, log: &File) {
     for _ in 0..MATERIALIZE_STEP {
         let Some((name, xml)) = pending.pop_oldest() else {
             break;
         };
-        if let Err(e) = apply(dir, &name, xml.as_deref()) {
+        if let Err(e) = files.apply(&name, xml.as_deref()) {
             // Keep it in the log (not emptied while anything is pending) and retry later.
-            tracing::error!(domain = %name, "cannot write definition file: {e}");
+            tracing::error!(file = %name, dir = %files.dir.display(), "cannot write: {e}");
             pending.insert(name, xml);
             std::thread::sleep(Duration::from_millis(100));
             return;
@@ -270,7 +319,7 @@ fn materialize_step(pending: &mut Pending, dir: &Path, log: &File) {
     }
     if pending.is_empty() {
         if let Err(e) = truncate(log) {
-            tracing::error!("cannot empty the definition log: {e}");
+            tracing::error!(dir = %files.dir.display(), "cannot empty the commit log: {e}");
         }
     }
 }
@@ -283,7 +332,7 @@ mod tests {
     async fn changes_reach_files_and_coalesce() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("domains.log");
-        let l = DefLog::open(d.path(), &log).unwrap();
+        let l = CommitLog::open(d.path(), "xml", &log).unwrap();
         l.put("a", Arc::from("<a/>")).await.unwrap();
         l.put("b", Arc::from("<b/>")).await.unwrap();
         l.delete("b").await.unwrap();
@@ -301,6 +350,26 @@ mod tests {
         assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
     }
 
+    #[tokio::test]
+    async fn flush_writes_every_change_and_empties_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("s.log");
+        let l = CommitLog::open(d.path(), "json", &log).unwrap();
+        l.put("u1", Arc::from("{}")).await.unwrap();
+        l.put("u2", Arc::from("[]")).await.unwrap();
+        l.delete("u1").await.unwrap();
+        // Durable in the log at once; in the files after the flush, with no idle wait.
+        assert!(std::fs::metadata(&log).unwrap().len() > 0);
+        l.flush().await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("u2.json")).unwrap(),
+            "[]"
+        );
+        assert!(!d.path().join("u1.json").exists());
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        l.flush().await.unwrap();
+    }
+
     #[test]
     fn recovery_applies_complete_records_and_ignores_a_torn_tail() {
         let d = tempfile::tempdir().unwrap();
@@ -311,7 +380,7 @@ mod tests {
             "{\"name\":\"x\",\"xml\":\"<x/>\"}\n{\"name\":\"old\",\"xml\":null}\n{\"name\":\"y\",\"xm",
         )
         .unwrap();
-        let _l = DefLog::open(d.path(), &log).unwrap();
+        let _l = CommitLog::open(d.path(), "xml", &log).unwrap();
         assert_eq!(
             std::fs::read_to_string(d.path().join("x.xml")).unwrap(),
             "<x/>"
@@ -330,7 +399,7 @@ mod tests {
             "{\"name\":\"a\",\"xml\":\"<a/>\"}\n{\"name\":\"b\",\"xm\u{0}garbage\n{\"name\":\"c\",\"xml\":\"<c/>\"}\n{\"name\":\"d\",\"x",
         )
         .unwrap();
-        let _l = DefLog::open(d.path(), &log).unwrap();
+        let _l = CommitLog::open(d.path(), "xml", &log).unwrap();
         assert!(d.path().join("a.xml").exists());
         assert!(!d.path().join("b.xml").exists());
         assert_eq!(
