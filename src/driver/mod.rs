@@ -229,10 +229,10 @@ pub struct Driver {
     /// Our domain schema, installed in the state directory (for the VALIDATE flags).
     schema: std::path::PathBuf,
     /// The power watcher's per-node schedule.
-    watch: Mutex<HashMap<String, watcher::NodeWatch>>,
+    watch: Mutex<HashMap<usize, watcher::NodeWatch>>,
     /// The last sensor reading of each node a domain runs on, taken by the watcher with
     /// the power state: statistics never wait for a BMC.
-    sensors: Mutex<HashMap<String, (std::time::Instant, Option<crate::backend::Sensors>)>>,
+    sensors: Mutex<HashMap<usize, (std::time::Instant, Option<crate::backend::Sensors>)>>,
     /// Open console sessions, one per domain.
     consoles: console::Sessions,
 }

@@ -43,8 +43,8 @@ pub(super) struct NodeWatch {
 /// Sensors are read every this many watcher rounds (every 30 s at the default 5 s).
 const SENSOR_ROUNDS: u32 = 6;
 
-/// A domain's run when a reading was taken: its id and node (-1 and none: shut off).
-type Run = (i32, Option<String>);
+/// A domain's run when a reading was taken: its id and node index (-1 and none: shut off).
+type Run = (i32, Option<usize>);
 
 impl Driver {
     /// Starts the watcher task.
@@ -66,17 +66,17 @@ impl Driver {
         // Each reading is for one run: (id, node) as it was when the node was chosen. By the
         // time the reading is acted on, the domain may have stopped and started again,
         // elsewhere: an old reading must not stop the new run.
-        let mut bound: Vec<(Arc<DomainObj>, Node, Run)> = self
+        let mut bound: Vec<(Arc<DomainObj>, usize, Run)> = self
             .all()
             .into_iter()
             .filter_map(|o| {
-                let (n, run) = o.with(|s| {
-                    (s.active() && s.quarantine.is_none())
-                        .then(|| s.node.clone().map(|n| (n, (s.id, s.node.clone()))))
-                        .flatten()
+                let (i, id) = o.with(|s| {
+                    if !s.active() || s.quarantine.is_some() {
+                        return None;
+                    }
+                    Some((*self.node_index.get(s.node.as_deref()?)?, s.id))
                 })?;
-                let node = self.node(&n)?.clone();
-                Some((o, node, run))
+                Some((o, i, (id, Some(i))))
             })
             .collect();
         // Free nodes whose last domain is shut off: a server powered on behind its back.
@@ -86,84 +86,86 @@ impl Driver {
             .unwrap_or_else(|e| e.into_inner())
             .free_with_history(&self.nodes);
         for (i, uuid) in last {
-            let (Ok(obj), node) = (self.lookup_uuid(&uuid), &self.nodes[i]) else {
+            let Ok(obj) = self.lookup_uuid(&uuid) else {
                 continue;
             };
             if obj.with(|s| s.state().code() == st::SHUTOFF && !s.removed) {
-                bound.push((obj, node.clone(), (-1, None)));
+                bound.push((obj, i, (-1, None)));
             }
         }
         let due: Vec<_> = {
             let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-            let watched: std::collections::HashSet<&str> =
-                bound.iter().map(|(_, n, _)| n.spec.name.as_str()).collect();
-            w.retain(|name, _| watched.contains(name.as_str()));
+            let watched: std::collections::HashSet<usize> =
+                bound.iter().map(|(_, i, _)| *i).collect();
+            w.retain(|i, _| watched.contains(i));
             bound
                 .into_iter()
-                .filter(|(_, n, _)| w.get(&n.spec.name).is_none_or(|x| x.next_due <= now))
+                .filter(|(_, i, _)| w.get(i).is_none_or(|x| x.next_due <= now))
                 .collect()
         };
         let slots = Semaphore::new(self.cfg.watcher.max_concurrency);
         let slots = &slots;
-        let readings = join_all(due.into_iter().map(|(obj, node, run)| async move {
+        let readings = join_all(due.into_iter().map(|(obj, i, run)| async move {
             let _slot = slots.acquire().await;
+            let node = &self.nodes[i];
             let r = node.power.state().await;
             // The sensors of a running domain's server, with the power state every
             // SENSOR_ROUNDS rounds (they change slowly; the BMC is spared the requests):
             // statistics read this cache and never wait for a BMC.
             let sensors = match (&r, run.0) {
-                (Ok(_), id) if id != -1 && self.sensors_due(&node.spec.name) => {
-                    Some(node.power.sensors().await)
-                }
+                (Ok(_), id) if id != -1 && self.sensors_due(i) => Some(node.power.sensors().await),
                 _ => None,
             };
-            (obj, node, run, r, sensors)
+            (obj, i, run, r, sensors)
         }))
         .await;
-        for (obj, node, run, r, sensors) in readings {
+        for (obj, i, run, r, sensors) in readings {
             if let Some(s) = sensors {
-                self.note_sensors(&node.spec.name, s);
+                self.note_sensors(i, s);
             }
-            self.schedule(&node.spec.name, r.is_ok());
-            self.observe(&obj, &node, &run, r).await;
+            self.schedule(i, r.is_ok());
+            self.observe(&obj, &self.nodes[i], &run, r).await;
         }
     }
 
     /// Keeps a node's sensor reading; a failed reading keeps the last one (its age tells).
     /// A BMC that reads none is remembered as such, so it is asked again only when a reading
     /// would be due, not every round.
-    fn note_sensors(&self, node: &str, r: BResult<Sensors>) {
+    fn note_sensors(&self, node: usize, r: BResult<Sensors>) {
         let mut m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(s) => {
-                m.insert(node.to_string(), (Instant::now(), Some(s)));
+                m.insert(node, (Instant::now(), Some(s)));
             }
             Err(e) if e.kind == ErrorKind::Unsupported => {
-                m.insert(node.to_string(), (Instant::now(), None));
+                m.insert(node, (Instant::now(), None));
             }
-            Err(e) => tracing::debug!(node, "cannot read the sensors: {e}"),
+            Err(e) => {
+                tracing::debug!(node = %self.nodes[node].spec.name, "cannot read the sensors: {e}")
+            }
         }
     }
 
     /// Whether `node`'s sensors should be read this round: never asked yet, or last asked
     /// `SENSOR_ROUNDS` intervals ago.
-    fn sensors_due(&self, node: &str) -> bool {
+    fn sensors_due(&self, node: usize) -> bool {
         let every = self.cfg.watch_interval().saturating_mul(SENSOR_ROUNDS);
         let m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(node).is_none_or(|(at, _)| at.elapsed() >= every)
+        m.get(&node).is_none_or(|(at, _)| at.elapsed() >= every)
     }
 
     /// The last sensor reading of `node` and its age; none when the BMC reads no sensor.
     pub(super) fn sensors_of(&self, node: &str) -> Option<(Duration, Sensors)> {
+        let i = *self.node_index.get(node)?;
         let m = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, s) = m.get(node)?;
+        let (at, s) = m.get(&i)?;
         let s = (*s).filter(|s| s.power_watts.is_some() || s.inlet_celsius.is_some())?;
         Some((at.elapsed(), s))
     }
 
-    fn schedule(&self, node: &str, ok: bool) {
+    fn schedule(&self, node: usize, ok: bool) {
         let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-        let e = w.entry(node.to_string()).or_insert(NodeWatch {
+        let e = w.entry(node).or_insert(NodeWatch {
             fails: 0,
             next_due: Instant::now(),
         });
@@ -194,7 +196,12 @@ impl Driver {
         };
         // A reading of another run (or of the node a shut-off domain last ran on, which has
         // started since) says nothing about this one.
-        if obj.with(|s| s.id != run.0 || s.node != run.1) {
+        let same_node = |s: &super::DomState| match (&s.node, run.1) {
+            (Some(n), Some(i)) => *n == self.nodes[i].spec.name,
+            (None, None) => true,
+            _ => false,
+        };
+        if obj.with(|s| s.id != run.0 || !same_node(s)) {
             return;
         }
         let n = &node.spec.name;
