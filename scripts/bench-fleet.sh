@@ -64,6 +64,20 @@ awk -v n="$NODES" -v s="$STARTUP" -v a="$T0" -v b="$T1" -v hz="$hz" -v idle="$ID
 ./target/release/metalvirt-fleet --json --label "$NODES/$((NODES / 20))" --socket "$SOCK" --pid "$PN" \
   --domains "$NODES" --conns $((NODES / 20)) --watch-secs 20 --list-rounds 20 >"$LAB/fN.json"
 
+# A crash with 1,000 domains running, and the restart: load, recover and reconcile every
+# node (start-up CPU until ready).
+./target/release/metalvirt-fleet --json --label keep --socket "$SOCK" --pid "$PN" \
+  --domains 1000 --conns 50 --watch-secs 0 --list-rounds 1 --keep >/dev/null
+kill -9 "$PN"; wait "$PN" 2>/dev/null || true
+METALVIRT_LOG=info ./target/release/metalvirtd --sim-nodes "$NODES" --socket-dir "$LAB/mv-$NODES/run" \
+  --state-dir "$LAB/mv-$NODES/state" --config-dir "$LAB/mv-$NODES/etc" 2>"$LAB/restart.log" &
+PR=$!
+PIDS+=("$PR")
+for _ in $(seq 600); do grep -q '"ready"\| ready' "$LAB/restart.log" 2>/dev/null && break; sleep 0.05; done
+sleep 0.5
+awk -v t="$(ticks "$PR")" -v hz="$hz" 'BEGIN { printf "{\"restart_cpu_s\":%.3f}\n", t / hz }' >"$LAB/restart.json"
+kill "$PR"; wait "$PR" 2>/dev/null || true
+
 # libvirtd 9.0 with only its test driver: the same defines and listing (no hardware, so
 # no starts to compare).
 mkdir -p "$LAB/libvirt/nodrivers"
@@ -90,12 +104,14 @@ sleep 0.2
 import json, sys, os
 d = sys.argv[1]
 idle = json.load(open(os.path.join(d, "idle.json")))
-f1, fn, lv = (json.load(open(os.path.join(d, f))) for f in ("f1000.json", "fN.json", "lv.json"))
+f1, fn, lv, rs = (json.load(open(os.path.join(d, f)))
+                  for f in ("f1000.json", "fN.json", "lv.json", "restart.json"))
 n = idle["nodes"]
 per_node = (idle["rss_nodes_kib"] - idle["rss_1_node_kib"]) * 1024 / (n - 1)
 print(f"| measure ({n:,} simulated nodes) | metalvirtd |")
 print("|---|---:|")
 print(f"| start-up CPU (load, recover, reconcile) | {idle['startup_cpu_s']:.2f} s |")
+print(f"| start-up CPU after a crash with 1,000 running (recover them, reconcile every node) | {rs['restart_cpu_s']:.2f} s |")
 print(f"| idle CPU, nothing running | {idle['idle_cpu_percent']:.2f} % of one core |")
 print(f"| RSS idle, above a 1-node lab | {idle['rss_nodes_kib'] - idle['rss_1_node_kib']:,} KiB ({per_node:,.0f} bytes per node) |")
 for f in (f1, fn):

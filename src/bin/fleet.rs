@@ -14,7 +14,7 @@
 //! hardware (libvirtd's test driver) can be compared on.
 //!
 //! Usage: metalvirt-fleet --socket PATH [--name URI] [--pid PID] [--domains N] [--conns C]
-//!        [--list-rounds R] [--watch-secs S] [--no-start] [--label TEXT] [--json]
+//!        [--list-rounds R] [--watch-secs S] [--no-start] [--keep] [--label TEXT] [--json]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +52,9 @@ struct Cli {
     /// Define and list only (no hardware behind the daemon).
     #[arg(long)]
     no_start: bool,
+    /// Leave the domains running and defined (to measure a restart over them).
+    #[arg(long)]
+    keep: bool,
     /// Label for the output.
     #[arg(long, default_value = "daemon")]
     label: String,
@@ -237,6 +240,10 @@ async fn main() {
             format!("{:.2}", 100.0 * used.as_secs_f64() / cli.watch_secs),
         );
 
+        if cli.keep {
+            print_json(&cli, &out);
+            return;
+        }
         let c0 = cpu();
         let (wall, longest) = spread(&conns, &doms, "destroy", |c, dom| async move {
             c.call(p::DOMAIN_DESTROY, &Dom { dom }).await
@@ -261,6 +268,10 @@ async fn main() {
             .await
             .unwrap_or_else(|e| panic!("undefine {}: {e}", d.name));
     }
+    print_json(&cli, &out);
+}
+
+fn print_json(cli: &Cli, out: &[(String, String)]) {
     if cli.json {
         let fields: Vec<String> = out
             .iter()

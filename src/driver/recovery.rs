@@ -20,17 +20,31 @@ use crate::domain::def::LiveInfo;
 impl Driver {
     /// Starts the power watcher, NIC and disk reconciliation, disk healing and autostart.
     pub fn start_background(self: &Arc<Self>) {
+        // The domains found on each node, grouped once: reconciling a node looks at its own
+        // domains only (each node looking through every domain cost O(nodes × domains)
+        // job locks: 2.5 s of CPU for 1,000 running on 10,000 nodes).
+        let mut on: std::collections::HashMap<String, Vec<Arc<DomainObj>>> = Default::default();
+        for obj in self.all() {
+            if let Some(n) = obj.with(|s| s.node.clone()) {
+                on.entry(n).or_default().push(obj);
+            }
+        }
         for node in self.nodes.iter().cloned() {
-            let (d, n) = (self.clone(), node.clone());
+            let doms: Arc<[Arc<DomainObj>]> = on.remove(&node.spec.name).unwrap_or_default().into();
+            let (d, n, nic_doms) = (self.clone(), node.clone(), doms.clone());
             tokio::spawn(async move {
-                let r = until_ok("NIC ports", &n.spec.name, || d.reconcile_nics(&n)).await;
+                let r = until_ok("NIC ports", &n.spec.name, || {
+                    d.reconcile_nics(&n, &nic_doms)
+                })
+                .await;
                 if r.0 + r.1 > 0 {
                     tracing::warn!(node = %n.spec.name, removed = r.0, replugged = r.1, "reconciled NIC ports");
                 }
             });
             let d = self.clone();
             tokio::spawn(async move {
-                let r = until_ok("disks", &node.spec.name, || d.reconcile_disks(&node)).await;
+                let r =
+                    until_ok("disks", &node.spec.name, || d.reconcile_disks(&node, &doms)).await;
                 if r.0 + r.1 > 0 {
                     tracing::warn!(node = %node.spec.name, removed = r.0, remapped = r.1, "reconciled disks");
                 }
@@ -366,12 +380,16 @@ impl Driver {
     /// domain owns that the backend lacks (lost while the daemon was down) are plugged again,
     /// on the same function when it is free. Each domain is examined under its job, so
     /// operations running meanwhile are never undone. Returns (removed, re-plugged).
-    pub(super) async fn reconcile_nics(&self, node: &Node) -> Result<(usize, usize), String> {
+    pub(super) async fn reconcile_nics(
+        &self,
+        node: &Node,
+        doms: &[Arc<DomainObj>],
+    ) -> Result<(usize, usize), String> {
         let n = node.spec.name.as_str();
         let listed = node.nics.list().await.map_err(|e| e.to_string())?;
         let removed = self.remove_orphans(node, &listed, Orphan::Nic).await;
         let mut replugged = 0;
-        for obj in self.all() {
+        for obj in doms {
             let _job = obj.begin_internal_job("reconcile").await;
             if !obj.with(|s| s.active() && s.node.as_deref() == Some(n) && s.quarantine.is_none()) {
                 continue;
@@ -395,7 +413,7 @@ impl Driver {
             if steps.is_empty() {
                 continue;
             }
-            let Ok(mut tree) = Self::live_tree(&obj) else {
+            let Ok(mut tree) = Self::live_tree(obj) else {
                 continue;
             };
             let name = obj.with(|s| s.def.name().to_string());
@@ -433,7 +451,7 @@ impl Driver {
                 }
             }
             if changed {
-                let _ = self.commit_live(&obj, &tree).await;
+                let _ = self.commit_live(obj, &tree).await;
             }
         }
         Ok((removed, replugged))
@@ -446,12 +464,16 @@ impl Driver {
     /// attached again, which adopts what is there (the backend learns what to keep presenting)
     /// and maps what was lost while the daemon was down (at the same position on the host's
     /// controller); then the backend tidies what no disk uses. Returns (removed, remapped).
-    pub(super) async fn reconcile_disks(&self, node: &Node) -> Result<(usize, usize), String> {
+    pub(super) async fn reconcile_disks(
+        &self,
+        node: &Node,
+        doms: &[Arc<DomainObj>],
+    ) -> Result<(usize, usize), String> {
         let n = node.spec.name.as_str();
         let listed = node.disks.list().await.map_err(|e| e.to_string())?;
         let removed = self.remove_orphans(node, &listed, Orphan::Disk).await;
         let mut remapped = 0;
-        for obj in self.all() {
+        for obj in doms {
             let _job = obj.begin_internal_job("reconcile").await;
             if !obj.with(|s| s.active() && s.node.as_deref() == Some(n) && s.quarantine.is_none()) {
                 continue;
@@ -470,7 +492,7 @@ impl Driver {
                     })
                     .collect()
             });
-            let Ok(tree) = Self::live_tree(&obj) else {
+            let Ok(tree) = Self::live_tree(obj) else {
                 continue;
             };
             let name = obj.with(|s| s.def.name().to_string());

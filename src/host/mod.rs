@@ -99,7 +99,7 @@ pub fn free_memory_bytes(d: &Driver) -> u64 {
         .sum()
 }
 
-fn busy_nodes(d: &Driver) -> Vec<String> {
+fn busy_nodes(d: &Driver) -> std::collections::HashSet<String> {
     d.all()
         .iter()
         .filter_map(|o| o.with(|s| s.node.clone()))
