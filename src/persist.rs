@@ -17,6 +17,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// Like [`write_atomic`] without the directory fsync: for a caller that writes many files
+/// in one directory and then syncs it once ([`sync_dir`]) before relying on them.
+pub fn write_synced(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, data, mode, true)
+}
+
 /// Replaces `path` with `data` atomically (a reader sees the old or the new content) but
 /// without fsync: for state that need not survive a power cut, only a killed process.
 pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {

@@ -69,12 +69,21 @@ struct Files {
 }
 
 impl Files {
+    /// Writes (synced) or removes one file; durable once [`Files::sync`] has run after it.
     fn apply(&self, name: &str, content: Option<&str>) -> io::Result<()> {
         let path = self.dir.join(format!("{name}.{}", self.ext));
         match content {
-            Some(x) => persist::write_atomic(&path, x.as_bytes(), 0o600),
-            None => persist::remove(&path),
+            Some(x) => persist::write_synced(&path, x.as_bytes(), 0o600),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
         }
+    }
+
+    /// Makes the renames and removals before it durable: one directory fsync for a batch.
+    fn sync(&self) -> io::Result<()> {
+        persist::sync_dir(&self.dir)
     }
 }
 
@@ -127,6 +136,7 @@ impl CommitLog {
         for (name, xml) in &latest {
             files.apply(name, xml.as_deref())?;
         }
+        files.sync()?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -305,6 +315,7 @@ fn commit(
 
 /// Writes some pending changes to their files; empties the log when none are left.
 fn materialize_step(pending: &mut Pending, files: &Files, log: &File) {
+    let mut applied = Vec::new();
     for _ in 0..MATERIALIZE_STEP {
         let Some((name, xml)) = pending.pop_oldest() else {
             break;
@@ -313,6 +324,19 @@ fn materialize_step(pending: &mut Pending, files: &Files, log: &File) {
             // Keep it in the log (not emptied while anything is pending) and retry later.
             tracing::error!(file = %name, dir = %files.dir.display(), "cannot write: {e}");
             pending.insert(name, xml);
+            std::thread::sleep(Duration::from_millis(100));
+            return;
+        }
+        applied.push((name, xml));
+    }
+    // The log is emptied only after the directory holding the step's renames is synced;
+    // if it cannot be, the step's changes stay pending and are written again.
+    if !applied.is_empty() {
+        if let Err(e) = files.sync() {
+            tracing::error!(dir = %files.dir.display(), "cannot sync: {e}");
+            for (name, xml) in applied {
+                pending.insert(name, xml);
+            }
             std::thread::sleep(Duration::from_millis(100));
             return;
         }
