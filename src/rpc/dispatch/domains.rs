@@ -38,7 +38,14 @@ pub(super) async fn call(c: &Arc<Client>, proc_: i32, args: &[u8]) -> VirResult<
                 list.clear();
             }
             ret(ListAllDomainsRet {
-                domains: list.iter().map(wire).collect(),
+                domains: list
+                    .into_iter()
+                    .map(|r| Domain {
+                        name: r.name,
+                        uuid: *r.uuid.as_bytes(),
+                        id: r.id,
+                    })
+                    .collect(),
                 ret: n,
             })
         }
