@@ -7,6 +7,7 @@
 #   (for instance a journaled ext4) instead of /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/libvirtd-test.sh
 NODES=10000
 IDLE=10
 BASE=/tmp
@@ -80,24 +81,11 @@ kill "$PR"; wait "$PR" 2>/dev/null || true
 
 # libvirtd 9.0 with only its test driver: the same defines and listing (no hardware, so
 # no starts to compare).
-mkdir -p "$LAB/libvirt/nodrivers"
-cat >"$LAB/libvirt/libvirtd.conf" <<CONF
-listen_tls = 0
-listen_tcp = 0
-unix_sock_dir = "$LAB/libvirt"
-unix_sock_ro_perms = "0777"
-unix_sock_rw_perms = "0770"
-auth_unix_ro = "none"
-auth_unix_rw = "none"
-log_outputs = "3:file:$LAB/libvirt/libvirtd.log"
-CONF
-LIBVIRT_DRIVER_DIR=$LAB/libvirt/nodrivers libvirtd -f "$LAB/libvirt/libvirtd.conf" >"$LAB/libvirt/stdout.log" 2>&1 &
-LV=$!
-PIDS+=("$LV")
-for _ in $(seq 200); do [ -S "$LAB/libvirt/libvirt-sock" ] && break; sleep 0.05; done
+start_libvirtd_test "$LAB/libvirt" 'listen_tls = 0'
+PIDS+=("$LV_PID")
 sleep 0.2
-./target/release/metalvirt-fleet --json --label libvirtd --socket "$LAB/libvirt/libvirt-sock" \
-  --name test:///default --pid "$LV" --domains "$NODES" --conns 1 --list-rounds 20 --no-start \
+./target/release/metalvirt-fleet --json --label libvirtd --socket "$LV_SOCK" \
+  --name test:///default --pid "$LV_PID" --domains "$NODES" --conns 1 --list-rounds 20 --no-start \
   >"$LAB/lv.json"
 
 /usr/bin/python3 - "$LAB" <<'PY'

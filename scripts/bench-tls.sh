@@ -7,6 +7,7 @@
 # Usage: scripts/bench_tls.sh [extra metalvirt-bench args, e.g. --secs 5 --conns 8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/libvirtd-test.sh
 for p in libvirt-daemon libvirt-clients python3-cryptography; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients python3-cryptography; break; }
@@ -27,25 +28,10 @@ CLIENT=$LAB/pki/clients/nova
 MV_PORT=$(free_port)
 LV_PORT=$(free_port)
 
-mkdir -p "$LAB/libvirt/nodrivers"
-cat > "$LAB/libvirt/libvirtd.conf" <<CONF
-listen_tls = 1
-listen_tcp = 0
-listen_addr = "127.0.0.1"
-tls_port = "$LV_PORT"
-key_file = "$PKI/serverkey.pem"
-cert_file = "$PKI/servercert.pem"
-ca_file = "$PKI/cacert.pem"
-auth_tls = "none"
-unix_sock_dir = "$LAB/libvirt"
-unix_sock_ro_perms = "0777"
-unix_sock_rw_perms = "0770"
-auth_unix_ro = "none"
-auth_unix_rw = "none"
-log_outputs = "3:file:$LAB/libvirt/libvirtd.log"
-CONF
-LIBVIRT_DRIVER_DIR=$LAB/libvirt/nodrivers libvirtd --listen -f "$LAB/libvirt/libvirtd.conf" >"$LAB/libvirt/stdout.log" 2>&1 &
-LV_PID=$!
+start_libvirtd_test "$LAB/libvirt" 'listen_tls = 1' 'listen_addr = "127.0.0.1"' \
+  "tls_port = \"$LV_PORT\"" "key_file = \"$PKI/serverkey.pem\"" \
+  "cert_file = \"$PKI/servercert.pem\"" "ca_file = \"$PKI/cacert.pem\"" 'auth_tls = "none"' \
+  -- --listen
 
 cat > "$LAB/metalvirtd.toml" <<CONF
 listen_addr = "127.0.0.1"

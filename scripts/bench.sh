@@ -4,6 +4,7 @@
 # Usage: scripts/bench.sh [extra metalvirt-bench args, e.g. --secs 5 --conns 8 --depth 4]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/libvirtd-test.sh
 for p in libvirt-daemon libvirt-clients; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients; break; }
@@ -18,19 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 # libvirtd with only the test driver (no connection-driver modules are loaded).
-mkdir -p "$LAB/libvirt/nodrivers"
-cat > "$LAB/libvirt/libvirtd.conf" <<CONF
-listen_tls = 0
-listen_tcp = 0
-unix_sock_dir = "$LAB/libvirt"
-unix_sock_ro_perms = "0777"
-unix_sock_rw_perms = "0770"
-auth_unix_ro = "none"
-auth_unix_rw = "none"
-log_outputs = "3:file:$LAB/libvirt/libvirtd.log"
-CONF
-LIBVIRT_DRIVER_DIR=$LAB/libvirt/nodrivers libvirtd -f "$LAB/libvirt/libvirtd.conf" >"$LAB/libvirt/stdout.log" 2>&1 &
-LV_PID=$!
+start_libvirtd_test "$LAB/libvirt" 'listen_tls = 0'
 
 # metalvirtd on its simulated lab.
 cat > "$LAB/metalvirtd.toml" <<CONF
