@@ -210,22 +210,32 @@ async fn main() {
         let perfect = single * per_conn as u32;
         put("perfect_overlap_s", format!("{:.2}", perfect.as_secs_f64()));
 
-        let c0 = cpu();
-        let (wall, longest) = spread(&conns, &doms, "start", |c, dom| async move {
-            c.call(p::DOMAIN_CREATE, &Dom { dom }).await
-        })
-        .await;
-        let used = cpu().saturating_sub(c0);
-        put("start_all_s", format!("{:.2}", wall.as_secs_f64()));
-        put(
-            "start_vs_perfect",
-            format!("{:.2}", wall.as_secs_f64() / perfect.as_secs_f64()),
-        );
-        put("start_longest_s", format!("{:.3}", longest.as_secs_f64()));
-        put(
-            "start_cpu_us_each",
-            format!("{:.0}", used.as_micros() as f64 / cli.domains as f64),
-        );
+        let phase = |what: &'static str, proc_: i32| {
+            let (conns, doms) = (&conns, &doms);
+            async move {
+                let c0 = cpu();
+                let (wall, longest) = spread(conns, doms, what, move |c, dom| async move {
+                    c.call(proc_, &Dom { dom }).await
+                })
+                .await;
+                let used = cpu().saturating_sub(c0);
+                [
+                    ("all_s", format!("{:.2}", wall.as_secs_f64())),
+                    (
+                        "vs_perfect",
+                        format!("{:.2}", wall.as_secs_f64() / perfect.as_secs_f64()),
+                    ),
+                    ("longest_s", format!("{:.3}", longest.as_secs_f64())),
+                    (
+                        "cpu_us_each",
+                        format!("{:.0}", used.as_micros() as f64 / doms.len() as f64),
+                    ),
+                ]
+            }
+        };
+        for (k, v) in phase("start", p::DOMAIN_CREATE).await {
+            put(&format!("start_{k}"), v);
+        }
         put("rss_running_kib", rss().to_string());
 
         let (rate, seen) = list(cli.list_rounds).await;
@@ -244,22 +254,9 @@ async fn main() {
             print_json(&cli, &out);
             return;
         }
-        let c0 = cpu();
-        let (wall, longest) = spread(&conns, &doms, "destroy", |c, dom| async move {
-            c.call(p::DOMAIN_DESTROY, &Dom { dom }).await
-        })
-        .await;
-        let used = cpu().saturating_sub(c0);
-        put("destroy_all_s", format!("{:.2}", wall.as_secs_f64()));
-        put(
-            "destroy_vs_perfect",
-            format!("{:.2}", wall.as_secs_f64() / perfect.as_secs_f64()),
-        );
-        put("destroy_longest_s", format!("{:.3}", longest.as_secs_f64()));
-        put(
-            "destroy_cpu_us_each",
-            format!("{:.0}", used.as_micros() as f64 / cli.domains as f64),
-        );
+        for (k, v) in phase("destroy", p::DOMAIN_DESTROY).await {
+            put(&format!("destroy_{k}"), v);
+        }
     }
 
     for d in doms.iter() {

@@ -194,11 +194,16 @@ impl DomainObj {
 
     /// The wire identity.
     pub fn dom_ref(&self) -> DomRef {
-        self.with(|s| DomRef {
+        self.with(|s| self.dom_ref_of(s))
+    }
+
+    /// The reference, from state the caller already holds locked.
+    fn dom_ref_of(&self, s: &DomState) -> DomRef {
+        DomRef {
             name: s.def.name().to_string(),
             uuid: self.uuid,
             id: s.id,
-        })
+        }
     }
 }
 
@@ -407,15 +412,7 @@ impl Driver {
         Ok(reg
             .by_uuid
             .values()
-            .filter_map(|obj| {
-                obj.with(|s| {
-                    Self::list_filter(s, flags).then(|| DomRef {
-                        name: s.def.name().to_string(),
-                        uuid: obj.uuid,
-                        id: s.id,
-                    })
-                })
-            })
+            .filter_map(|obj| obj.with(|s| Self::list_filter(s, flags).then(|| obj.dom_ref_of(s))))
             .collect())
     }
 

@@ -353,6 +353,14 @@ class Daemon:
         return {n: v.get("power") for n, v in self.sim_state().get("nodes", {}).items()}
 
 
+def quietly(fn):
+    """Calls fn(), ignoring the libvirt error it may raise (cleanups, calls cut short)."""
+    try:
+        fn()
+    except libvirt.libvirtError:
+        pass
+
+
 def wait_until(predicate, timeout=10.0, interval=0.025, what="condition"):
     """Polls predicate() until it is truthy; returns its value or raises AssertionError."""
     deadline = time.monotonic() + timeout

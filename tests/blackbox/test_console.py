@@ -14,7 +14,7 @@ import libvirt as L
 
 from .peers import free_port
 from .harness import (
-    DaemonCase, expect_error, nova_domain_xml, read_until, start_event_loop, wait_eof,
+    DaemonCase, expect_error, nova_domain_xml, quietly, read_until, start_event_loop, wait_eof,
 )
 
 UUID = "c0750000-0000-4000-8000-000000000001"
@@ -29,7 +29,7 @@ class Console(DaemonCase):
 
     def stream(self):
         st = self.conn.newStream(L.VIR_STREAM_NONBLOCK)
-        self.addCleanup(lambda: _quietly(st.abort))
+        self.addCleanup(lambda: quietly(st.abort))
         return st
 
     def test_console_carries_output_and_keystrokes(self):
@@ -170,12 +170,6 @@ class TcpSerial(DaemonCase):
             self.assertEqual(e.get_error_code(), L.VIR_ERR_CONFIG_UNSUPPORTED)
             self.assertIn(want, str(e))
 
-
-def _quietly(fn):
-    try:
-        fn()
-    except libvirt.libvirtError:
-        pass
 
 
 if __name__ == "__main__":

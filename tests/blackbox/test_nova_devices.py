@@ -18,7 +18,7 @@ import libvirt
 
 from .harness import (
     DaemonCase, CEPH_KEY, CEPH_SECRET_UUID, NOVA_NS, Daemon, bound_node, define_ceph_secret,
-    expect_error, nova_domain_xml, nova_instance_xml, open_like_nova, wait_until,
+    expect_error, nova_domain_xml, nova_instance_xml, open_like_nova, quietly, wait_until,
 )
 
 L = libvirt
@@ -512,7 +512,7 @@ class CrashDuringHotplug(DeviceCase):
         return self.d.live_status(UUID)
 
     def kill_during(self, call, ready):
-        t = threading.Thread(target=_swallow, args=(call,))
+        t = threading.Thread(target=quietly, args=(call,))
         t.start()
         wait_until(ready, 10, what="the change to be journaled")
         self.d.kill_and_restart()
@@ -545,12 +545,6 @@ class CrashDuringHotplug(DeviceCase):
         self.assertIsNone(sim_disk_by_source(self.d, vol))
         self.assertIsNotNone(sim_disk_by_source(self.d, f"rbd:volumes/volume-{VOLUME}"))
 
-
-def _swallow(call):
-    try:
-        call()
-    except libvirt.libvirtError:
-        pass
 
 
 if __name__ == "__main__":
