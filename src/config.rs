@@ -136,6 +136,173 @@ pub struct NodeConfig {
     /// Disk mapping by the node's DPU (absent: the simulated lab's).
     #[serde(default)]
     pub disks: Option<DisksConfig>,
+    /// The node's DPU runs `metalvirt-agent`: its disks and NICs are reached through it
+    /// (then `[node.disks]` and `[node.nics]` belong in the agent's configuration).
+    #[serde(default)]
+    pub agent: Option<AgentLinkConfig>,
+}
+
+/// How a controller reaches a node's `metalvirt-agent` (`[node.agent]`): mutual TLS, the
+/// agent's certificate checked against `ca_file` and the name it is reached by.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLinkConfig {
+    /// `host:port` (`dpu-07:16600`, `[fd00::7]:16600`).
+    pub address: String,
+    /// The name the agent's certificate must carry (default: the host of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The controller's client certificate (with intermediates after it).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// CA certificate(s) the agent's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Time limit of one call through the agent, in seconds (the agent's own backend time
+    /// limits apply inside it).
+    #[serde(default = "default_agent_call_timeout")]
+    pub timeout_s: f64,
+    /// Time limit of connecting (TCP and TLS), in seconds: calls to an agent that is down
+    /// fail within it.
+    #[serde(default = "default_agent_connect_timeout")]
+    pub connect_timeout_s: f64,
+}
+
+fn default_agent_call_timeout() -> f64 {
+    120.0
+}
+
+fn default_agent_connect_timeout() -> f64 {
+    2.0
+}
+
+impl AgentLinkConfig {
+    fn validate(&self) -> Result<(), String> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.timeout_s) || !positive(self.connect_timeout_s) {
+            return Err("agent.timeout_s and agent.connect_timeout_s must be positive".into());
+        }
+        split_host_port(&self.address)
+            .map(|_| ())
+            .map_err(|e| format!("agent.address: {e}"))
+    }
+
+    /// The name the agent's certificate must carry.
+    pub fn server_name(&self) -> String {
+        match &self.server_name {
+            Some(n) => n.clone(),
+            None => split_host_port(&self.address)
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `host:port` or `[v6]:port` split; the host without brackets.
+pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("'{addr}' is not [address]:port"))?;
+        (h, p)
+    } else {
+        addr.rsplit_once(':')
+            .filter(|(h, _)| !h.contains(':'))
+            .ok_or_else(|| format!("'{addr}' is not host:port"))?
+    };
+    if host.is_empty() {
+        return Err(format!("'{addr}' names no host"));
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("'{addr}': port '{port}' is not a number from 1 to 65535"))?;
+    Ok((host, port))
+}
+
+/// `metalvirt-agent`'s configuration (`/etc/metalvirt/metalvirt-agent.toml`): the one node
+/// whose DPU it runs on, its disk and NIC backends (as a node's `[node.disks]` and
+/// `[node.nics]`), and the mutual-TLS listener controllers call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The node's name; the controller checks it is talking to the node it configured.
+    pub node: String,
+    /// `address:port` to listen on (default all addresses, port 16600).
+    #[serde(default = "default_agent_listen")]
+    pub listen: String,
+    /// The agent's certificate (with intermediates after it).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// CA certificate(s) a controller's client certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Where the simulated lab keeps its state, for parts left simulated.
+    #[serde(default = "default_agent_state_dir")]
+    pub state_dir: PathBuf,
+    /// Disk mapping (absent: the simulated lab's).
+    #[serde(default)]
+    pub disks: Option<DisksConfig>,
+    /// NIC plumbing (absent: the simulated lab's).
+    #[serde(default)]
+    pub nics: Option<NicsConfig>,
+    /// Directory of the configuration file; relative paths in it are taken from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_agent_listen() -> String {
+    "[::]:16600".into()
+}
+
+fn default_agent_state_dir() -> PathBuf {
+    "/var/lib/metalvirt-agent".into()
+}
+
+impl AgentConfig {
+    /// Loads and checks a file.
+    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut c: AgentConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        c.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.node;
+        if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!(
+                "node name '{n}' must be non-empty, without spaces or '/'"
+            ));
+        }
+        split_host_port(&self.listen).map_err(|e| format!("listen: {e}"))?;
+        if let Some(nics) = &self.nics {
+            nics.validate()?;
+        }
+        if let Some(disks) = &self.disks {
+            disks.validate()?;
+        }
+        Ok(())
+    }
+
+    /// A path from the configuration file, relative ones taken from its directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
 }
 
 /// Disk mapping drivers.
@@ -959,6 +1126,12 @@ impl NodeConfig {
         }
         if let Some(disks) = &self.disks {
             disks.validate().map_err(|m| format!("node '{n}': {m}"))?;
+        }
+        if let Some(agent) = &self.agent {
+            agent.validate().map_err(|m| format!("node '{n}': {m}"))?;
+            if self.disks.is_some() || self.nics.is_some() {
+                return e("[node.disks] and [node.nics] cannot be given with [node.agent]: the agent's own configuration names the DPU's SPDK and Open vSwitch");
+            }
         }
         if b.driver == BmcDriver::Sim {
             return Ok(());

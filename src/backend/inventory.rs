@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::agent::client::{AgentDisks, AgentLink, AgentNics};
 use super::bmc::ipmi::{self, Ipmi, IpmiSettings};
 use super::bmc::read_password;
 use super::bmc::redfish::{Redfish, RedfishSettings};
@@ -48,25 +49,37 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
             BmcDriver::Ipmi => (Arc::new(ipmi(cfg, nc)?), bmc_desc(nc)),
         };
         let real_nics = nc.nics.as_ref().filter(|n| n.driver == NicsDriver::Ovs);
-        let nics: Arc<dyn Nics> = match real_nics {
-            Some(n) => Arc::new(ovs_nics(cfg, nc, n, &mut sessions)?),
-            None => sim.clone(),
-        };
         let real_disks = nc.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
-        let disks: Arc<dyn Disks> = match real_disks {
-            Some(d) => Arc::new(spdk_disks(nc, d)?),
-            None => sim.clone(),
+        let agent = match &nc.agent {
+            Some(a) => Some(
+                AgentLink::start(&nc.name, a, &|p| cfg.resolve(p))
+                    .map_err(|e| format!("node '{}': {e}", nc.name))?,
+            ),
+            None => None,
+        };
+        let nics: Arc<dyn Nics> = match (&agent, real_nics) {
+            (Some(link), _) => Arc::new(AgentNics(link.clone())),
+            (None, Some(n)) => Arc::new(ovs_nics(&|p| cfg.resolve(p), &nc.name, n, &mut sessions)?),
+            (None, None) => sim.clone(),
+        };
+        let disks: Arc<dyn Disks> = match (&agent, real_disks) {
+            (Some(link), _) => Arc::new(AgentDisks(link.clone())),
+            (None, Some(d)) => Arc::new(spdk_disks(&nc.name, d)?),
+            (None, None) => sim.clone(),
         };
         let simulated = Simulated {
             power: nc.bmc.driver == BmcDriver::Sim,
-            disks: real_disks.is_none(),
-            nics: real_nics.is_none(),
+            disks: real_disks.is_none() && agent.is_none(),
+            nics: real_nics.is_none() && agent.is_none(),
         };
-        let nics_desc = real_nics
-            .and_then(|n| n.ovsdb.as_deref())
+        let agent_desc = agent.as_ref().map(|a| format!("agent {}", a.addr()));
+        let nics_desc = agent_desc
+            .as_deref()
+            .or(real_nics.and_then(|n| n.ovsdb.as_deref()))
             .unwrap_or("simulated");
-        let disks_desc = real_disks
-            .and_then(|d| d.spdk.as_deref())
+        let disks_desc = agent_desc
+            .as_deref()
+            .or(real_disks.and_then(|d| d.spdk.as_deref()))
             .unwrap_or("simulated");
         match simulated.sentence() {
             Some(s) => {
@@ -94,9 +107,11 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
                 power_off_timeout: Duration::from_secs_f64(nc.bmc.power_off_timeout_s),
                 boot_persistent: nc.bmc.boot_persistent,
                 bmc_desc: desc,
-                nic_functions: match real_nics {
-                    Some(n) => n.pool()?.into(),
-                    None => sim_pool.clone(),
+                // An agent's NIC pool is its own configuration's: none is listed here.
+                nic_functions: match (real_nics, &agent) {
+                    (_, Some(_)) => Vec::new().into(),
+                    (Some(n), None) => n.pool()?.into(),
+                    (None, None) => sim_pool.clone(),
                 },
                 nic_bridge: real_nics.map_or(sim::BRIDGE, |n| n.bridge.as_str()).into(),
             },
@@ -108,14 +123,15 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
     Ok(nodes)
 }
 
-fn spdk_disks(nc: &NodeConfig, d: &DisksConfig) -> Result<SpdkDisks, String> {
+/// SPDK disk mapping for node `node` (the daemon's `[node.disks]`, an agent's `[disks]`).
+pub(super) fn spdk_disks(node: &str, d: &DisksConfig) -> Result<SpdkDisks, String> {
     let secs = Duration::from_secs_f64;
     let attach_timeout = secs(d.attach_timeout_s);
     let frontend: Box<dyn Frontend> = match d.frontend {
         DiskFrontend::Nvmf => {
             let (trtype, addr, port) = d
                 .fabric_listener()
-                .map_err(|e| format!("node '{}': {e}", nc.name))?;
+                .map_err(|e| format!("node '{node}': {e}"))?;
             Box::new(
                 Nvmf::new(
                     Listen::Fabric { trtype, addr, port },
@@ -140,11 +156,11 @@ fn spdk_disks(nc: &NodeConfig, d: &DisksConfig) -> Result<SpdkDisks, String> {
     ));
     Ok(SpdkDisks::new(
         SpdkSettings {
-            node: nc.name.clone(),
+            node: node.to_string(),
             initiator_iqn: d
                 .initiator_iqn
                 .clone()
-                .unwrap_or_else(|| format!("iqn.2026-11.io.metalvirt:{}", nc.name)),
+                .unwrap_or_else(|| format!("iqn.2026-11.io.metalvirt:{node}")),
             rbd_block_size: d.rbd_block_size,
             attach_timeout,
             resize_wait: secs(d.resize_wait_s),
@@ -155,9 +171,11 @@ fn spdk_disks(nc: &NodeConfig, d: &DisksConfig) -> Result<SpdkDisks, String> {
     ))
 }
 
-fn ovs_nics(
-    cfg: &Config,
-    nc: &NodeConfig,
+/// Open vSwitch NIC plumbing for node `node`; nodes naming the same OVSDB share a session.
+/// `resolve` makes the configuration's relative paths absolute.
+pub(super) fn ovs_nics(
+    resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
+    node: &str,
     n: &NicsConfig,
     sessions: &mut HashMap<String, Arc<Session>>,
 ) -> Result<OvsNics, String> {
@@ -166,19 +184,19 @@ fn ovs_nics(
     let tls = match (&n.ssl_key, &n.ssl_cert, &n.ssl_ca) {
         (Some(k), Some(c), Some(ca)) => {
             let read = |p: &std::path::PathBuf| {
-                let p = cfg.resolve(p);
+                let p = resolve(p);
                 std::fs::read(&p)
-                    .map_err(|e| format!("node '{}': cannot read {}: {e}", nc.name, p.display()))
+                    .map_err(|e| format!("node '{node}': cannot read {}: {e}", p.display()))
             };
             Some(
                 crate::backend::ovs::ovsdb::tls_config(&read(ca)?, &read(c)?, &read(k)?)
-                    .map_err(|e| format!("node '{}': OVSDB over ssl: {e}", nc.name))?,
+                    .map_err(|e| format!("node '{node}': OVSDB over ssl: {e}"))?,
             )
         }
         _ => None,
     };
     if addr.starts_with("tcp:") {
-        tracing::warn!(node = %nc.name, ovsdb = %addr, "OVSDB over plain tcp: anyone on that network can change this node's switch; use ssl: or unix:");
+        tracing::warn!(node, ovsdb = %addr, "OVSDB over plain tcp: anyone on that network can change this node's switch; use ssl: or unix:");
     }
     let session = sessions
         .entry(addr.clone())
@@ -186,7 +204,7 @@ fn ovs_nics(
         .clone();
     let functions = n
         .pool()
-        .map_err(|e| format!("node '{}': {e}", nc.name))?
+        .map_err(|e| format!("node '{node}': {e}"))?
         .into_iter()
         .map(|(function, representor)| Function {
             function,
@@ -195,7 +213,7 @@ fn ovs_nics(
         .collect();
     Ok(OvsNics::new(
         OvsSettings {
-            node: nc.name.clone(),
+            node: node.to_string(),
             bridge: n.bridge.clone(),
             functions,
             interface_type: n.interface_type.clone(),

@@ -9,6 +9,7 @@
 //! interrupted start can be undone after a crash. `detach`/`unplug` of an unknown handle
 //! succeeds: undo must be idempotent.
 
+pub mod agent;
 pub mod bmc;
 pub mod inventory;
 pub mod jsonstream;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::secret_value::SecretValue;
 
 /// What kind of failure a backend call met; the driver maps it to a libvirt error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The peer refused or failed the request.
     Failed,
@@ -42,7 +43,7 @@ pub enum ErrorKind {
 }
 
 /// A backend failure, carrying the backend's own reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendError {
     /// Classification.
     pub kind: ErrorKind,
@@ -346,7 +347,7 @@ pub enum Volume {
 }
 
 /// Sizes of a mapped disk, in bytes (`virDomainBlockInfo`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BlockInfo {
     /// Size the host sees.
     pub capacity: u64,
@@ -357,7 +358,7 @@ pub struct BlockInfo {
 }
 
 /// I/O counters of a mapped disk (`virDomainBlockStats`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BlockStats {
     /// Read requests.
     pub rd_req: i64,
@@ -378,7 +379,7 @@ pub struct BlockStats {
 }
 
 /// Traffic counters of a plugged NIC (`virDomainInterfaceStats`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct IfStats {
     /// Bytes received.
     pub rx_bytes: i64,
@@ -500,7 +501,8 @@ pub trait Disks: Send + Sync {
     /// Checks, before anything moves, that this backend can present `spec` (its source and
     /// bus); `Ok(Some(note))` when it presents it other than the definition says, for
     /// GET_MESSAGES. An `Unsupported` error means the definition asks for the impossible.
-    fn accepts(&self, _spec: &DiskSpec) -> BResult<Option<String>> {
+    /// Asked before every start and hot-plug (an agent answers it over the network).
+    async fn accepts(&self, _spec: &DiskSpec) -> BResult<Option<String>> {
         Ok(None)
     }
     /// Repairs what the backend undid on its own (SPDK drops a namespace whose remote volume
@@ -517,6 +519,12 @@ pub trait Disks: Send + Sync {
     async fn tidy(&self) -> BResult<Vec<String>> {
         Ok(Vec::new())
     }
+    /// Bumped each time the backend's peer comes back after being out of reach (a DPU's
+    /// agent restarted or reconnected): what it holds may have changed, so the driver
+    /// reconciles the node's disks again. `None`: no such peer.
+    fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// NIC plumbing on the node's DPU.
@@ -530,6 +538,10 @@ pub trait Nics: Send + Sync {
     async fn list(&self) -> BResult<Vec<String>>;
     /// Traffic counters of a plugged NIC.
     async fn stats(&self, handle: &str) -> BResult<IfStats>;
+    /// As [`Disks::reconnects`], for the node's NICs.
+    fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// One bare-metal server and its backends.

@@ -178,7 +178,7 @@ impl Driver {
                         .max()
                 });
                 spec.unit = Some(last.unwrap_or(0) + 1);
-                let notes = disk_notes(&node, std::slice::from_ref(&spec))?;
+                let notes = disk_notes(&node, std::slice::from_ref(&spec)).await?;
                 obj.with(|s| notes.into_iter().for_each(|n| s.note(n)));
                 disk = Some(spec);
             }

@@ -118,7 +118,7 @@ impl Driver {
         check_devices(&tree)?;
         let nics = nic_plan(&obj.uuid, &tree);
         let node = self.place(obj.uuid, &tree).await?;
-        let notes = match disk_notes(&node, &disks) {
+        let notes = match disk_notes(&node, &disks).await {
             Ok(n) => n,
             Err(e) => {
                 self.release(&node.spec.name, obj.uuid);

@@ -102,16 +102,21 @@ pub(super) fn disk_spec(
 
 /// Asks the node's disk backend whether it can present each disk (before anything moves);
 /// returns its notes for GET_MESSAGES. A refusal is `VIR_ERR_CONFIG_UNSUPPORTED`.
-pub(super) fn disk_notes(node: &Node, disks: &[DiskSpec]) -> VirResult<Vec<String>> {
+pub(super) async fn disk_notes(node: &Node, disks: &[DiskSpec]) -> VirResult<Vec<String>> {
     let mut notes = Vec::new();
     for d in disks {
-        match node.disks.accepts(d) {
+        match node.disks.accepts(d).await {
             Ok(Some(n)) => notes.push(n),
             Ok(None) => {}
             Err(e) if e.kind == ErrorKind::Unsupported => {
                 return Err(VirError::config_unsupported(&e.msg))
             }
-            Err(e) => return Err(VirError::operation_failed(&e.msg)),
+            Err(e) => {
+                return Err(super::backend_error(
+                    &format!("cannot check disk {} on {}", d.target, node.spec.name),
+                    &e,
+                ))
+            }
         }
     }
     Ok(notes)

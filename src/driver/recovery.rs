@@ -71,6 +71,9 @@ impl Driver {
                 }
             });
         }
+        for node in self.nodes.iter() {
+            self.reconcile_on_reconnect(node);
+        }
         let d = self.clone();
         tokio::spawn(async move {
             for obj in d.all() {
@@ -86,6 +89,43 @@ impl Driver {
             }
         });
         self.start_watcher();
+    }
+
+    /// Reconciles a node's NICs (disks) again each time their backend's peer comes back
+    /// after a loss (a DPU agent restarted or was out of reach): a start it was in the
+    /// middle of is undone there, and what it lost is plugged (mapped) again.
+    fn reconcile_on_reconnect(self: &Arc<Self>, node: &Node) {
+        if let Some(mut rx) = node.nics.reconnects() {
+            let (d, n) = (self.clone(), node.clone());
+            tokio::spawn(async move {
+                rx.borrow_and_update();
+                while rx.changed().await.is_ok() {
+                    let doms = d.domains_on(&n.spec.name);
+                    let r =
+                        until_ok("NIC ports", &n.spec.name, || d.reconcile_nics(&n, &doms)).await;
+                    tracing::warn!(node = %n.spec.name, removed = r.0, replugged = r.1, "reconciled NIC ports after the backend came back");
+                }
+            });
+        }
+        if let Some(mut rx) = node.disks.reconnects() {
+            let (d, n) = (self.clone(), node.clone());
+            tokio::spawn(async move {
+                rx.borrow_and_update();
+                while rx.changed().await.is_ok() {
+                    let doms = d.domains_on(&n.spec.name);
+                    let r = until_ok("disks", &n.spec.name, || d.reconcile_disks(&n, &doms)).await;
+                    tracing::warn!(node = %n.spec.name, removed = r.0, remapped = r.1, "reconciled disks after the backend came back");
+                }
+            });
+        }
+    }
+
+    /// The domains whose live run is on `node`.
+    fn domains_on(&self, node: &str) -> Vec<Arc<DomainObj>> {
+        self.all()
+            .into_iter()
+            .filter(|o| o.with(|s| s.node.as_deref() == Some(node)))
+            .collect()
     }
 
     // ------------------------------------------------------------------ recovery

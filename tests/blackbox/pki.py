@@ -69,7 +69,9 @@ class CA:
             .sign(self.key, hashes.SHA256())
         )
 
-    def issue(self, cn, server=False, expired=False, org=ORG):
+    def issue(self, cn, server=False, expired=False, org=ORG, names=()):
+        """A certificate for `cn`: a client's, or with `server` a server's naming
+        localhost, 127.0.0.1, ::1 and each of `names` (host names or IP addresses)."""
         key = _key()
         now = _now()
         if expired:
@@ -92,11 +94,15 @@ class CA:
                 critical=False)
         )
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]), critical=False)
+            alt = [x509.DNSName("localhost"),
+                   x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                   x509.IPAddress(ipaddress.ip_address("::1"))]
+            for n in names:
+                try:
+                    alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+                except ValueError:
+                    alt.append(x509.DNSName(n))
+            b = b.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         return key, b.sign(self.key, hashes.SHA256())
 
     def crl(self, revoked_certs):
@@ -183,3 +189,26 @@ class Pki:
             "tls_readonly_dn_list = [" + ", ".join(q(p) for p in readonly) + "]",
         ]
         return "\n".join(lines) + "\n"
+
+
+class AgentPki:
+    """Certificates for controller mode, under `root`: ca.pem (the agent link's CA),
+    agent/{cert,key}.pem (the agent's, naming each of `agent_names`), controller/ (the
+    controller's client certificate from that CA) and rogue/ (a client certificate from
+    another CA, which an agent must refuse)."""
+
+    def __init__(self, root, agent_names=("dpu-1",)):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        ca, rogue = CA("metalvirt agent CA"), CA("rogue CA")
+        _write(self.path("ca.pem"), _pem_cert(ca.cert))
+        for sub, issuer, cn, server in (("agent", ca, "agent", True),
+                                        ("controller", ca, "controller", False),
+                                        ("rogue", rogue, "controller", False)):
+            os.makedirs(self.path(sub), exist_ok=True)
+            key, cert = issuer.issue(cn, server=server, names=agent_names if server else ())
+            _write(self.path(sub, "key.pem"), _pem_key(key))
+            _write(self.path(sub, "cert.pem"), _pem_cert(cert))
+
+    def path(self, *p):
+        return os.path.join(self.root, *p)

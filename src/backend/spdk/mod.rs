@@ -760,7 +760,7 @@ impl Disks for SpdkDisks {
         })
     }
 
-    fn accepts(&self, spec: &DiskSpec) -> BResult<Option<String>> {
+    async fn accepts(&self, spec: &DiskSpec) -> BResult<Option<String>> {
         if Source::of(&spec.volume).is_none() {
             return Err(BackendError::with_kind(
                 ErrorKind::Unsupported,
@@ -1414,8 +1414,8 @@ mod tests {
         assert_eq!(st["bdevs"], json!({}));
     }
 
-    #[test]
-    fn buses_the_frontend_cannot_present_are_refused_others_noted() {
+    #[tokio::test]
+    async fn buses_the_frontend_cannot_present_are_refused_others_noted() {
         let b = SpdkDisks::new(
             SpdkSettings {
                 node: "bm-0".into(),
@@ -1430,26 +1430,31 @@ mod tests {
         );
         let mut d = disk("hda", iscsi_vol("x"), 1);
         d.bus = Some("ide".into());
-        let e = b.accepts(&d).unwrap_err();
+        let e = b.accepts(&d).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
         assert!(e.msg.contains("disk bus 'ide'"), "{e}");
         d.bus = Some("virtio".into());
         assert!(b
             .accepts(&d)
+            .await
             .unwrap()
             .unwrap()
             .contains("as an NVMe namespace"));
         d.bus = Some("nvme".into());
-        assert_eq!(b.accepts(&d).unwrap(), None);
+        assert_eq!(b.accepts(&d).await.unwrap(), None);
         d.readonly = true;
         assert!(b
             .accepts(&d)
+            .await
             .unwrap_err()
             .msg
             .contains("cannot present a disk read-only"));
         d.readonly = false;
         d.volume = Volume::Other;
-        assert_eq!(b.accepts(&d).unwrap_err().kind, ErrorKind::Unsupported);
+        assert_eq!(
+            b.accepts(&d).await.unwrap_err().kind,
+            ErrorKind::Unsupported
+        );
     }
 
     fn spec(handle: &str, serial: Option<&str>) -> DiskSpec {

@@ -1,0 +1,522 @@
+//! The controller's side of an agent: one mutual-TLS connection per agent, kept up by a
+//! background task (pings while up, reconnects with backoff while down), and the node's
+//! [`Disks`] and [`Nics`] over it.
+//!
+//! While the agent is down, calls fail at once (within `connect_timeout_s` for the attempt
+//! a call makes itself, then from the last attempt's error for a second), with an error
+//! naming the node and the agent. Each time the link comes back after a loss it bumps
+//! [`AgentLink::reconnects`], and the driver reconciles the node again: the agent may have
+//! restarted, and a start it was in the middle of must be undone there.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tarpc::client::RpcError;
+use tarpc::context::Context;
+use tarpc::tokio_serde::formats::Json;
+use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tokio::sync::{watch, Notify};
+
+use super::{AgentV1Client, Answer, Hello, WireDisk, MAX_FRAME, PROTOCOL_VERSION};
+use crate::backend::{
+    BResult, BackendError, BlockInfo, BlockStats, DiskSpec, Disks, ErrorKind, IfStats, NicSpec,
+    Nics, Qos,
+};
+use crate::config::AgentLinkConfig;
+
+/// How often a live link is checked.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a ping may take before the link counts as lost.
+const PING_LIMIT: Duration = Duration::from_secs(3);
+/// After a failed attempt, calls answer its error for this long before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Longest pause between the background task's attempts while the agent is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+struct LinkState {
+    /// The live connection and its sequence number.
+    conn: Option<(u64, AgentV1Client)>,
+    /// Connections made so far.
+    seq: u64,
+    /// The agent's last hello.
+    hello: Option<Hello>,
+    /// The last failed attempt.
+    failed: Option<(Instant, BackendError)>,
+}
+
+/// One controller-to-agent link.
+pub struct AgentLink {
+    node: String,
+    addr: String,
+    server_name: ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+    timeout: Duration,
+    connect_timeout: Duration,
+    state: Mutex<LinkState>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+    /// Wakes the background task when a connection ends.
+    lost: Notify,
+    reconnects: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for AgentLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgentLink({} at {})", self.node, self.addr)
+    }
+}
+
+/// The client's TLS set-up: the controller's certificate, the agent's CA.
+pub fn tls_connector(
+    cfg: &AgentLinkConfig,
+    resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
+) -> Result<tokio_rustls::TlsConnector, String> {
+    let read = |key: &str, p: &std::path::Path| {
+        let p = resolve(p);
+        std::fs::read(&p).map_err(|e| format!("agent.{key} {}: {e}", p.display()))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read("ca_file", &cfg.ca_file)?) {
+        roots
+            .add(c.map_err(|e| format!("agent.ca_file: {e}"))?)
+            .map_err(|e| format!("agent.ca_file: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("agent.ca_file holds no PEM certificate".into());
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read("cert_file", &cfg.cert_file)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("agent.cert_file: {e}"))?;
+    if chain.is_empty() {
+        return Err("agent.cert_file holds no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read("key_file", &cfg.key_file)?)
+        .map_err(|e| format!("agent.key_file: {e}"))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("agent.cert_file with agent.key_file: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
+fn rpc_error(e: &RpcError) -> ErrorKind {
+    match e {
+        RpcError::DeadlineExceeded => ErrorKind::Timeout,
+        RpcError::Server(_) => ErrorKind::Failed,
+        _ => ErrorKind::Unreachable,
+    }
+}
+
+impl AgentLink {
+    /// Starts keeping a link to the agent of `node`. Must run inside a tokio runtime.
+    pub fn start(
+        node: &str,
+        cfg: &AgentLinkConfig,
+        resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
+    ) -> Result<Arc<AgentLink>, String> {
+        let server_name = ServerName::try_from(cfg.server_name())
+            .map_err(|e| format!("agent.server_name '{}': {e}", cfg.server_name()))?;
+        let link = Arc::new(AgentLink {
+            node: node.to_string(),
+            addr: cfg.address.clone(),
+            server_name,
+            tls: tls_connector(cfg, resolve)?,
+            timeout: Duration::from_secs_f64(cfg.timeout_s),
+            connect_timeout: Duration::from_secs_f64(cfg.connect_timeout_s),
+            state: Mutex::new(LinkState {
+                conn: None,
+                seq: 0,
+                hello: None,
+                failed: None,
+            }),
+            connecting: tokio::sync::Mutex::new(()),
+            lost: Notify::new(),
+            reconnects: watch::Sender::new(0),
+        });
+        tokio::spawn(Self::keep(Arc::downgrade(&link)));
+        Ok(link)
+    }
+
+    /// The agent's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Bumped each time the link comes back after a loss.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
+    }
+
+    /// The agent's last hello, once it has answered one.
+    pub fn hello(&self) -> Option<Hello> {
+        self.lock().hello.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, kind: ErrorKind, what: impl std::fmt::Display) -> BackendError {
+        BackendError::with_kind(
+            kind,
+            format!("node {}: agent {}: {what}", self.node, self.addr),
+        )
+    }
+
+    /// Keeps the link: pings it while up, reconnects with backoff while down.
+    async fn keep(me: Weak<AgentLink>) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let Some(link) = me.upgrade() else { return };
+            let live = link.lock().conn.clone();
+            match live {
+                Some((seq, client)) => {
+                    backoff = Duration::from_millis(250);
+                    // (Holding the link while waiting delays its drop by one ping period at
+                    // most.)
+                    tokio::select! {
+                        _ = tokio::time::sleep(PING_EVERY) => {}
+                        _ = link.lost.notified() => continue,
+                    }
+                    let mut ctx = tarpc::context::current();
+                    ctx.deadline = Instant::now() + PING_LIMIT;
+                    if let Err(e) = client.ping(ctx).await {
+                        tracing::warn!(node = %link.node, agent = %link.addr, "agent does not answer: {e}");
+                        link.drop_conn(seq);
+                    }
+                }
+                None => {
+                    let r = link.connect().await;
+                    drop(link);
+                    if r.is_err() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_conn(&self, seq: u64) {
+        let mut st = self.lock();
+        if matches!(st.conn, Some((s, _)) if s == seq) {
+            st.conn = None;
+            drop(st);
+            self.lost.notify_waiters();
+        }
+    }
+
+    /// The live connection, connecting if there is none (and the last attempt is not
+    /// fresh).
+    async fn client(self: &Arc<Self>) -> BResult<(u64, AgentV1Client)> {
+        {
+            let st = self.lock();
+            if let Some(c) = &st.conn {
+                return Ok(c.clone());
+            }
+            if let Some((at, e)) = &st.failed {
+                if at.elapsed() < RETRY_AFTER {
+                    return Err(e.clone());
+                }
+            }
+        }
+        self.connect().await
+    }
+
+    /// One connection attempt (or the one another caller just made).
+    async fn connect(self: &Arc<Self>) -> BResult<(u64, AgentV1Client)> {
+        let _one = self.connecting.lock().await;
+        {
+            let st = self.lock();
+            if let Some(c) = &st.conn {
+                return Ok(c.clone());
+            }
+        }
+        let r = tokio::time::timeout(self.connect_timeout, self.handshake()).await;
+        let r = match r {
+            Ok(r) => r,
+            Err(_) => Err(self.err(
+                ErrorKind::Unreachable,
+                format!(
+                    "unreachable: no connection within {:?}",
+                    self.connect_timeout
+                ),
+            )),
+        };
+        let mut st = self.lock();
+        match r {
+            Ok((client, dispatch, hello)) => {
+                st.seq += 1;
+                let seq = st.seq;
+                let again = st.hello.is_some();
+                let restarted = st
+                    .hello
+                    .as_ref()
+                    .is_some_and(|h| h.boot_id != hello.boot_id);
+                st.conn = Some((seq, client.clone()));
+                st.hello = Some(hello);
+                st.failed = None;
+                drop(st);
+                let me = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    dispatch.await;
+                    if let Some(link) = me.upgrade() {
+                        link.drop_conn(seq);
+                    }
+                });
+                if again {
+                    if restarted {
+                        tracing::warn!(node = %self.node, agent = %self.addr, "agent restarted; reconciling the node");
+                    } else {
+                        tracing::warn!(node = %self.node, agent = %self.addr, "agent reachable again; reconciling the node");
+                    }
+                    self.reconnects.send_modify(|n| *n += 1);
+                } else {
+                    tracing::info!(node = %self.node, agent = %self.addr, "connected to the node's agent");
+                }
+                Ok((seq, client))
+            }
+            Err(e) => {
+                let first = st.failed.is_none();
+                st.failed = Some((Instant::now(), e.clone()));
+                drop(st);
+                if first {
+                    tracing::warn!(node = %self.node, agent = %self.addr, "{e}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn handshake(
+        &self,
+    ) -> BResult<(
+        AgentV1Client,
+        impl std::future::Future<Output = ()> + Send + 'static,
+        Hello,
+    )> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| self.err(ErrorKind::Unreachable, format!("unreachable: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| {
+                let kind = if e.kind() == std::io::ErrorKind::InvalidData {
+                    ErrorKind::Auth
+                } else {
+                    ErrorKind::Unreachable
+                };
+                self.err(kind, format!("TLS handshake failed: {e}"))
+            })?;
+        let framed = LengthDelimitedCodec::builder()
+            .max_frame_length(MAX_FRAME)
+            .new_framed(tls);
+        let transport = tarpc::serde_transport::new(framed, Json::default());
+        let new = AgentV1Client::new(tarpc::client::Config::default(), transport);
+        let dispatch = new.dispatch;
+        let client = new.client;
+        let task = tokio::spawn(async move {
+            let _ = dispatch.await;
+        });
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = Instant::now() + self.connect_timeout;
+        let hello = match client.hello(ctx, PROTOCOL_VERSION).await {
+            Ok(h) => h,
+            Err(e) => {
+                task.abort();
+                return Err(self.err(
+                    ErrorKind::Auth,
+                    format!("the agent closed the connection before answering ({e}): does it trust this controller's certificate? (its log says why it refused)"),
+                ));
+            }
+        };
+        if hello.version != PROTOCOL_VERSION {
+            task.abort();
+            return Err(self.err(
+                ErrorKind::Unsupported,
+                format!(
+                    "speaks agent protocol {}, this metalvirtd speaks {PROTOCOL_VERSION}: upgrade the older of the two",
+                    hello.version
+                ),
+            ));
+        }
+        if hello.node != self.node {
+            task.abort();
+            return Err(self.err(
+                ErrorKind::Failed,
+                format!(
+                    "is the agent of node '{}', not of this node: check [node.agent] address",
+                    hello.node
+                ),
+            ));
+        }
+        let ended = async move {
+            let _ = task.await;
+        };
+        Ok((client, ended, hello))
+    }
+
+    /// One call through the agent: `what` names it in errors.
+    async fn call<T, F, Fut>(self: &Arc<Self>, what: &str, f: F) -> BResult<T>
+    where
+        F: FnOnce(AgentV1Client, Context) -> Fut,
+        Fut: std::future::Future<Output = Result<Answer<T>, RpcError>>,
+    {
+        let (seq, client) = self.client().await?;
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = Instant::now() + self.timeout;
+        match f(client, ctx).await {
+            Ok(answer) => answer,
+            Err(RpcError::DeadlineExceeded) => Err(self.err(
+                ErrorKind::Timeout,
+                format!("no answer to {what} within {:?}", self.timeout),
+            )),
+            Err(e) => {
+                self.drop_conn(seq);
+                Err(self.err(rpc_error(&e), format!("{what} failed: {e}")))
+            }
+        }
+    }
+}
+
+/// The node's disks, mapped by its agent.
+#[derive(Debug, Clone)]
+pub struct AgentDisks(pub Arc<AgentLink>);
+
+/// The node's NICs, plugged by its agent.
+#[derive(Debug, Clone)]
+pub struct AgentNics(pub Arc<AgentLink>);
+
+#[async_trait]
+impl Disks for AgentDisks {
+    async fn attach(&self, spec: &DiskSpec) -> BResult<String> {
+        let w = WireDisk::of(spec);
+        self.0
+            .call("disk attach", |c, ctx| async move {
+                c.disk_attach(ctx, w).await
+            })
+            .await
+    }
+
+    async fn detach(&self, handle: &str) -> BResult<()> {
+        let h = handle.to_string();
+        self.0
+            .call("disk detach", |c, ctx| async move {
+                c.disk_detach(ctx, h).await
+            })
+            .await
+    }
+
+    async fn list(&self) -> BResult<Vec<String>> {
+        self.0
+            .call("disk list", |c, ctx| async move { c.disk_list(ctx).await })
+            .await
+    }
+
+    async fn resize(&self, handle: &str, bytes: u64) -> BResult<u64> {
+        let h = handle.to_string();
+        self.0
+            .call("disk resize", |c, ctx| async move {
+                c.disk_resize(ctx, h, bytes).await
+            })
+            .await
+    }
+
+    async fn info(&self, handle: &str) -> BResult<BlockInfo> {
+        let h = handle.to_string();
+        self.0
+            .call(
+                "disk info",
+                |c, ctx| async move { c.disk_info(ctx, h).await },
+            )
+            .await
+    }
+
+    async fn stats(&self, handle: &str) -> BResult<BlockStats> {
+        let h = handle.to_string();
+        self.0
+            .call(
+                "disk stats",
+                |c, ctx| async move { c.disk_stats(ctx, h).await },
+            )
+            .await
+    }
+
+    async fn set_qos(&self, handle: &str, qos: &Qos) -> BResult<()> {
+        let (h, q) = (handle.to_string(), *qos);
+        self.0
+            .call("disk I/O limits", |c, ctx| async move {
+                c.disk_set_qos(ctx, h, q).await
+            })
+            .await
+    }
+
+    async fn accepts(&self, spec: &DiskSpec) -> BResult<Option<String>> {
+        let w = WireDisk::of(spec);
+        self.0
+            .call("disk check", |c, ctx| async move {
+                c.disk_accepts(ctx, w).await
+            })
+            .await
+    }
+
+    async fn tidy(&self) -> BResult<Vec<String>> {
+        self.0
+            .call("disk tidy", |c, ctx| async move { c.disk_tidy(ctx).await })
+            .await
+    }
+
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.0.reconnects())
+    }
+}
+
+#[async_trait]
+impl Nics for AgentNics {
+    async fn plug(&self, spec: &NicSpec) -> BResult<String> {
+        let s = spec.clone();
+        self.0
+            .call("NIC plug", |c, ctx| async move { c.nic_plug(ctx, s).await })
+            .await
+    }
+
+    async fn unplug(&self, handle: &str) -> BResult<()> {
+        let h = handle.to_string();
+        self.0
+            .call(
+                "NIC unplug",
+                |c, ctx| async move { c.nic_unplug(ctx, h).await },
+            )
+            .await
+    }
+
+    async fn list(&self) -> BResult<Vec<String>> {
+        self.0
+            .call("NIC list", |c, ctx| async move { c.nic_list(ctx).await })
+            .await
+    }
+
+    async fn stats(&self, handle: &str) -> BResult<IfStats> {
+        let h = handle.to_string();
+        self.0
+            .call(
+                "NIC stats",
+                |c, ctx| async move { c.nic_stats(ctx, h).await },
+            )
+            .await
+    }
+
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.0.reconnects())
+    }
+}

@@ -1,0 +1,108 @@
+//! `metalvirt-agent`: runs on a node's DPU and serves that DPU's disks (SPDK) and NICs (Open
+//! vSwitch) to a controller metalvirtd over mutual TLS. See `backend::agent`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use metalvirt::backend::agent::server::{Agent, Backends};
+use metalvirt::config::AgentConfig;
+
+/// Serves this DPU's disks and NICs to a metalvirtd controller (tarpc over mutual TLS).
+#[derive(Debug, Parser)]
+#[command(name = "metalvirt-agent", version)]
+struct Cli {
+    /// The agent's configuration file.
+    #[arg(
+        long,
+        short = 'f',
+        default_value = "/etc/metalvirt/metalvirt-agent.toml"
+    )]
+    config: PathBuf,
+    /// Checks the configuration (files, certificates, NIC pool) and exits: 0 when it is
+    /// usable.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let cli = Cli::parse();
+    let spec = std::env::var("METALVIRT_LOG").unwrap_or_else(|_| "info".into());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("metalvirt-agent: bad METALVIRT_LOG '{spec}': {e}; using info");
+        "info".parse().expect("static directive")
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .init();
+    metalvirt::uptime_ns();
+    let cfg = match AgentConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("metalvirt-agent: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(run(cfg, cli.check_config));
+    drop(rt);
+    std::process::exit(code);
+}
+
+async fn run(cfg: AgentConfig, check_only: bool) -> i32 {
+    let fail = |e: String| {
+        eprintln!("metalvirt-agent: {e}");
+        tracing::error!("{e}");
+        1
+    };
+    // A listener systemd passed (metalvirt-agent.socket) is taken instead of `listen`.
+    let passed = match metalvirt::rpc::listen::activated_sockets() {
+        Ok(mut v) if !v.is_empty() => Some(std::net::TcpListener::from(v.remove(0).1)),
+        Ok(_) => None,
+        Err(e) => return fail(e),
+    };
+    if check_only {
+        if let Err(e) = metalvirt::backend::agent::server::tls_acceptor(&cfg) {
+            return fail(e);
+        }
+        // The backends are built as at start-up, in a runtime whose connections never run.
+        if let Err(e) = Backends::build(&cfg) {
+            return fail(e);
+        }
+        println!("{}: valid (node {})", cfg.base_dir.display(), cfg.node);
+        return 0;
+    }
+    let backends = match Backends::build(&cfg) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let agent = match Agent::bind(&cfg, backends, passed).await {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    metalvirt::rpc::listen::notify("READY=1");
+    agent.serve(stop_signal()).await;
+    metalvirt::rpc::listen::notify("STOPPING=1");
+    tracing::info!("metalvirt-agent stopped");
+    0
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
