@@ -31,6 +31,7 @@ fn python3_libvirt_modules() {
             .args(["-m", &format!("blackbox.{module}")])
             .env("PYTHONPATH", &tests)
             .env("METALVIRTD", env!("CARGO_BIN_EXE_metalvirtd"))
+            .env("METALVIRT_AGENT", env!("CARGO_BIN_EXE_metalvirt-agent"))
             .current_dir(&dir)
             .output()
             .expect("/usr/bin/python3 with python3-libvirt must be installed");

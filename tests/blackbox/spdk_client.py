@@ -179,3 +179,45 @@ def storage_exports(sock, chap=None):
     if chap:
         call(sock, "iscsi_create_auth_group",
              {"tag": 1, "secrets": [{"user": chap[0], "secret": chap[1]}]})
+
+
+STORAGE_NQN = "nqn.2016-06.io.spdk"
+
+
+def nvmf_volume(storage_sock, name, mib):
+    """An NVMe-oF cloud volume on the storage target: a null bdev as namespace 1 of
+    nqn.2016-06.io.spdk:<name>, listening at 127.0.0.1:4420 (01-nvmf-chain.txt)."""
+    nqn = f"{STORAGE_NQN}:{name}"
+    bdev = f"N-{name}"
+    call(storage_sock, "bdev_null_create",
+         {"name": bdev, "num_blocks": mib * 256, "block_size": 4096})
+    call(storage_sock, "nvmf_create_subsystem",
+         {"nqn": nqn, "allow_any_host": True, "serial_number": "VOL" + name[-12:].upper(),
+          "model_number": "cloud-volume"})
+    call(storage_sock, "nvmf_subsystem_add_ns",
+         {"nqn": nqn, "namespace": {"bdev_name": bdev, "nsid": 1}})
+    call(storage_sock, "nvmf_subsystem_add_listener",
+         {"nqn": nqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
+                                         "traddr": "127.0.0.1", "trsvcid": "4420"}})
+    return nqn
+
+
+def nvme_disk(target, nqn, boot=None, serial=None, bus="virtio", port="4420"):
+    """A <disk> of an NVMe/TCP cloud volume."""
+    b = f"<boot order='{boot}'/>" if boot else ""
+    s = f"<serial>{serial}</serial>" if serial else ""
+    return (f"<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source protocol='nvme-tcp' name='{nqn}'><host name='127.0.0.1' port='{port}'/>"
+            f"</source><target dev='{target}' bus='{bus}'/>{b}{s}</disk>")
+
+
+def leftovers(sock, role, key="mv-"):
+    """What SPDK `role` (at `sock`) still holds of metalvirt's (of one domain with key
+    `mv-<hex>`)."""
+    s = call(sock, "double_state", {"role": role})
+    out = [f"bdev {n}" for n in s["bdevs"] if n.startswith(key)]
+    out += [f"controller {n}" for n in s["controllers"] if n.startswith(key)]
+    out += [f"subsystem {n}" for n in s["subsystems"] if f":{key}" in n]
+    out += [f"vhost {n}" for n in s["vhost"] if n.startswith(key)]
+    out += [f"vfu {n}" for n in s["vfu_endpoints"] if n.startswith(key)]
+    return out

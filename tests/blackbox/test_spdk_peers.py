@@ -26,7 +26,8 @@ from .harness import (
     pinned_domain_xml,
     start_event_loop, wait_until,
 )
-from .spdk_client import RpcError, SpdkDouble, call, storage_exports
+from . import spdk_client
+from .spdk_client import RpcError, SpdkDouble, call, nvme_disk, storage_exports
 
 L = libvirt
 LAB = {}
@@ -100,21 +101,7 @@ def rule(**spec):
 
 
 def nvmf_volume(name, mib):
-    """An NVMe-oF cloud volume on the storage target: a null bdev as namespace 1 of
-    nqn.2016-06.io.spdk:<name>, listening at 127.0.0.1:4420 (01-nvmf-chain.txt)."""
-    nqn = f"{STORAGE_NQN}:{name}"
-    bdev = f"N-{name}"
-    rpc("storage", "bdev_null_create",
-        {"name": bdev, "num_blocks": mib * 256, "block_size": 4096})
-    rpc("storage", "nvmf_create_subsystem",
-        {"nqn": nqn, "allow_any_host": True, "serial_number": "VOL" + name[-12:].upper(),
-         "model_number": "cloud-volume"})
-    rpc("storage", "nvmf_subsystem_add_ns",
-        {"nqn": nqn, "namespace": {"bdev_name": bdev, "nsid": 1}})
-    rpc("storage", "nvmf_subsystem_add_listener",
-        {"nqn": nqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
-                                        "traddr": "127.0.0.1", "trsvcid": "4420"}})
-    return nqn
+    return spdk_client.nvmf_volume(LAB["spdk"].sock("storage"), name, mib)
 
 
 def iscsi_volume(name, mib, chap=False):
@@ -140,14 +127,7 @@ def rbd_image(image, mib):
 
 
 def leftovers(role, key="mv-"):
-    """What SPDK `role` still holds of metalvirt's (of one domain with key `mv-<hex>`)."""
-    s = state(role)
-    out = [f"bdev {n}" for n in s["bdevs"] if n.startswith(key)]
-    out += [f"controller {n}" for n in s["controllers"] if n.startswith(key)]
-    out += [f"subsystem {n}" for n in s["subsystems"] if f":{key}" in n]
-    out += [f"vhost {n}" for n in s["vhost"] if n.startswith(key)]
-    out += [f"vfu {n}" for n in s["vfu_endpoints"] if n.startswith(key)]
-    return out
+    return spdk_client.leftovers(LAB["spdk"].sock(role), role, key)
 
 
 def scrub(role):
@@ -193,14 +173,6 @@ def ns_bdevs(role, dom_hex):
 
 
 # -- domain XML ----------------------------------------------------------------------------
-
-def nvme_disk(target, nqn, boot=None, serial=None, bus="virtio", port="4420"):
-    b = f"<boot order='{boot}'/>" if boot else ""
-    s = f"<serial>{serial}</serial>" if serial else ""
-    return (f"<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
-            f"<source protocol='nvme-tcp' name='{nqn}'><host name='127.0.0.1' port='{port}'/>"
-            f"</source><target dev='{target}' bus='{bus}'/>{b}{s}</disk>")
-
 
 def iscsi_disk(target, iqn, auth=None, bus="virtio"):
     a = (f"<auth username='{CHAP_USER}'><secret type='iscsi' usage='{auth}'/></auth>"

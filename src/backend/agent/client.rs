@@ -31,14 +31,27 @@ use crate::config::AgentLinkConfig;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a ping may take before the link counts as lost.
 const PING_LIMIT: Duration = Duration::from_secs(3);
-/// After a failed attempt, calls answer its error for this long before trying again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// After a failed attempt, calls answer its error for this long before trying again (a
+/// burst of calls to an agent that is down costs one attempt, not one each).
+const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Longest pause between the background task's attempts while the agent is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// One live connection.
+#[derive(Clone)]
+struct Conn {
+    /// Its sequence number.
+    seq: u64,
+    client: AgentV1Client,
+    /// Set when it is given up: calls in flight on it fail at once.
+    lost: watch::Sender<bool>,
+    /// Its dispatch task (aborted when it is given up, closing the socket).
+    dispatch: tokio::task::AbortHandle,
+}
+
 struct LinkState {
-    /// The live connection and its sequence number.
-    conn: Option<(u64, AgentV1Client)>,
+    /// The live connection.
+    conn: Option<Conn>,
     /// Connections made so far.
     seq: u64,
     /// The agent's last hello.
@@ -177,7 +190,7 @@ impl AgentLink {
             let Some(link) = me.upgrade() else { return };
             let live = link.lock().conn.clone();
             match live {
-                Some((seq, client)) => {
+                Some(Conn { seq, client, .. }) => {
                     backoff = Duration::from_millis(250);
                     // (Holding the link while waiting delays its drop by one ping period at
                     // most.)
@@ -204,18 +217,22 @@ impl AgentLink {
         }
     }
 
+    /// Gives up connection `seq` (if it is still the live one): calls in flight on it fail,
+    /// its socket closes, and the background task starts reconnecting.
     fn drop_conn(&self, seq: u64) {
         let mut st = self.lock();
-        if matches!(st.conn, Some((s, _)) if s == seq) {
-            st.conn = None;
+        if st.conn.as_ref().is_some_and(|c| c.seq == seq) {
+            let c = st.conn.take().expect("checked above");
             drop(st);
+            c.lost.send_replace(true);
+            c.dispatch.abort();
             self.lost.notify_waiters();
         }
     }
 
     /// The live connection, connecting if there is none (and the last attempt is not
     /// fresh).
-    async fn client(self: &Arc<Self>) -> BResult<(u64, AgentV1Client)> {
+    async fn client(self: &Arc<Self>) -> BResult<Conn> {
         {
             let st = self.lock();
             if let Some(c) = &st.conn {
@@ -231,7 +248,7 @@ impl AgentLink {
     }
 
     /// One connection attempt (or the one another caller just made).
-    async fn connect(self: &Arc<Self>) -> BResult<(u64, AgentV1Client)> {
+    async fn connect(self: &Arc<Self>) -> BResult<Conn> {
         let _one = self.connecting.lock().await;
         {
             let st = self.lock();
@@ -260,17 +277,24 @@ impl AgentLink {
                     .hello
                     .as_ref()
                     .is_some_and(|h| h.boot_id != hello.boot_id);
-                st.conn = Some((seq, client.clone()));
-                st.hello = Some(hello);
-                st.failed = None;
-                drop(st);
                 let me = Arc::downgrade(self);
+                let abort = dispatch.abort_handle();
                 tokio::spawn(async move {
-                    dispatch.await;
+                    let _ = dispatch.await;
                     if let Some(link) = me.upgrade() {
                         link.drop_conn(seq);
                     }
                 });
+                let conn = Conn {
+                    seq,
+                    client,
+                    lost: watch::Sender::new(false),
+                    dispatch: abort,
+                };
+                st.conn = Some(conn.clone());
+                st.hello = Some(hello);
+                st.failed = None;
+                drop(st);
                 if again {
                     if restarted {
                         tracing::warn!(node = %self.node, agent = %self.addr, "agent restarted; reconciling the node");
@@ -281,7 +305,7 @@ impl AgentLink {
                 } else {
                     tracing::info!(node = %self.node, agent = %self.addr, "connected to the node's agent");
                 }
-                Ok((seq, client))
+                Ok(conn)
             }
             Err(e) => {
                 let first = st.failed.is_none();
@@ -295,13 +319,7 @@ impl AgentLink {
         }
     }
 
-    async fn handshake(
-        &self,
-    ) -> BResult<(
-        AgentV1Client,
-        impl std::future::Future<Output = ()> + Send + 'static,
-        Hello,
-    )> {
+    async fn handshake(&self) -> BResult<(AgentV1Client, tokio::task::JoinHandle<()>, Hello)> {
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|e| self.err(ErrorKind::Unreachable, format!("unreachable: {e}")))?;
@@ -360,10 +378,7 @@ impl AgentLink {
                 ),
             ));
         }
-        let ended = async move {
-            let _ = task.await;
-        };
-        Ok((client, ended, hello))
+        Ok((client, task, hello))
     }
 
     /// One call through the agent: `what` names it in errors.
@@ -372,10 +387,21 @@ impl AgentLink {
         F: FnOnce(AgentV1Client, Context) -> Fut,
         Fut: std::future::Future<Output = Result<Answer<T>, RpcError>>,
     {
-        let (seq, client) = self.client().await?;
+        let conn = self.client().await?;
         let mut ctx = tarpc::context::current();
         ctx.deadline = Instant::now() + self.timeout;
-        match f(client, ctx).await {
+        let mut lost = conn.lost.subscribe();
+        let r = tokio::select! {
+            r = f(conn.client.clone(), ctx) => r,
+            _ = lost.wait_for(|l| *l) => {
+                return Err(self.err(
+                    ErrorKind::Unreachable,
+                    format!("connection lost during {what}"),
+                ))
+            }
+        };
+        let seq = conn.seq;
+        match r {
             Ok(answer) => answer,
             Err(RpcError::DeadlineExceeded) => Err(self.err(
                 ErrorKind::Timeout,
