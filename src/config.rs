@@ -663,6 +663,9 @@ pub enum BmcDriver {
     Redfish,
     /// IPMI 2.0 lanplus (RMCP+), through ipmitool.
     Ipmi,
+    /// OpenBMC over D-Bus (phosphor-state-manager and the boot settings), for a metalvirtd
+    /// with access to the BMC's bus; power changes arrive as signals.
+    Openbmc,
     /// The simulated lab's BMC.
     Sim,
 }
@@ -1136,6 +1139,23 @@ impl NodeConfig {
         if b.driver == BmcDriver::Sim {
             return Ok(());
         }
+        if b.driver == BmcDriver::Openbmc {
+            // The BMC's D-Bus; its policy, not a password, decides who may call.
+            if b.username.is_some() || b.password_file.is_some() {
+                return e("bmc.username and bmc.password_file do not apply to an OpenBMC reached over D-Bus (the bus policy decides who may call)");
+            }
+            if b.insecure || b.ca_bundle.is_some() || b.insecure_http {
+                return e(
+                    "bmc.insecure, bmc.insecure_http and bmc.ca_bundle apply to Redfish only",
+                );
+            }
+            if let Some(a) = b.address.as_deref() {
+                if !a.contains(':') || !a.contains('=') {
+                    return e("bmc.address of an OpenBMC is a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\" (leave it out for the system bus)");
+                }
+            }
+            return Ok(());
+        }
         let Some(addr) = b.address.as_deref().filter(|a| !a.is_empty()) else {
             return e("bmc.address is required");
         };
@@ -1170,7 +1190,7 @@ impl NodeConfig {
                     );
                 }
             }
-            BmcDriver::Sim => {}
+            BmcDriver::Sim | BmcDriver::Openbmc => {}
         }
         Ok(())
     }

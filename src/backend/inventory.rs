@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::agent::client::{AgentDisks, AgentLink, AgentNics};
 use super::bmc::ipmi::{self, Ipmi, IpmiSettings};
+use super::bmc::openbmc::{OpenBmc, OpenBmcSettings};
 use super::bmc::read_password;
 use super::bmc::redfish::{Redfish, RedfishSettings};
 use super::ovs::{Function, OvsNics, OvsSettings, Session, WaitFor};
@@ -47,6 +48,14 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
             BmcDriver::Sim => (sim.clone(), "simulated BMC".into()),
             BmcDriver::Redfish => (Arc::new(redfish(cfg, nc)?), bmc_desc(nc)),
             BmcDriver::Ipmi => (Arc::new(ipmi(cfg, nc)?), bmc_desc(nc)),
+            BmcDriver::Openbmc => (
+                OpenBmc::new(OpenBmcSettings {
+                    node: nc.name.clone(),
+                    address: nc.bmc.address.clone(),
+                    timeout: nc.bmc.timeout(),
+                }),
+                bmc_desc(nc),
+            ),
         };
         let real_nics = nc.nics.as_ref().filter(|n| n.driver == NicsDriver::Ovs);
         let real_disks = nc.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
@@ -235,6 +244,7 @@ fn bmc_desc(nc: &NodeConfig) -> String {
     let kind = match nc.bmc.driver {
         BmcDriver::Redfish => "redfish",
         BmcDriver::Ipmi => "ipmi",
+        BmcDriver::Openbmc => "openbmc",
         BmcDriver::Sim => "sim",
     };
     format!("{kind} {}", nc.bmc.address.as_deref().unwrap_or(""))

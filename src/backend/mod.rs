@@ -448,6 +448,12 @@ pub trait Power: Send + Sync {
     }
     /// Releases what the client holds on the BMC (a Redfish session); at daemon shutdown.
     async fn close(&self) {}
+    /// Power changes the BMC announces on its own (OpenBMC's PropertiesChanged signals): the
+    /// counter moves at each, and the driver reads the state at once instead of at its next
+    /// poll. `None`: the BMC must be polled.
+    fn power_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A serial console session: what the server writes on its serial line, and a way to type.

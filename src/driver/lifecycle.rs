@@ -48,6 +48,11 @@ async fn wait_power(node: &Node, want: PowerState) -> Result<(), BackendError> {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(20);
     let mut last;
+    // A BMC that announces power changes (OpenBMC) is read again as soon as it does.
+    let mut events = node.power.power_events();
+    if let Some(rx) = events.as_mut() {
+        rx.borrow_and_update();
+    }
     loop {
         match node.power.state().await {
             Ok(r) if r.state == want => return Ok(()),
@@ -69,7 +74,15 @@ async fn wait_power(node: &Node, want: PowerState) -> Result<(), BackendError> {
                 ),
             ));
         }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let sleep =
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        match events.as_mut() {
+            Some(rx) => tokio::select! {
+                _ = sleep => {}
+                r = rx.changed() => if r.is_err() { events = None },
+            },
+            None => sleep.await,
+        }
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }

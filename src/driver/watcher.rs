@@ -58,10 +58,29 @@ impl Driver {
                 d.watch_once().await;
             }
         });
+        // BMCs that announce power changes are read as soon as they do, besides the rounds.
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(mut rx) = node.power.power_events() else {
+                continue;
+            };
+            let d = self.clone();
+            tokio::spawn(async move {
+                rx.borrow_and_update();
+                while rx.changed().await.is_ok() {
+                    d.watch_nodes(Some(i)).await;
+                }
+            });
+        }
     }
 
     /// One pass: polls every bound node that is due and acts on what it reads.
     pub async fn watch_once(&self) {
+        self.watch_nodes(None).await
+    }
+
+    /// A pass over every node that is due, or over node `only` (due or not: its BMC just
+    /// announced a power change; its sensors are left for the rounds).
+    async fn watch_nodes(&self, only: Option<usize>) {
         let now = Instant::now();
         // Each reading is for one run: (id, node) as it was when the node was chosen. By the
         // time the reading is acted on, the domain may have stopped and started again,
@@ -78,6 +97,7 @@ impl Driver {
                 })?;
                 Some((o, i, (id, Some(i))))
             })
+            .filter(|(_, i, _)| only.is_none_or(|n| n == *i))
             .collect();
         // Free nodes whose last domain is shut off: a server powered on behind its back.
         let last = self
@@ -86,6 +106,9 @@ impl Driver {
             .unwrap_or_else(|e| e.into_inner())
             .free_with_history(&self.nodes);
         for (i, uuid) in last {
+            if only.is_some_and(|n| n != i) {
+                continue;
+            }
             let Ok(obj) = self.lookup_uuid(&uuid) else {
                 continue;
             };
@@ -97,10 +120,12 @@ impl Driver {
             let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
             let watched: std::collections::HashSet<usize> =
                 bound.iter().map(|(_, i, _)| *i).collect();
-            w.retain(|i, _| watched.contains(i));
+            if only.is_none() {
+                w.retain(|i, _| watched.contains(i));
+            }
             bound
                 .into_iter()
-                .filter(|(_, i, _)| w.get(i).is_none_or(|x| x.next_due <= now))
+                .filter(|(_, i, _)| only.is_some() || w.get(i).is_none_or(|x| x.next_due <= now))
                 .collect()
         };
         let slots = Semaphore::new(self.cfg.watcher.max_concurrency);
@@ -113,7 +138,9 @@ impl Driver {
             // SENSOR_ROUNDS rounds (they change slowly; the BMC is spared the requests):
             // statistics read this cache and never wait for a BMC.
             let sensors = match (&r, run.0) {
-                (Ok(_), id) if id != -1 && self.sensors_due(i) => Some(node.power.sensors().await),
+                (Ok(_), id) if id != -1 && only.is_none() && self.sensors_due(i) => {
+                    Some(node.power.sensors().await)
+                }
                 _ => None,
             };
             (obj, i, run, r, sensors)

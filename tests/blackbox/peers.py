@@ -428,6 +428,77 @@ class Pyghmi(_Process):
                    step=0.1)
 
 
+class OpenBmcBus(_Process):
+    """A private D-Bus (dbus-daemon with the session policy, on a socket in a temp dir) with
+    an OpenBMC's objects on it (blackbox.openbmc_peer). `delay`: seconds a power transition
+    takes. `address` is what [node.bmc] address takes."""
+
+    prefix = "metalvirt-dbus"
+
+    def __init__(self, delay=0.3):
+        super().__init__()
+        self.delay = delay
+        self.bus = None
+
+    @property
+    def address(self):
+        return "unix:path=" + self.path("bus")
+
+    def start(self):
+        with open(self.path("dbus.log"), "ab") as log:
+            self.bus = subprocess.Popen(
+                ["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                 f"--address={self.address}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        wait_until(lambda: os.path.exists(self.path("bus")), 10, "dbus-daemon's socket")
+        self.start_peer()
+
+    def start_peer(self):
+        """(Re)starts the OpenBMC's services on the bus (their state starts Off)."""
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+        seen = self.log().count("ready") if hasattr(self, "log_path") else 0
+        self._popen(["/usr/bin/python3", "-u", "-m", "blackbox.openbmc_peer",
+                     "--address", self.address, "--delay", str(self.delay)], env=env)
+        wait_until(lambda: self.log().count("ready") > seen or not self.alive(), 10,
+                   "openbmc_peer")
+        if not self.alive():
+            raise PeerError(f"openbmc_peer exited: {self.log()[-2000:]}")
+
+    def stop_peer(self):
+        """Takes the OpenBMC's services off the bus (the bus stays)."""
+        super().stop()
+
+    def busctl(self, *args):
+        return subprocess.run(["busctl", f"--address={self.address}", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    def prop(self, service, path, iface, name):
+        """A property's value as busctl prints it, without its type (`s "…"` → `…`)."""
+        out = self.busctl("get-property", service, path, iface, name)
+        value = out.split(" ", 1)[1]
+        return value.strip('"')
+
+    def host_state(self):
+        return self.prop("xyz.openbmc_project.State.Host", "/xyz/openbmc_project/state/host0",
+                         "xyz.openbmc_project.State.Host", "CurrentHostState").rsplit(".", 1)[1]
+
+    def set_power(self, state):
+        """Out of band: the power button, a crash (On, Off, Quiesced)."""
+        self.busctl("call", "xyz.openbmc_project.State.Host", "/io/metalvirt/test",
+                    "io.metalvirt.Test", "SetPower", "s", state)
+
+    def requests(self):
+        out = self.busctl("call", "xyz.openbmc_project.State.Host", "/io/metalvirt/test",
+                          "io.metalvirt.Test", "Requests")
+        return [w.strip('"').rsplit(".", 1)[1] for w in out.split()[2:]]
+
+    def stop(self):
+        super().stop()
+        if self.bus is not None:
+            stop_group(self.bus)
+            self.bus = None
+
+
 def _stop_popen(proc, timeout=5):
     if proc is not None:
         stop_group(proc, timeout)

@@ -7,6 +7,7 @@
 //! an XML document or a process's arguments.
 
 pub mod ipmi;
+pub mod openbmc;
 pub mod redfish;
 
 use std::os::unix::fs::PermissionsExt;
