@@ -247,6 +247,10 @@ pub struct AgentConfig {
     /// NIC plumbing (absent: the simulated lab's).
     #[serde(default)]
     pub nics: Option<NicsConfig>,
+    /// The node's BMC, when the agent drives it (a controller's `bmc.driver = "agent"`);
+    /// an OpenBMC's power changes are relayed to the controller as they happen.
+    #[serde(default)]
+    pub bmc: Option<BmcConfig>,
     /// Directory of the configuration file; relative paths in it are taken from here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -291,6 +295,27 @@ impl AgentConfig {
         }
         if let Some(disks) = &self.disks {
             disks.validate()?;
+        }
+        if let Some(b) = &self.bmc {
+            if b.driver == BmcDriver::Agent {
+                return Err("[bmc] driver = \"agent\" is the controller's; here name the BMC itself (openbmc, redfish, ipmi, sim)".into());
+            }
+            // The same checks as a node's.
+            NodeConfig {
+                name: self.node.clone(),
+                sockets: 1,
+                cores: 1,
+                threads: 1,
+                memory_mib: 1,
+                mhz: default_mhz(),
+                arch: default_arch(),
+                cpu_model: None,
+                bmc: b.clone(),
+                nics: None,
+                disks: None,
+                agent: None,
+            }
+            .validate()?;
         }
         Ok(())
     }
@@ -666,6 +691,9 @@ pub enum BmcDriver {
     /// OpenBMC over D-Bus (phosphor-state-manager and the boot settings), for a metalvirtd
     /// with access to the BMC's bus; power changes arrive as signals.
     Openbmc,
+    /// The BMC the node's metalvirt-agent drives (its `[bmc]`), with the power changes it
+    /// relays; needs `[node.agent]`.
+    Agent,
     /// The simulated lab's BMC.
     Sim,
 }
@@ -1139,6 +1167,15 @@ impl NodeConfig {
         if b.driver == BmcDriver::Sim {
             return Ok(());
         }
+        if b.driver == BmcDriver::Agent {
+            if self.agent.is_none() {
+                return e("bmc.driver = \"agent\" needs [node.agent]: the agent drives the BMC");
+            }
+            if b.address.is_some() || b.username.is_some() || b.password_file.is_some() {
+                return e("bmc.address, bmc.username and bmc.password_file belong in the agent's [bmc] when bmc.driver = \"agent\"");
+            }
+            return Ok(());
+        }
         if b.driver == BmcDriver::Openbmc {
             // The BMC's D-Bus; its policy, not a password, decides who may call.
             if b.username.is_some() || b.password_file.is_some() {
@@ -1190,7 +1227,7 @@ impl NodeConfig {
                     );
                 }
             }
-            BmcDriver::Sim | BmcDriver::Openbmc => {}
+            BmcDriver::Sim | BmcDriver::Openbmc | BmcDriver::Agent => {}
         }
         Ok(())
     }

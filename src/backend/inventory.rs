@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::agent::client::{AgentDisks, AgentLink, AgentNics};
+use super::agent::client::{AgentDisks, AgentLink, AgentNics, AgentPower};
 use super::bmc::ipmi::{self, Ipmi, IpmiSettings};
 use super::bmc::openbmc::{OpenBmc, OpenBmcSettings};
 use super::bmc::read_password;
@@ -19,8 +19,8 @@ use super::ovs::{Function, OvsNics, OvsSettings, Session, WaitFor};
 use super::spdk::{rpc::Spdk, Frontend, Listen, Nvmf, SpdkDisks, SpdkSettings, VhostBlk};
 use super::{sim, Disks, Nics, Node, NodeSpec, Power, Simulated};
 use crate::config::{
-    BmcDriver, Config, DiskFrontend, DisksConfig, DisksDriver, NicWait, NicsConfig, NicsDriver,
-    NodeConfig,
+    BmcConfig, BmcDriver, Config, DiskFrontend, DisksConfig, DisksDriver, NicWait, NicsConfig,
+    NicsDriver,
 };
 
 /// The nodes the daemon serves.
@@ -44,21 +44,11 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
     let mut sessions: HashMap<String, Arc<Session>> = HashMap::new();
     let sim_pool = sim::nic_pool();
     for (nc, sim) in cfg.nodes.iter().zip(sims) {
-        let (power, desc): (Arc<dyn Power>, String) = match nc.bmc.driver {
-            BmcDriver::Sim => (sim.clone(), "simulated BMC".into()),
-            BmcDriver::Redfish => (Arc::new(redfish(cfg, nc)?), bmc_desc(nc)),
-            BmcDriver::Ipmi => (Arc::new(ipmi(cfg, nc)?), bmc_desc(nc)),
-            BmcDriver::Openbmc => (
-                OpenBmc::new(OpenBmcSettings {
-                    node: nc.name.clone(),
-                    address: nc.bmc.address.clone(),
-                    timeout: nc.bmc.timeout(),
-                }),
-                bmc_desc(nc),
-            ),
+        let site = Site {
+            node: &nc.name,
+            bmc: &nc.bmc,
+            resolve: &|p| cfg.resolve(p),
         };
-        let real_nics = nc.nics.as_ref().filter(|n| n.driver == NicsDriver::Ovs);
-        let real_disks = nc.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
         let agent = match &nc.agent {
             Some(a) => Some(
                 AgentLink::start(&nc.name, a, &|p| cfg.resolve(p))
@@ -66,6 +56,15 @@ pub fn build(cfg: &Config) -> Result<Vec<Node>, String> {
             ),
             None => None,
         };
+        let (power, desc): (Arc<dyn Power>, String) = match (&agent, nc.bmc.driver) {
+            (Some(link), BmcDriver::Agent) => (
+                AgentPower::new(link.clone()),
+                format!("the BMC of agent {}", link.addr()),
+            ),
+            _ => power(&site, Some(sim.clone()))?,
+        };
+        let real_nics = nc.nics.as_ref().filter(|n| n.driver == NicsDriver::Ovs);
+        let real_disks = nc.disks.as_ref().filter(|d| d.driver == DisksDriver::Spdk);
         let nics: Arc<dyn Nics> = match (&agent, real_nics) {
             (Some(link), _) => Arc::new(AgentNics(link.clone())),
             (None, Some(n)) => Arc::new(ovs_nics(&|p| cfg.resolve(p), &nc.name, n, &mut sessions)?),
@@ -240,40 +239,88 @@ pub(super) fn ovs_nics(
     ))
 }
 
-fn bmc_desc(nc: &NodeConfig) -> String {
-    let kind = match nc.bmc.driver {
+/// Where a BMC is configured: its node, its `[bmc]` section, and how the configuration's
+/// relative paths resolve (the daemon's `[node.bmc]`, an agent's `[bmc]`).
+pub(super) struct Site<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// Its BMC's settings.
+    pub bmc: &'a BmcConfig,
+    /// Makes the configuration's relative paths absolute.
+    pub resolve: &'a dyn Fn(&std::path::Path) -> std::path::PathBuf,
+}
+
+/// The BMC driver `site` names and its description for messages; `sim` serves the
+/// simulated one. Must run inside a tokio runtime (OpenBMC's signal watch starts).
+pub(super) fn power(
+    site: &Site<'_>,
+    sim: Option<Arc<dyn Power>>,
+) -> Result<(Arc<dyn Power>, String), String> {
+    Ok(match site.bmc.driver {
+        BmcDriver::Sim => (
+            sim.ok_or_else(|| format!("node '{}': no simulated BMC here", site.node))?,
+            "simulated BMC".into(),
+        ),
+        BmcDriver::Redfish => (Arc::new(redfish(site)?), bmc_desc(site.bmc)),
+        BmcDriver::Ipmi => (Arc::new(ipmi(site)?), bmc_desc(site.bmc)),
+        BmcDriver::Agent => {
+            return Err(format!(
+                "node '{}': bmc.driver = \"agent\" needs the node's agent",
+                site.node
+            ))
+        }
+        BmcDriver::Openbmc => (
+            OpenBmc::new(OpenBmcSettings {
+                node: site.node.to_string(),
+                address: site.bmc.address.clone(),
+                timeout: site.bmc.timeout(),
+            }),
+            bmc_desc(site.bmc),
+        ),
+    })
+}
+
+fn bmc_desc(b: &BmcConfig) -> String {
+    let kind = match b.driver {
         BmcDriver::Redfish => "redfish",
         BmcDriver::Ipmi => "ipmi",
         BmcDriver::Openbmc => "openbmc",
         BmcDriver::Sim => "sim",
+        BmcDriver::Agent => "agent",
     };
-    format!("{kind} {}", nc.bmc.address.as_deref().unwrap_or(""))
+    format!("{kind} {}", b.address.as_deref().unwrap_or(""))
 }
 
-fn password(cfg: &Config, nc: &NodeConfig) -> Result<crate::secret_value::SecretValue, String> {
-    let file = nc
+fn password(site: &Site<'_>) -> Result<crate::secret_value::SecretValue, String> {
+    let file = site
         .bmc
         .password_file
         .as_deref()
-        .ok_or_else(|| format!("node '{}': bmc.password_file is required", nc.name))?;
-    read_password(&nc.name, &cfg.resolve(file))
+        .ok_or_else(|| format!("node '{}': bmc.password_file is required", site.node))?;
+    read_password(&site.node, &(site.resolve)(file))
 }
 
-fn redfish(cfg: &Config, nc: &NodeConfig) -> Result<Redfish, String> {
-    let b = &nc.bmc;
+fn redfish(site: &Site<'_>) -> Result<Redfish, String> {
+    let b = site.bmc;
     if b.insecure {
-        tracing::warn!(node = %nc.name, "bmc.insecure = true: the BMC's TLS certificate is NOT verified");
+        tracing::warn!(
+            node = site.node,
+            "bmc.insecure = true: the BMC's TLS certificate is NOT verified"
+        );
     }
     if b.insecure_http {
-        tracing::warn!(node = %nc.name, "bmc.insecure_http = true: the BMC credentials cross the network in clear");
+        tracing::warn!(
+            node = site.node,
+            "bmc.insecure_http = true: the BMC credentials cross the network in clear"
+        );
     }
     let ca_bundle_pem = match &b.ca_bundle {
         Some(p) => {
-            let p = cfg.resolve(p);
+            let p = (site.resolve)(p);
             Some(std::fs::read(&p).map_err(|e| {
                 format!(
                     "node '{}': cannot read CA bundle {}: {e}",
-                    nc.name,
+                    site.node,
                     p.display()
                 )
             })?)
@@ -281,46 +328,46 @@ fn redfish(cfg: &Config, nc: &NodeConfig) -> Result<Redfish, String> {
         None => None,
     };
     Redfish::new(RedfishSettings {
-        node: nc.name.clone(),
+        node: site.node.to_string(),
         base_url: b.address.clone().unwrap_or_default(),
         system: b.system.clone(),
         username: b.username.clone().unwrap_or_default(),
-        password: password(cfg, nc)?,
+        password: password(site)?,
         ca_bundle_pem,
         insecure: b.insecure,
         timeout: b.timeout(),
         retries: b.retries,
         max_concurrency: b.max_concurrency.unwrap_or(4),
     })
-    .map_err(|e| format!("node '{}': {e}", nc.name))
+    .map_err(|e| format!("node '{}': {e}", site.node))
 }
 
-fn ipmi(cfg: &Config, nc: &NodeConfig) -> Result<Ipmi, String> {
-    let b = &nc.bmc;
+fn ipmi(site: &Site<'_>) -> Result<Ipmi, String> {
+    let b = site.bmc;
     let (host, port) = ipmi::parse_address(b.address.as_deref().unwrap_or(""))
-        .map_err(|e| format!("node '{}': {e}", nc.name))?;
-    let password = password(cfg, nc)?;
+        .map_err(|e| format!("node '{}': {e}", site.node))?;
+    let password = password(site)?;
     if password.expose().len() > 20 {
         return Err(format!(
             "node '{}': IPMI passwords are at most 20 bytes",
-            nc.name
+            site.node
         ));
     }
     // A bare name is looked up in PATH; a path is taken from the configuration's directory.
     let tool = match &b.ipmitool {
-        Some(p) if p.components().count() > 1 => cfg.resolve(p),
+        Some(p) if p.components().count() > 1 => (site.resolve)(p),
         Some(p) => p.clone(),
         None => "ipmitool".into(),
     };
     if !tool.is_absolute() && find_in_path(&tool).is_none() {
         return Err(format!(
             "node '{}': {} not found in PATH (install the ipmitool package or set bmc.ipmitool)",
-            nc.name,
+            site.node,
             tool.display()
         ));
     }
     Ok(Ipmi::new(IpmiSettings {
-        node: nc.name.clone(),
+        node: site.node.to_string(),
         host,
         port,
         username: b.username.clone().unwrap_or_default(),

@@ -91,7 +91,7 @@ pub enum PowerState {
 }
 
 /// One reading of a BMC.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PowerReading {
     /// Power.
     pub state: PowerState,
@@ -473,7 +473,7 @@ impl std::fmt::Debug for ConsoleIo {
 
 /// What a server's BMC reads from its sensors (what no hypervisor can report). A reading
 /// the BMC does not offer is `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sensors {
     /// Power drawn by the server, in watts.
     pub power_watts: Option<f64>,

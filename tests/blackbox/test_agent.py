@@ -24,7 +24,9 @@ import libvirt
 
 from . import peers
 from .dpu import Agent, Netns
-from .harness import Daemon, expect_error, pinned_domain_xml, wait_until
+from .harness import (
+    Daemon, EventCollector, expect_error, pinned_domain_xml, start_event_loop, wait_until,
+)
 from .pki import AgentPki
 from .spdk_client import SpdkDouble, call, leftovers, nvme_disk, nvmf_volume, storage_exports
 from .test_ovs_peers import nic_xml
@@ -36,7 +38,7 @@ MiB = 1 << 20
 REPS = [f"pf0vf{i}" for i in range(4)]
 
 
-def agent_toml(pki, spdk, ovs, listen):
+def agent_toml(pki, spdk, ovs, listen, bus):
     reps = ", ".join(f'"{r}"' for r in REPS)
     funcs = ", ".join(f'"hostvf{i}"' for i in range(len(REPS)))
     return f"""node = "{NODE}"
@@ -58,6 +60,11 @@ functions = [{funcs}]
 wait = "ofport"
 plug_timeout_s = 15
 timeout_s = 5
+[bmc]
+driver = "openbmc"
+address = "{bus.address}"
+power_on_timeout_s = 10
+power_off_timeout_s = 10
 """
 
 
@@ -68,7 +75,7 @@ name = "{NODE}"
 cores = 4
 memory_mib = 8192
 [node.bmc]
-driver = "sim"
+driver = "agent"
 [node.agent]
 address = "{address}:16600"
 server_name = "dpu-1"
@@ -80,6 +87,7 @@ connect_timeout_s = 1
 
 
 def setUpModule():
+    start_event_loop()  # before any connection is opened, or it gets no events
     # Module cleanups run in reverse, also when this fails half-way.
     LAB["dir"] = d = unittest.enterModuleContext(
         tempfile.TemporaryDirectory(prefix="metalvirt-agenttest"))
@@ -88,10 +96,13 @@ def setUpModule():
     spdk = LAB["spdk"] = unittest.enterModuleContext(SpdkDouble("storage", "dpu"))
     storage_exports(spdk.sock("storage"))
     ovs = LAB["ovs"] = unittest.enterModuleContext(peers.OvsLab(representors=4, ovn=False))
+    bus = LAB["bus"] = unittest.enterModuleContext(peers.OpenBmcBus(delay=0.2))
     LAB["agent"] = unittest.enterModuleContext(
-        Agent(os.path.join(d, "agent"), agent_toml(pki, spdk, ovs, ns.dpu_addr), netns=ns))
+        Agent(os.path.join(d, "agent"), agent_toml(pki, spdk, ovs, ns.dpu_addr, bus),
+              netns=ns))
+    # The power watcher polls once a minute: power changes seen sooner were relayed.
     LAB["daemon"] = unittest.enterModuleContext(
-        Daemon(raw=controller_toml(pki, ns.dpu_addr)))
+        Daemon(raw=controller_toml(pki, ns.dpu_addr), extra="[watcher]\ninterval_ms = 60000\n"))
 
 
 def dpu_left(key="mv-"):
@@ -152,6 +163,8 @@ class AgentMode(unittest.TestCase):
             dom.undefine()
         self.conn.close()
         wait_until(lambda: dpu_left() == [], 15, what="nothing left on the DPU")
+        if LAB["bus"].host_state() != "Off":
+            LAB["bus"].set_power("Off")
 
     def dpu_rule_clear(self):
         call(LAB["spdk"].sock("storage"), "double_clear_rules")
@@ -275,6 +288,26 @@ class AgentMode(unittest.TestCase):
         LAB["ns"].link(True)
         wait_until(lambda: not refused(), 15, what="calls served again")
         self.assertTrue(dom.isActive())
+
+    def test_6_the_agent_relays_an_out_of_band_power_off_at_once(self):
+        u, port, mac = "a9e00006-0000-4000-8000-000000000006", str(uuid.uuid4()), \
+            "52:54:00:a9:00:06"
+        ev = EventCollector(self.conn)
+        ev.register(L.VIR_DOMAIN_EVENT_ID_LIFECYCLE)
+        self.addCleanup(ev.deregister_all)
+        dom = self.domain("ag-6", u, port, mac)
+        dom.create()
+        self.assertEqual(LAB["bus"].host_state(), "Running")
+        self.assertIn("On", LAB["bus"].requests())
+        stopped = (L.VIR_DOMAIN_EVENT_STOPPED, L.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        t0 = time.monotonic()
+        LAB["bus"].set_power("Off")
+        got = ev.wait_for(lambda evs: stopped in ev.lifecycle("ag-6"), timeout=5)
+        took = time.monotonic() - t0
+        self.assertTrue(got, f"no STOPPED event within 5 s: {ev.events}")
+        self.assertLess(took, 1.0)
+        # The server is off: its disks and NICs were released on the DPU.
+        wait_until(lambda: dpu_left(key_of(u)) == [], 10, what="the DPU released")
 
     def test_5_a_controller_the_agent_ca_did_not_sign_is_refused(self):
         pki = LAB["pki"]

@@ -22,8 +22,8 @@ use tokio::sync::{watch, Notify};
 
 use super::{AgentV1Client, Answer, Hello, WireDisk, MAX_FRAME, PROTOCOL_VERSION};
 use crate::backend::{
-    BResult, BackendError, BlockInfo, BlockStats, DiskSpec, Disks, ErrorKind, IfStats, NicSpec,
-    Nics, Qos,
+    BResult, BackendError, BlockInfo, BlockStats, BootRequest, DiskSpec, Disks, ErrorKind, IfStats,
+    NicSpec, Nics, Power, PowerReading, Qos, Sensors,
 };
 use crate::config::AgentLinkConfig;
 
@@ -544,5 +544,118 @@ impl Nics for AgentNics {
 
     fn reconnects(&self) -> Option<watch::Receiver<u64>> {
         Some(self.0.reconnects())
+    }
+}
+
+/// The node's BMC, driven by its agent; the power changes the agent's BMC announces are
+/// relayed by a long-polling task, so the driver hears of them as if the BMC were local.
+pub struct AgentPower {
+    link: Arc<AgentLink>,
+    events: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for AgentPower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgentPower({:?})", self.link)
+    }
+}
+
+impl AgentPower {
+    /// Starts relaying the agent's power events. Must run inside a tokio runtime.
+    pub fn new(link: Arc<AgentLink>) -> Arc<AgentPower> {
+        let p = Arc::new(AgentPower {
+            link,
+            events: watch::Sender::new(0),
+        });
+        tokio::spawn(Self::relay(Arc::downgrade(&p)));
+        p
+    }
+
+    async fn relay(me: Weak<AgentPower>) {
+        let mut seen = 0u64;
+        loop {
+            let Some(p) = me.upgrade() else { return };
+            let link = p.link.clone();
+            let events = p.events.clone();
+            drop(p);
+            let r = link
+                .call("power watch", |c, ctx| async move {
+                    c.power_watch(ctx, seen).await
+                })
+                .await;
+            match r {
+                Ok(n) => {
+                    if n != seen {
+                        seen = n;
+                        events.send_modify(|x| *x += 1);
+                    }
+                }
+                // This BMC must be polled: nothing to relay.
+                Err(e) if e.kind == ErrorKind::Unsupported => return,
+                Err(_) => {
+                    // The link is down; once it is back, read the state again (it may have
+                    // changed meanwhile).
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    seen = u64::MAX;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Power for AgentPower {
+    async fn state(&self) -> BResult<PowerReading> {
+        self.link
+            .call(
+                "power state",
+                |c, ctx| async move { c.power_state(ctx).await },
+            )
+            .await
+    }
+
+    async fn on(&self) -> BResult<()> {
+        self.link
+            .call("power on", |c, ctx| async move { c.power_on(ctx).await })
+            .await
+    }
+
+    async fn off(&self, hard: bool) -> BResult<()> {
+        self.link
+            .call(
+                "power off",
+                |c, ctx| async move { c.power_off(ctx, hard).await },
+            )
+            .await
+    }
+
+    async fn restart(&self, hard: bool) -> BResult<()> {
+        self.link
+            .call("restart", |c, ctx| async move {
+                c.power_restart(ctx, hard).await
+            })
+            .await
+    }
+
+    async fn set_boot(&self, req: &BootRequest) -> BResult<()> {
+        let r = *req;
+        self.link
+            .call("boot override", |c, ctx| async move {
+                c.power_set_boot(ctx, r).await
+            })
+            .await
+    }
+
+    async fn sensors(&self) -> BResult<Sensors> {
+        self.link
+            .call(
+                "sensors",
+                |c, ctx| async move { c.power_sensors(ctx).await },
+            )
+            .await
+    }
+
+    fn power_events(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.events.subscribe())
     }
 }

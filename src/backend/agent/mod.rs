@@ -20,7 +20,10 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackendError, BlockInfo, BlockStats, DiskSpec, IfStats, NicSpec, Qos};
+use super::{
+    BackendError, BlockInfo, BlockStats, BootRequest, DiskSpec, IfStats, NicSpec, PowerReading,
+    Qos, Sensors,
+};
 use crate::secret_value::SecretValue;
 
 /// The agent protocol's version; a controller and an agent must agree on it.
@@ -129,7 +132,26 @@ pub trait AgentV1 {
     async fn nic_list() -> Answer<Vec<String>>;
     /// [`super::Nics::stats`].
     async fn nic_stats(handle: String) -> Answer<IfStats>;
+    /// [`super::Power::state`] of the BMC the agent drives.
+    async fn power_state() -> Answer<PowerReading>;
+    /// [`super::Power::on`].
+    async fn power_on() -> Answer<()>;
+    /// [`super::Power::off`].
+    async fn power_off(hard: bool) -> Answer<()>;
+    /// [`super::Power::restart`].
+    async fn power_restart(hard: bool) -> Answer<()>;
+    /// [`super::Power::set_boot`].
+    async fn power_set_boot(req: BootRequest) -> Answer<()>;
+    /// [`super::Power::sensors`].
+    async fn power_sensors() -> Answer<Sensors>;
+    /// Waits (up to the call's deadline, at most [`WATCH_HOLD`]) until the BMC's power
+    /// event counter differs from `seen`; returns it. `Unsupported` when the BMC announces
+    /// nothing (the controller polls it then).
+    async fn power_watch(seen: u64) -> Answer<u64>;
 }
+
+/// Longest a `power_watch` call is held before it answers with no change.
+pub const WATCH_HOLD: std::time::Duration = std::time::Duration::from_secs(25);
 
 #[cfg(test)]
 mod tests {

@@ -18,9 +18,10 @@ use tarpc::tokio_serde::formats::Json;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::net::TcpListener;
 
-use super::{AgentV1, Answer, Hello, WireDisk, MAX_FRAME, PROTOCOL_VERSION};
+use super::{AgentV1, Answer, Hello, WireDisk, MAX_FRAME, PROTOCOL_VERSION, WATCH_HOLD};
 use crate::backend::{
-    inventory, sim, BackendError, BlockInfo, BlockStats, Disks, IfStats, NicSpec, Nics, Qos,
+    inventory, sim, BackendError, BlockInfo, BlockStats, BootRequest, Disks, ErrorKind, IfStats,
+    NicSpec, Nics, Power, PowerReading, Qos, Sensors,
 };
 use crate::config::{AgentConfig, DisksDriver, NicsDriver, SimConfig};
 
@@ -39,6 +40,8 @@ pub struct Backends {
     pub bridge: String,
     /// The NIC functions, as (function, representor).
     pub functions: Vec<(String, String)>,
+    /// The node's BMC, when the agent drives it.
+    pub power: Option<Arc<dyn Power>>,
 }
 
 impl Backends {
@@ -85,12 +88,36 @@ impl Backends {
                 (None, Some(s)) => (s.clone(), sim::BRIDGE.into(), sim::nic_pool().to_vec()),
                 (None, None) => unreachable!("a simulated node exists when a part is simulated"),
             };
+        let power = match &cfg.bmc {
+            Some(b) => {
+                let site = inventory::Site {
+                    node: &node,
+                    bmc: b,
+                    resolve: &|p| cfg.resolve(p),
+                };
+                let sim_power = match &sim {
+                    Some(s) => Some(s.clone() as Arc<dyn Power>),
+                    None => sim::build_named(
+                        &SimConfig::default(),
+                        &cfg.state_dir,
+                        std::slice::from_ref(&node),
+                    )?
+                    .pop()
+                    .map(|s| s as Arc<dyn Power>),
+                };
+                let (p, desc) = inventory::power(&site, sim_power)?;
+                tracing::info!(node, bmc = %desc, "the agent drives the node's BMC");
+                Some(p)
+            }
+            None => None,
+        };
         Ok(Backends {
             node,
             disks,
             nics,
             bridge,
             functions,
+            power,
         })
     }
 }
@@ -111,6 +138,21 @@ where
     tokio::spawn(f)
         .await
         .unwrap_or_else(|e| Err(BackendError::new(format!("the agent's call failed: {e}"))))
+}
+
+impl Service {
+    /// The BMC, or why there is none.
+    fn power(&self) -> Answer<Arc<dyn Power>> {
+        self.b.power.clone().ok_or_else(|| {
+            BackendError::with_kind(
+                ErrorKind::Unsupported,
+                format!(
+                    "the agent of node {} drives no BMC (give it a [bmc] section)",
+                    self.b.node
+                ),
+            )
+        })
+    }
 }
 
 impl AgentV1 for Service {
@@ -192,6 +234,53 @@ impl AgentV1 for Service {
 
     async fn nic_stats(self, _: Context, handle: String) -> Answer<IfStats> {
         self.b.nics.stats(&handle).await
+    }
+
+    async fn power_state(self, _: Context) -> Answer<PowerReading> {
+        self.power()?.state().await
+    }
+
+    async fn power_on(self, _: Context) -> Answer<()> {
+        let p = self.power()?;
+        whole(async move { p.on().await }).await
+    }
+
+    async fn power_off(self, _: Context, hard: bool) -> Answer<()> {
+        let p = self.power()?;
+        whole(async move { p.off(hard).await }).await
+    }
+
+    async fn power_restart(self, _: Context, hard: bool) -> Answer<()> {
+        let p = self.power()?;
+        whole(async move { p.restart(hard).await }).await
+    }
+
+    async fn power_set_boot(self, _: Context, req: BootRequest) -> Answer<()> {
+        let p = self.power()?;
+        whole(async move { p.set_boot(&req).await }).await
+    }
+
+    async fn power_sensors(self, _: Context) -> Answer<Sensors> {
+        self.power()?.sensors().await
+    }
+
+    async fn power_watch(self, ctx: Context, seen: u64) -> Answer<u64> {
+        let Some(mut rx) = self.power()?.power_events() else {
+            return Err(BackendError::with_kind(
+                ErrorKind::Unsupported,
+                "this BMC announces no power changes",
+            ));
+        };
+        let hold = ctx
+            .deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(Duration::from_millis(500))
+            .min(WATCH_HOLD);
+        if *rx.borrow_and_update() == seen {
+            let _ = tokio::time::timeout(hold, rx.changed()).await;
+        }
+        let now = *rx.borrow();
+        Ok(now)
     }
 }
 
