@@ -297,7 +297,7 @@ fn password(site: &Site<'_>) -> Result<crate::secret_value::SecretValue, String>
         .password_file
         .as_deref()
         .ok_or_else(|| format!("node '{}': bmc.password_file is required", site.node))?;
-    read_password(&site.node, &(site.resolve)(file))
+    read_password(site.node, &(site.resolve)(file))
 }
 
 fn redfish(site: &Site<'_>) -> Result<Redfish, String> {
