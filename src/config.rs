@@ -1274,6 +1274,83 @@ mod tests {
     }
 
     #[test]
+    fn agent_links_openbmc_and_agent_configurations_are_checked() {
+        let good = r#"
+[[node]]
+name = "bm-1"
+cores = 8
+memory_mib = 1024
+[node.bmc]
+driver = "agent"
+[node.agent]
+address = "dpu-07:16600"
+cert_file = "c.pem"
+key_file = "k.pem"
+ca_file = "ca.pem"
+
+[[node]]
+name = "bm-2"
+cores = 8
+memory_mib = 1024
+[node.bmc]
+driver = "openbmc"
+address = "unix:path=/run/dbus/system_bus_socket"
+"#;
+        let c = Config::from_toml(good).unwrap();
+        let a = c.nodes[0].agent.as_ref().unwrap();
+        assert_eq!(a.server_name(), "dpu-07");
+        assert_eq!(a.timeout_s, 120.0);
+        assert_eq!(c.nodes[1].bmc.driver, BmcDriver::Openbmc);
+        let bad = |from: &str, to: &str, want: &str| {
+            let text = good.replacen(from, to, 1);
+            assert_ne!(text, good, "{from}");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        };
+        bad("dpu-07:16600", "dpu-07", "is not host:port");
+        bad("dpu-07:16600", "dpu-07:0", "from 1 to 65535");
+        bad(
+            "ca_file = \"ca.pem\"\n",
+            "ca_file = \"ca.pem\"\n[node.nics]\novsdb = \"unix:/x\"\nrepresentors = [\"r\"]\n",
+            "cannot be given with [node.agent]",
+        );
+        bad(
+            "[node.agent]\naddress",
+            "[node.agentx]\naddress",
+            "unknown field `agentx`",
+        );
+        bad(
+            "driver = \"openbmc\"\naddress = \"unix:path=/run/dbus/system_bus_socket\"",
+            "driver = \"agent\"",
+            "needs [node.agent]",
+        );
+        bad(
+            "unix:path=/run/dbus/system_bus_socket\"",
+            "unix:path=/run/dbus/system_bus_socket\"\nusername = \"root\"",
+            "do not apply to an OpenBMC",
+        );
+        bad("unix:path=/run/dbus/system_bus_socket", "10.0.0.5", "D-Bus address");
+        assert_eq!(split_host_port("[fd00::7]:16600"), Ok(("fd00::7", 16600)));
+        assert!(split_host_port("fd00::7:16600").is_err());
+
+        let agent = r#"
+node = "bm-1"
+cert_file = "a.pem"
+key_file = "k.pem"
+ca_file = "ca.pem"
+[bmc]
+driver = "openbmc"
+"#;
+        let a: AgentConfig = toml::from_str(agent).unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.listen, "[::]:16600");
+        let a: AgentConfig = toml::from_str(&agent.replace("openbmc", "agent")).unwrap();
+        assert!(a.validate().unwrap_err().contains("the controller's"));
+        let a: AgentConfig = toml::from_str(&agent.replace("bm-1", "bm 1")).unwrap();
+        assert!(a.validate().unwrap_err().contains("without spaces"));
+    }
+
+    #[test]
     fn node_inventory_is_checked() {
         let good = r#"
 [[node]]

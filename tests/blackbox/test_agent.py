@@ -68,17 +68,17 @@ power_off_timeout_s = 10
 """
 
 
-def controller_toml(pki, address, who="controller"):
+def controller_toml(pki, address, who="controller", node=NODE, server_name="dpu-1"):
     return f"""
 [[node]]
-name = "{NODE}"
+name = "{node}"
 cores = 4
 memory_mib = 8192
 [node.bmc]
 driver = "agent"
 [node.agent]
 address = "{address}:16600"
-server_name = "dpu-1"
+server_name = "{server_name}"
 cert_file = "{pki.path(who, 'cert.pem')}"
 key_file = "{pki.path(who, 'key.pem')}"
 ca_file = "{pki.path('ca.pem')}"
@@ -329,6 +329,33 @@ class AgentMode(unittest.TestCase):
                 conn.close()
         self.assertIn("refused a controller: TLS handshake failed", self.agent.log())
         self.assertEqual(dpu_left(key_of(u)), [])
+
+
+class WrongAgent(unittest.TestCase):
+    """A controller refuses an agent that is not the one it configured."""
+
+    def start_fails(self, want_code, *texts, **toml):
+        d = Daemon(raw=controller_toml(LAB["pki"], LAB["ns"].dpu_addr, **toml))
+        with d:
+            conn = libvirt.open(d.uri)
+            try:
+                node = toml.get("node", NODE)
+                dom = conn.defineXML(pinned_domain_xml("wrong-1", node, [], str(uuid.uuid4())))
+                e = expect_error(dom.create)
+                self.assertEqual(e.get_error_code(), want_code, str(e))
+                for t in texts:
+                    self.assertIn(t, str(e))
+                dom.undefine()
+            finally:
+                conn.close()
+
+    def test_an_agent_certificate_not_naming_the_configured_name(self):
+        self.start_fails(L.VIR_ERR_AUTH_FAILED, "TLS handshake failed", "certificate",
+                         server_name="dpu-9")
+
+    def test_the_agent_of_another_node(self):
+        self.start_fails(L.VIR_ERR_OPERATION_FAILED, f"is the agent of node '{NODE}'",
+                         node="bm-z")
 
 
 if __name__ == "__main__":
