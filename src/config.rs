@@ -1329,7 +1329,11 @@ address = "unix:path=/run/dbus/system_bus_socket"
             "unix:path=/run/dbus/system_bus_socket\"\nusername = \"root\"",
             "do not apply to an OpenBMC",
         );
-        bad("unix:path=/run/dbus/system_bus_socket", "10.0.0.5", "D-Bus address");
+        bad(
+            "unix:path=/run/dbus/system_bus_socket",
+            "10.0.0.5",
+            "D-Bus address",
+        );
         assert_eq!(split_host_port("[fd00::7]:16600"), Ok(("fd00::7", 16600)));
         assert!(split_host_port("fd00::7:16600").is_err());
 
@@ -1348,6 +1352,11 @@ driver = "openbmc"
         assert!(a.validate().unwrap_err().contains("the controller's"));
         let a: AgentConfig = toml::from_str(&agent.replace("bm-1", "bm 1")).unwrap();
         assert!(a.validate().unwrap_err().contains("without spaces"));
+        // The packaged example is a valid configuration.
+        let ex: AgentConfig =
+            toml::from_str(include_str!("../packaging/metalvirt-agent.toml")).unwrap();
+        ex.validate().unwrap();
+        assert!(ex.disks.is_some() && ex.nics.is_some());
     }
 
     #[test]

@@ -49,39 +49,31 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if cli.check_config {
+        std::process::exit(check_config(&cfg, &cli));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = rt.block_on(run(cfg, cli.check_config));
+    let code = rt.block_on(run(cfg));
     drop(rt);
     std::process::exit(code);
 }
 
-async fn run(cfg: AgentConfig, check_only: bool) -> i32 {
+async fn run(cfg: AgentConfig) -> i32 {
     let fail = |e: String| {
         eprintln!("metalvirt-agent: {e}");
         tracing::error!("{e}");
         1
     };
-    // A listener systemd passed (metalvirt-agent.socket) is taken instead of `listen`.
+    // A listener systemd passed (socket activation) is taken instead of `listen`.
     let passed = match metalvirt::rpc::listen::activated_sockets() {
         Ok(mut v) if !v.is_empty() => Some(std::net::TcpListener::from(v.remove(0).1)),
         Ok(_) => None,
         Err(e) => return fail(e),
     };
-    if check_only {
-        if let Err(e) = metalvirt::backend::agent::server::tls_acceptor(&cfg) {
-            return fail(e);
-        }
-        // The backends are built as at start-up, in a runtime whose connections never run.
-        if let Err(e) = Backends::build(&cfg) {
-            return fail(e);
-        }
-        println!("{}: valid (node {})", cfg.base_dir.display(), cfg.node);
-        return 0;
-    }
     let backends = match Backends::build(&cfg) {
         Ok(b) => b,
         Err(e) => return fail(e),
@@ -95,6 +87,27 @@ async fn run(cfg: AgentConfig, check_only: bool) -> i32 {
     metalvirt::rpc::listen::notify("STOPPING=1");
     tracing::info!("metalvirt-agent stopped");
     0
+}
+
+/// Checks the configuration as start-up would (certificates, backends, NIC pool), in a
+/// runtime that never runs: no connection is opened.
+fn check_config(cfg: &AgentConfig, cli: &Cli) -> i32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let _g = rt.enter();
+    let checked = metalvirt::backend::agent::server::tls_acceptor(cfg)
+        .and_then(|_| Backends::build(cfg).map(|_| ()));
+    match checked {
+        Ok(()) => {
+            println!("{}: valid (node {})", cli.config.display(), cfg.node);
+            0
+        }
+        Err(e) => {
+            eprintln!("metalvirt-agent: {}: {e}", cli.config.display());
+            1
+        }
+    }
 }
 
 async fn stop_signal() {
