@@ -247,6 +247,9 @@ pub struct AgentConfig {
     /// NIC plumbing (absent: the simulated lab's).
     #[serde(default)]
     pub nics: Option<NicsConfig>,
+    /// The simulated lab's settings (latencies, failures), for the parts left simulated.
+    #[serde(default)]
+    pub sim: SimConfig,
     /// The node's BMC, when the agent drives it (a controller's `bmc.driver = "agent"`);
     /// an OpenBMC's power changes are relayed to the controller as they happen.
     #[serde(default)]

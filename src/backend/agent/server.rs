@@ -23,7 +23,7 @@ use crate::backend::{
     inventory, sim, BackendError, BlockInfo, BlockStats, BootRequest, Disks, ErrorKind, IfStats,
     NicSpec, Nics, Power, PowerReading, Qos, Sensors,
 };
-use crate::config::{AgentConfig, DisksDriver, NicsDriver, SimConfig};
+use crate::config::{AgentConfig, DisksDriver, NicsDriver};
 
 /// Time a controller gets to finish its TLS handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ impl Backends {
                 "parts of this agent are SIMULATED: no DPU is touched for them"
             );
             let mut v = sim::build_named(
-                &SimConfig::default(),
+                &cfg.sim,
                 &cfg.state_dir,
                 std::slice::from_ref(&node),
             )?;
@@ -98,7 +98,7 @@ impl Backends {
                 let sim_power = match &sim {
                     Some(s) => Some(s.clone() as Arc<dyn Power>),
                     None => sim::build_named(
-                        &SimConfig::default(),
+                        &cfg.sim,
                         &cfg.state_dir,
                         std::slice::from_ref(&node),
                     )?
