@@ -178,11 +178,7 @@ async fn main() {
         .await;
         join_all((0..c).map(|i| {
             let d = disks.clone();
-            async move {
-                d.detach(&disk(1000 + i).handle)
-                    .await
-                    .expect("detach")
-            }
+            async move { d.detach(&disk(1000 + i).handle).await.expect("detach") }
         }))
         .await;
     }

@@ -60,7 +60,7 @@ impl Backends {
             );
             let mut v = sim::build_named(
                 &cfg.sim,
-                &cfg.state_dir,
+                &cfg.resolve(&cfg.state_dir),
                 std::slice::from_ref(&node),
             )?;
             v.pop()
@@ -99,7 +99,7 @@ impl Backends {
                     Some(s) => Some(s.clone() as Arc<dyn Power>),
                     None => sim::build_named(
                         &cfg.sim,
-                        &cfg.state_dir,
+                        &cfg.resolve(&cfg.state_dir),
                         std::slice::from_ref(&node),
                     )?
                     .pop()
