@@ -5,6 +5,27 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
 
+/// Sends the process's logs to standard error, filtered by `METALVIRT_LOG` (directives such
+/// as `info` or `warn,metalvirt::driver=debug`; a bad one falls back to info, said once by
+/// `prog`), coloured only for a person at a terminal, never into journald or a file.
+pub fn init_logging(prog: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("METALVIRT_LOG").unwrap_or_else(|_| "info".into());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("{prog}: bad METALVIRT_LOG '{spec}': {e}; using info");
+        "info".parse().expect("static directive")
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .init();
+}
+
 /// What `--help` and the manual say about the environment.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     (

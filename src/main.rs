@@ -13,24 +13,8 @@ use metalvirt::rpc::tls::Gate;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
-    // `METALVIRT_LOG` takes directives like `info` or `warn,metalvirt::driver=debug`.
-    let spec = std::env::var("METALVIRT_LOG").unwrap_or_else(|_| "info".into());
-    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
-        eprintln!("metalvirtd: bad METALVIRT_LOG '{spec}': {e}; using info");
-        "info".parse().expect("static directive")
-    });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                // Colour only for a person at a terminal, never into journald or a file.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(filter)
-        .init();
+    metalvirt::cli::init_logging("metalvirtd");
     metalvirt::uptime_ns();
     let (cfg, file) = match configure(&cli) {
         Ok(x) => x,

@@ -25,22 +25,8 @@ struct Cli {
 }
 
 fn main() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
-    let spec = std::env::var("METALVIRT_LOG").unwrap_or_else(|_| "info".into());
-    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
-        eprintln!("metalvirt-agent: bad METALVIRT_LOG '{spec}': {e}; using info");
-        "info".parse().expect("static directive")
-    });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(filter)
-        .init();
+    metalvirt::cli::init_logging("metalvirt-agent");
     metalvirt::uptime_ns();
     let cfg = match AgentConfig::load(&cli.config) {
         Ok(c) => c,

@@ -12,15 +12,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tarpc::client::RpcError;
 use tarpc::context::Context;
 use tarpc::tokio_serde::formats::Json;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::sync::{watch, Notify};
 
-use super::{AgentV1Client, Answer, Hello, WireDisk, MAX_FRAME, PROTOCOL_VERSION};
+use super::{AgentV1Client, Answer, Hello, Pems, WireDisk, MAX_FRAME, PROTOCOL_VERSION};
 use crate::backend::{
     BResult, BackendError, BlockInfo, BlockStats, BootRequest, DiskSpec, Disks, ErrorKind, IfStats,
     NicSpec, Nics, Power, PowerReading, Qos, Sensors,
@@ -87,34 +86,17 @@ pub fn tls_connector(
     cfg: &AgentLinkConfig,
     resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
 ) -> Result<tokio_rustls::TlsConnector, String> {
-    let read = |key: &str, p: &std::path::Path| {
-        let p = resolve(p);
-        std::fs::read(&p).map_err(|e| format!("agent.{key} {}: {e}", p.display()))
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&read("ca_file", &cfg.ca_file)?) {
-        roots
-            .add(c.map_err(|e| format!("agent.ca_file: {e}"))?)
-            .map_err(|e| format!("agent.ca_file: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("agent.ca_file holds no PEM certificate".into());
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&read("cert_file", &cfg.cert_file)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("agent.cert_file: {e}"))?;
-    if chain.is_empty() {
-        return Err("agent.cert_file holds no PEM certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read("key_file", &cfg.key_file)?)
-        .map_err(|e| format!("agent.key_file: {e}"))?;
+    let pems = Pems::load(
+        "agent.",
+        [&cfg.cert_file, &cfg.key_file, &cfg.ca_file],
+        resolve,
+    )?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        .with_root_certificates(pems.roots)
+        .with_client_auth_cert(pems.chain, pems.key)
         .map_err(|e| format!("agent.cert_file with agent.key_file: {e}"))?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
 }

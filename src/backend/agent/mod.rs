@@ -26,6 +26,49 @@ use super::{
 };
 use crate::secret_value::SecretValue;
 
+/// One side's PEM files on the agent link: its certificate chain and key, and the CA roots
+/// the other side's certificate must chain to.
+pub(crate) struct Pems {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    pub roots: rustls::RootCertStore,
+}
+
+impl Pems {
+    /// Reads them; errors name the configuration key (`prefix` + `cert_file`, …) and file.
+    pub(crate) fn load(
+        prefix: &str,
+        [cert, key, ca]: [&std::path::Path; 3],
+        resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
+    ) -> Result<Pems, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let read = |k: &str, p: &std::path::Path| {
+            let p = resolve(p);
+            std::fs::read(&p).map_err(|e| format!("{prefix}{k} {}: {e}", p.display()))
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read("cert_file", cert)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{prefix}cert_file: {e}"))?;
+        if chain.is_empty() {
+            return Err(format!("{prefix}cert_file holds no PEM certificate"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&read("key_file", key)?)
+            .map_err(|e| format!("{prefix}key_file: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&read("ca_file", ca)?) {
+            roots
+                .add(c.map_err(|e| format!("{prefix}ca_file: {e}"))?)
+                .map_err(|e| format!("{prefix}ca_file: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{prefix}ca_file holds no PEM certificate"));
+        }
+        Ok(Pems { chain, key, roots })
+    }
+}
+
 /// The agent protocol's version; a controller and an agent must agree on it.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Json;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::net::TcpListener;
 
-use super::{AgentV1, Answer, Hello, WireDisk, MAX_FRAME, PROTOCOL_VERSION, WATCH_HOLD};
+use super::{AgentV1, Answer, Hello, Pems, WireDisk, MAX_FRAME, PROTOCOL_VERSION, WATCH_HOLD};
 use crate::backend::{
     inventory, sim, BackendError, BlockInfo, BlockStats, BootRequest, Disks, ErrorKind, IfStats,
     NicSpec, Nics, Power, PowerReading, Qos, Sensors,
@@ -288,30 +287,11 @@ impl AgentV1 for Service {
 /// against `ca_file` in the handshake.
 pub fn tls_acceptor(cfg: &AgentConfig) -> Result<tokio_rustls::TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let read = |key: &str, p: &std::path::Path| {
-        let p = cfg.resolve(p);
-        std::fs::read(&p).map_err(|e| format!("{key} {}: {e}", p.display()))
-    };
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&read("cert_file", &cfg.cert_file)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("cert_file: {e}"))?;
-    if chain.is_empty() {
-        return Err("cert_file holds no PEM certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read("key_file", &cfg.key_file)?)
-        .map_err(|e| format!("key_file: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&read("ca_file", &cfg.ca_file)?) {
-        roots
-            .add(c.map_err(|e| format!("ca_file: {e}"))?)
-            .map_err(|e| format!("ca_file: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("ca_file holds no PEM certificate".into());
-    }
+    let pems = Pems::load("", [&cfg.cert_file, &cfg.key_file, &cfg.ca_file], &|p| {
+        cfg.resolve(p)
+    })?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
+        Arc::new(pems.roots),
         provider.clone(),
     )
     .build()
@@ -320,7 +300,7 @@ pub fn tls_acceptor(cfg: &AgentConfig) -> Result<tokio_rustls::TlsAcceptor, Stri
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
+        .with_single_cert(pems.chain, pems.key)
         .map_err(|e| format!("key_file with cert_file: {e}"))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
