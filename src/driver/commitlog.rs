@@ -12,9 +12,13 @@
 //! define followed by an undefine costs no file work at all; a start's three status writes
 //! become one file), and empties the log once every change in it is in place.
 //!
-//! Recovery: at open, complete log records are applied to the files, a torn last record (no
-//! newline, or not JSON) is ignored, and the log is emptied. A reader of the directory sees
-//! a change at most one idle moment after it was acknowledged.
+//! Recovery: at open, the complete log records are read (a torn last record, with no
+//! newline, is cut from the log; a damaged one is skipped) and handed to the caller as the
+//! newest content of each name ([`Recovered`], which the loader reads over the directory),
+//! and to the committer as pending changes, written to their files by the same background
+//! step as any other. A restart after a crash with many changes in flight therefore creates
+//! no file before it serves. A reader of the directory sees a change at most one idle moment
+//! after it was acknowledged.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -55,6 +59,10 @@ struct Req {
     done: oneshot::Sender<io::Result<()>>,
 }
 
+/// What a log held at open: the newest content of each name (`None`: deleted), which the
+/// files may not hold yet.
+pub type Recovered = BTreeMap<String, Option<Arc<str>>>;
+
 /// Handle to the committer thread.
 #[derive(Debug, Clone)]
 pub struct CommitLog {
@@ -87,23 +95,25 @@ impl Files {
     }
 }
 
-/// Reads the complete records of a log. A torn last record (a crash in the middle of an
-/// append: no newline) is cut; a damaged line in the middle is skipped and logged, never
-/// allowed to hide the records after it.
-fn read_log(path: &Path) -> io::Result<Vec<Record>> {
+/// Reads the complete records of a log, and the length of its complete lines. A torn last
+/// record (a crash in the middle of an append: no newline) is not read; a damaged line in
+/// the middle is skipped and logged, never allowed to hide the records after it.
+fn read_log(path: &Path) -> io::Result<(Vec<Record>, u64)> {
     let f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
     let mut r = BufReader::new(f);
     let mut line = Vec::new();
+    let mut complete = 0u64;
     loop {
         line.clear();
         if r.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
             break;
         }
+        complete += line.len() as u64;
         match serde_json::from_slice::<Record>(&line) {
             Ok(rec) => out.push(rec),
             Err(e) => tracing::error!(
@@ -113,7 +123,7 @@ fn read_log(path: &Path) -> io::Result<Vec<Record>> {
             ),
         }
     }
-    Ok(out)
+    Ok((out, complete))
 }
 
 fn truncate(log: &File) -> io::Result<()> {
@@ -122,33 +132,43 @@ fn truncate(log: &File) -> io::Result<()> {
 }
 
 impl CommitLog {
-    /// Recovers `log_path` into `dir` (files `<name>.<ext>`), then starts the committer
-    /// thread.
-    pub fn open(dir: &Path, ext: &'static str, log_path: &Path) -> io::Result<CommitLog> {
+    /// Opens `log_path` for the files `<name>.<ext>` of `dir` and starts the committer
+    /// thread; returns what the log held (the changes its files may not have yet), which
+    /// the committer writes to them in the background.
+    pub fn open(
+        dir: &Path,
+        ext: &'static str,
+        log_path: &Path,
+    ) -> io::Result<(CommitLog, Recovered)> {
         let files = Files {
             dir: dir.to_path_buf(),
             ext,
         };
-        let mut latest: BTreeMap<String, Option<Arc<str>>> = BTreeMap::new();
-        for rec in read_log(log_path)? {
+        let (records, complete) = read_log(log_path)?;
+        let mut pending = Pending::default();
+        let mut latest = Recovered::new();
+        for rec in records {
+            pending.insert(rec.name.clone(), rec.xml.clone());
             latest.insert(rec.name, rec.xml);
         }
-        for (name, xml) in &latest {
-            files.apply(name, xml.as_deref())?;
-        }
-        files.sync()?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(log_path)?;
-        truncate(&log)?;
+        if latest.is_empty() {
+            truncate(&log)?;
+        } else if log.metadata()?.len() != complete {
+            // Cut a torn tail, so the next append starts a line of its own.
+            log.set_len(complete)?;
+            log.sync_data()?;
+        }
         persist::sync_dir(log_path.parent().unwrap_or(Path::new(".")))?;
         let (tx, rx) = mpsc::channel::<Req>();
         std::thread::Builder::new()
             .name(format!("metalvirt-log-{ext}"))
-            .spawn(move || committer(rx, log, files))?;
-        Ok(CommitLog { tx })
+            .spawn(move || committer(rx, log, files, pending))?;
+        Ok((CommitLog { tx }, latest))
     }
 
     async fn submit(&self, rec: Option<Record>) -> io::Result<()> {
@@ -220,8 +240,7 @@ impl Pending {
     }
 }
 
-fn committer(rx: mpsc::Receiver<Req>, mut log: File, files: Files) {
-    let mut pending = Pending::default();
+fn committer(rx: mpsc::Receiver<Req>, mut log: File, files: Files, mut pending: Pending) {
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let first = if pending.is_empty() {
@@ -356,7 +375,7 @@ mod tests {
     async fn changes_reach_files_and_coalesce() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("domains.log");
-        let l = CommitLog::open(d.path(), "xml", &log).unwrap();
+        let (l, _) = CommitLog::open(d.path(), "xml", &log).unwrap();
         l.put("a", Arc::from("<a/>")).await.unwrap();
         l.put("b", Arc::from("<b/>")).await.unwrap();
         l.delete("b").await.unwrap();
@@ -378,7 +397,7 @@ mod tests {
     async fn flush_writes_every_change_and_empties_the_log() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("s.log");
-        let l = CommitLog::open(d.path(), "json", &log).unwrap();
+        let (l, _) = CommitLog::open(d.path(), "json", &log).unwrap();
         l.put("u1", Arc::from("{}")).await.unwrap();
         l.put("u2", Arc::from("[]")).await.unwrap();
         l.delete("u1").await.unwrap();
@@ -394,8 +413,19 @@ mod tests {
         l.flush().await.unwrap();
     }
 
+    /// Waits until the committer has emptied the log (every recovered change in its file).
+    fn settled(log: &Path) {
+        for _ in 0..400 {
+            if std::fs::metadata(log).unwrap().len() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the log was not emptied");
+    }
+
     #[test]
-    fn recovery_applies_complete_records_and_ignores_a_torn_tail() {
+    fn recovery_hands_back_complete_records_and_writes_them_later() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("domains.log");
         std::fs::write(d.path().join("old.xml"), "<old/>").unwrap();
@@ -404,14 +434,45 @@ mod tests {
             "{\"name\":\"x\",\"xml\":\"<x/>\"}\n{\"name\":\"old\",\"xml\":null}\n{\"name\":\"y\",\"xm",
         )
         .unwrap();
-        let _l = CommitLog::open(d.path(), "xml", &log).unwrap();
+        let (_l, recovered) = CommitLog::open(d.path(), "xml", &log).unwrap();
+        assert_eq!(recovered.len(), 2);
+        assert_eq!(recovered["x"].as_deref(), Some("<x/>"));
+        assert_eq!(recovered["old"], None);
+        // The torn tail is cut at once; the rest stays in the log until written out.
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.ends_with("null}\n") && !text.contains("\"y\""),
+            "{text}"
+        );
+        settled(&log);
         assert_eq!(
             std::fs::read_to_string(d.path().join("x.xml")).unwrap(),
             "<x/>"
         );
         assert!(!d.path().join("old.xml").exists());
         assert!(!d.path().join("y.xml").exists());
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_change_after_recovery_follows_the_recovered_records() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("domains.log");
+        std::fs::write(
+            &log,
+            "{\"name\":\"x\",\"xml\":\"<x1/>\"}\n{\"name\":\"z\",\"x",
+        )
+        .unwrap();
+        let (l, _) = CommitLog::open(d.path(), "xml", &log).unwrap();
+        l.put("x", Arc::from("<x2/>")).await.unwrap();
+        // A second crash now: the log replays to the newest content, record by record.
+        let (records, _) = read_log(&log).unwrap();
+        assert_eq!(records.last().unwrap().xml.as_deref(), Some("<x2/>"));
+        assert_eq!(records.len(), 2);
+        l.flush().await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("x.xml")).unwrap(),
+            "<x2/>"
+        );
     }
 
     #[test]
@@ -423,7 +484,12 @@ mod tests {
             "{\"name\":\"a\",\"xml\":\"<a/>\"}\n{\"name\":\"b\",\"xm\u{0}garbage\n{\"name\":\"c\",\"xml\":\"<c/>\"}\n{\"name\":\"d\",\"x",
         )
         .unwrap();
-        let _l = CommitLog::open(d.path(), "xml", &log).unwrap();
+        let (_l, recovered) = CommitLog::open(d.path(), "xml", &log).unwrap();
+        assert_eq!(
+            recovered.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        settled(&log);
         assert!(d.path().join("a.xml").exists());
         assert!(!d.path().join("b.xml").exists());
         assert_eq!(

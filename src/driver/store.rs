@@ -11,11 +11,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::commitlog::CommitLog;
+use super::commitlog::{CommitLog, Recovered};
 use crate::persist;
 
 /// A hardware step of a start, recorded before it runs.
@@ -130,6 +131,9 @@ pub struct Store {
     deflog: CommitLog,
     /// Group-committed status writes.
     status_log: CommitLog,
+    /// What each log held at open, read over the directories by the start-up loaders
+    /// (taken by them: the committers write it to the files in the background).
+    recovered: Arc<std::sync::Mutex<(Option<Recovered>, Option<Recovered>)>>,
 }
 
 impl Store {
@@ -142,13 +146,15 @@ impl Store {
         for d in [&domains, &config_dir.join("autostart"), &status, state_dir] {
             persist::clean_temp_files(d)?;
         }
-        let deflog = CommitLog::open(&domains, "xml", &config_dir.join("domains.log"))?;
-        let status_log = CommitLog::open(&status, "json", &state_dir.join("domains.log"))?;
+        let (deflog, defs) = CommitLog::open(&domains, "xml", &config_dir.join("domains.log"))?;
+        let (status_log, statuses) =
+            CommitLog::open(&status, "json", &state_dir.join("domains.log"))?;
         Ok(Store {
             config_dir: config_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             deflog,
             status_log,
+            recovered: Arc::new(std::sync::Mutex::new((Some(defs), Some(statuses)))),
         })
     }
 
@@ -207,8 +213,18 @@ impl Store {
         .await
     }
 
-    /// All saved definitions: (file name stem, xml, autostart).
+    /// What the definition log (`defs`) or the status log held at open, once: the
+    /// start-up loaders read it over the directories.
+    fn take_recovered(&self, defs: bool) -> Recovered {
+        let mut r = self.recovered.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = if defs { &mut r.0 } else { &mut r.1 };
+        slot.take().unwrap_or_default()
+    }
+
+    /// All saved definitions: (file name stem, xml, autostart). For start-up: the
+    /// definition log's recovered changes are read over the files.
     pub fn load_configs(&self) -> io::Result<Vec<(String, String, bool)>> {
+        let mut recovered = self.take_recovered(true);
         let mut out = Vec::new();
         for ent in std::fs::read_dir(self.domains_dir())? {
             let p = ent?.path();
@@ -220,9 +236,19 @@ impl Store {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let xml = std::fs::read_to_string(&p)?;
+            let xml = match recovered.remove(&stem) {
+                Some(Some(newer)) => newer.to_string(),
+                Some(None) => continue,
+                None => std::fs::read_to_string(&p)?,
+            };
             let auto = self.autostart_dir().join(&stem).exists();
             out.push((stem, xml, auto));
+        }
+        for (stem, xml) in recovered {
+            if let Some(xml) = xml {
+                let auto = self.autostart_dir().join(&stem).exists();
+                out.push((stem, xml.to_string(), auto));
+            }
         }
         out.sort();
         Ok(out)
@@ -250,6 +276,7 @@ impl Store {
     /// uuid from the file name). `<uuid>.json.release` files (an operator releasing a
     /// quarantined domain, see docs/RELIABILITY.md) come back as [`Found::Released`].
     pub fn load_statuses(&self) -> io::Result<Vec<Found>> {
+        let mut recovered = self.take_recovered(false);
         let mut out = Vec::new();
         for ent in std::fs::read_dir(self.status_dir())? {
             let p = ent?.path();
@@ -266,10 +293,19 @@ impl Store {
                 continue;
             };
             let uuid = Uuid::parse_str(stem).ok();
-            let read = std::fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Status>(&b).map_err(|e| e.to_string()))
-                .map_err(|e| format!("{}: {e}", p.display()));
+            // The status log's newer content (or deletion) wins over the file.
+            let newer = if released {
+                None
+            } else {
+                recovered.remove(stem)
+            };
+            let read = match newer {
+                Some(None) => continue,
+                Some(Some(text)) => Ok(text.as_bytes().to_vec()),
+                None => std::fs::read(&p).map_err(|e| e.to_string()),
+            }
+            .and_then(|b| serde_json::from_slice::<Status>(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("{}: {e}", p.display()));
             out.push(if released {
                 Found::Released {
                     uuid,
@@ -281,6 +317,17 @@ impl Store {
                     Ok(s) => Found::Status(s),
                     Err(why) => Found::Unreadable { uuid, why },
                 }
+            });
+        }
+        for (stem, text) in recovered {
+            let Some(text) = text else { continue };
+            let uuid = Uuid::parse_str(&stem).ok();
+            out.push(match serde_json::from_str::<Status>(&text) {
+                Ok(s) => Found::Status(s),
+                Err(e) => Found::Unreadable {
+                    uuid,
+                    why: format!("{stem} in the status log: {e}"),
+                },
             });
         }
         Ok(out)
