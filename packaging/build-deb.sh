@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "$bin_dir" ]; then
-  cargo build --release -q --bin metalvirtd --bin metalvirt-agent --bin metalvirt-manpage
+  scripts/release-build.sh --bin metalvirtd --bin metalvirt-agent --bin metalvirt-manpage
   bin_dir=target/release
 fi
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh >/dev/null
-cargo build --release --bins -q
+scripts/release-build.sh
 METALVIRTD=$PWD/target/release/metalvirtd exec /usr/bin/python3 benches/fleet_peers.py "$@"

@@ -13,7 +13,7 @@ for p in libvirt-daemon libvirt-clients python3-cryptography; do
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients python3-cryptography; break; }
 done
 BIN=${BIN:-target/release}
-[ "$BIN" = target/release ] && cargo build --release --bins -q
+[ "$BIN" = target/release ] && scripts/release-build.sh
 LAB=$(mktemp -d /tmp/metalvirt-bench-tls.XXXXXX)
 cleanup() {
   [ -n "${LV_PID:-}" ] && kill "$LV_PID" 2>/dev/null && wait "$LV_PID" 2>/dev/null || true

@@ -9,7 +9,7 @@ for p in libvirt-daemon libvirt-clients; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients; break; }
 done
-cargo build --release --bins -q
+scripts/release-build.sh
 LAB=$(mktemp -d /tmp/metalvirt-bench.XXXXXX)
 cleanup() {
   [ -n "${LV_PID:-}" ] && kill "$LV_PID" 2>/dev/null && wait "$LV_PID" 2>/dev/null || true

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
-if [ "$BIN" = target/release ]; then cargo build --release --bins -q; fi
+if [ "$BIN" = target/release ]; then scripts/release-build.sh; fi
 # One descriptor per connection, for the daemon and for the load generator.
 ulimit -n 8192
 LAB=$(mktemp -d /tmp/metalvirt-soak.XXXXXX)
