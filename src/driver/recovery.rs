@@ -173,10 +173,18 @@ impl Driver {
                             st.stop_reason = Some(Shutoff::Destroyed as i32);
                             self.recover(st).await;
                         }
-                        Err(why) => tracing::warn!(
-                            uuid = ?uuid,
-                            "released live state cannot be read ({why}): forgotten; its disks and NICs are reclaimed as orphans, its server's power is left as it is"
-                        ),
+                        Err(why) => {
+                            tracing::warn!(
+                                uuid = ?uuid,
+                                "released live state cannot be read ({why}): forgotten; its disks and NICs are reclaimed as orphans, its server's power is left as it is"
+                            );
+                            // A change of it the status log still held must not bring it back.
+                            if let Some(u) = uuid {
+                                if let Err(e) = self.store.delete_status(&u).await {
+                                    tracing::error!("cannot forget the status of {u}: {e}");
+                                }
+                            }
+                        }
                     }
                     if let Err(e) = self.store.remove_file(&path) {
                         tracing::error!("cannot remove {}: {e}", path.display());

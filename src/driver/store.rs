@@ -293,12 +293,9 @@ impl Store {
                 continue;
             };
             let uuid = Uuid::parse_str(stem).ok();
-            // The status log's newer content (or deletion) wins over the file.
-            let newer = if released {
-                None
-            } else {
-                recovered.remove(stem)
-            };
+            // The status log's newer content (or deletion) wins over the file; an operator's
+            // release wins over both.
+            let newer = recovered.remove(stem).filter(|_| !released);
             let read = match newer {
                 Some(None) => continue,
                 Some(Some(text)) => Ok(text.as_bytes().to_vec()),
@@ -354,5 +351,57 @@ impl Store {
             persist::write_atomic(&p, &data, 0o600)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crash left changes in both logs: the loaders read them over the files; an
+    /// operator's release wins over a status the log still held.
+    #[test]
+    fn loaders_read_the_logs_over_the_files_and_a_release_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, state) = (d.path().join("etc"), d.path().join("state"));
+        for dir in [cfg.join("domains"), state.join("domains")] {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(cfg.join("domains/old.xml"), "<old/>").unwrap();
+        std::fs::write(cfg.join("domains/gone.xml"), "<gone/>").unwrap();
+        std::fs::write(
+            cfg.join("domains.log"),
+            "{\"name\":\"old\",\"xml\":\"<new/>\"}\n{\"name\":\"gone\",\"xml\":null}\n{\"name\":\"fresh\",\"xml\":\"<fresh/>\"}\n",
+        )
+        .unwrap();
+        let (released, logged) = (Uuid::new_v4(), Uuid::new_v4());
+        std::fs::write(state.join(format!("domains/{released}.json.release")), "x").unwrap();
+        std::fs::write(
+            state.join("domains.log"),
+            format!("{{\"name\":\"{released}\",\"xml\":\"{{}}\"}}\n{{\"name\":\"{logged}\",\"xml\":\"not json\"}}\n"),
+        )
+        .unwrap();
+        let store = Store::open(&cfg, &state).unwrap();
+        let configs: Vec<(String, String)> = store
+            .load_configs()
+            .unwrap()
+            .into_iter()
+            .map(|(n, x, _)| (n, x))
+            .collect();
+        assert_eq!(
+            configs,
+            [
+                ("fresh".to_string(), "<fresh/>".to_string()),
+                ("old".to_string(), "<new/>".to_string())
+            ]
+        );
+        let found = store.load_statuses().unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found
+            .iter()
+            .any(|f| matches!(f, Found::Released { uuid, .. } if *uuid == Some(released))));
+        assert!(found
+            .iter()
+            .any(|f| matches!(f, Found::Unreadable { uuid, .. } if *uuid == Some(logged))));
     }
 }
