@@ -303,22 +303,7 @@ impl AgentConfig {
             if b.driver == BmcDriver::Agent {
                 return Err("[bmc] driver = \"agent\" is the controller's; here name the BMC itself (openbmc, redfish, ipmi, sim)".into());
             }
-            // The same checks as a node's.
-            NodeConfig {
-                name: self.node.clone(),
-                sockets: 1,
-                cores: 1,
-                threads: 1,
-                memory_mib: 1,
-                mhz: default_mhz(),
-                arch: default_arch(),
-                cpu_model: None,
-                bmc: b.clone(),
-                nics: None,
-                disks: None,
-                agent: None,
-            }
-            .validate()?;
+            b.validate(false)?;
         }
         Ok(())
     }
@@ -786,13 +771,6 @@ fn default_off_timeout() -> f64 {
     120.0
 }
 
-impl BmcConfig {
-    /// Per-call time limit.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_s)
-    }
-}
-
 /// The power watcher.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1132,19 +1110,17 @@ impl Config {
     }
 }
 
-impl NodeConfig {
-    fn validate(&self) -> Result<(), String> {
-        let n = &self.name;
-        let e = |m: &str| Err(format!("node '{n}': {m}"));
-        if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(format!(
-                "node name '{n}' must be non-empty, without spaces or '/'"
-            ));
-        }
-        if self.sockets == 0 || self.cores == 0 || self.threads == 0 || self.memory_mib == 0 {
-            return e("sockets, cores, threads and memory_mib must be positive");
-        }
-        let b = &self.bmc;
+impl BmcConfig {
+    /// Per-call time limit.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_s)
+    }
+
+    /// Checks a BMC's settings (a node's `[node.bmc]`, whose node has an agent when
+    /// `has_agent`, or an agent's `[bmc]`); errors name the key, not the node.
+    fn validate(&self, has_agent: bool) -> Result<(), String> {
+        let b = self;
+        let e = |m: &str| Err(m.to_string());
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(b.timeout_s)
             || !positive(b.power_on_timeout_s)
@@ -1155,23 +1131,11 @@ impl NodeConfig {
         if b.max_concurrency == Some(0) {
             return e("bmc.max_concurrency must be at least 1");
         }
-        if let Some(nics) = &self.nics {
-            nics.validate().map_err(|m| format!("node '{n}': {m}"))?;
-        }
-        if let Some(disks) = &self.disks {
-            disks.validate().map_err(|m| format!("node '{n}': {m}"))?;
-        }
-        if let Some(agent) = &self.agent {
-            agent.validate().map_err(|m| format!("node '{n}': {m}"))?;
-            if self.disks.is_some() || self.nics.is_some() {
-                return e("[node.disks] and [node.nics] cannot be given with [node.agent]: the agent's own configuration names the DPU's SPDK and Open vSwitch");
-            }
-        }
         if b.driver == BmcDriver::Sim {
             return Ok(());
         }
         if b.driver == BmcDriver::Agent {
-            if self.agent.is_none() {
+            if !has_agent {
                 return e("bmc.driver = \"agent\" needs [node.agent]: the agent drives the BMC");
             }
             if b.address.is_some() || b.username.is_some() || b.password_file.is_some() {
@@ -1231,6 +1195,37 @@ impl NodeConfig {
                 }
             }
             BmcDriver::Sim | BmcDriver::Openbmc | BmcDriver::Agent => {}
+        }
+        Ok(())
+    }
+}
+
+impl NodeConfig {
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        let e = |m: &str| Err(format!("node '{n}': {m}"));
+        if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!(
+                "node name '{n}' must be non-empty, without spaces or '/'"
+            ));
+        }
+        if self.sockets == 0 || self.cores == 0 || self.threads == 0 || self.memory_mib == 0 {
+            return e("sockets, cores, threads and memory_mib must be positive");
+        }
+        self.bmc
+            .validate(self.agent.is_some())
+            .map_err(|m| format!("node '{n}': {m}"))?;
+        if let Some(nics) = &self.nics {
+            nics.validate().map_err(|m| format!("node '{n}': {m}"))?;
+        }
+        if let Some(disks) = &self.disks {
+            disks.validate().map_err(|m| format!("node '{n}': {m}"))?;
+        }
+        if let Some(agent) = &self.agent {
+            agent.validate().map_err(|m| format!("node '{n}': {m}"))?;
+            if self.disks.is_some() || self.nics.is_some() {
+                return e("[node.disks] and [node.nics] cannot be given with [node.agent]: the agent's own configuration names the DPU's SPDK and Open vSwitch");
+            }
         }
         Ok(())
     }

@@ -149,11 +149,6 @@ impl AgentLink {
         self.reconnects.subscribe()
     }
 
-    /// The agent's last hello, once it has answered one.
-    pub fn hello(&self) -> Option<Hello> {
-        self.lock().hello.clone()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -72,9 +72,6 @@ impl Pems {
 /// The agent protocol's version; a controller and an agent must agree on it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The port an agent listens on by default.
-pub const DEFAULT_PORT: u16 = 16600;
-
 /// Largest frame either side accepts (a reply listing every handle of a busy DPU fits many
 /// times over).
 pub const MAX_FRAME: usize = 4 << 20;
